@@ -1,0 +1,157 @@
+/* sparsekv — the lightning indexer (DeepSeek Sparse Attention), top-k selection, and the paged
+ * indexer key cache.
+ *
+ *   I[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s])      (s visible to t)
+ *
+ * Kernels borrow the caller's pointers for the duration of the call only. Thread safety: see
+ * common.h (one context per thread). */
+#ifndef SPARSEKV_INDEXER_H
+#define SPARSEKV_INDEXER_H
+
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Query side of the indexer for n_tokens tokens. */
+typedef struct skv_indexer_query {
+    int32_t n_tokens, n_heads, head_dim;
+    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3 */
+    const void *q;            /* [n_tokens][n_heads][head_dim], contiguous */
+    const float *q_scale;     /* FP8 only: [n_tokens][n_heads]; else NULL */
+    const float *weights;     /* [n_tokens][n_heads] */
+    const int32_t *positions; /* [n_tokens]; key s visible to token t iff s <= positions[t];
+                                 NULL = every key visible */
+} skv_indexer_query;
+
+/* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */
+typedef struct skv_key_block {
+    int64_t n_keys;
+    int32_t head_dim;
+    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3 */
+    const void *k;        /* [n_keys][head_dim], contiguous */
+    const float *k_scale; /* FP8 only: [n_keys]; else NULL */
+} skv_key_block;
+
+/* Query and key dtypes may differ. With AVX-512-BF16, BF16/FP8 queries against BF16/FP8 keys
+ * use bf16 dot products (fp8 -> bf16 is exact; products are exact in f32, sums are f32);
+ * otherwise everything is widened exactly to f32. Limits: 1 <= n_heads <= 4096,
+ * 1 <= head_dim <= 4096, n_tokens >= 1. */
+
+/* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
+ * For FP8, q and k are the dequantised values (value * scale). out: [n_tokens][n_keys].
+ * Errors: INVALID_ARG (NULL pointers, sizes out of range, head_dim mismatch, scale pointer
+ * missing for FP8 or present otherwise), UNSUPPORTED (F16 or unknown dtype), NOMEM. */
+SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
+                                      const skv_key_block *keys, float *out);
+
+/* Top-k visible keys per query token: out_idx[t][0..k) in descending score, ties to the lower
+ * index, -1 padding when fewer than k keys are visible (out_score padding: -INFINITY). ReLU
+ * propagates NaN (a NaN in q or k makes that score NaN), and a NaN score ranks below every
+ * number, -INFINITY included. out_score may be NULL; a zero score is reported as +0 and a NaN
+ * score as the default quiet NaN. The selection is exactly that of sorting the scores of
+ * skv_indexer_scores, for any thread count.
+ *
+ * Nothing of size n_tokens x n_keys is materialised: scores are computed on tiles and streamed
+ * through a threshold filter. Workspace, held by the context and reused across calls, is at most
+ *   threads * (8 * (2k + 256) * 8 + 8 * H16 * head_dim * 4 + 256 * head_dim * 4 + 64 KiB)
+ * bytes plus n_tokens * threads * k * 8 for merging split rows, where H16 is n_heads rounded
+ * up to 16 — independent of n_keys, and of n_tokens beyond the merge term.
+ * Errors: as skv_indexer_scores, plus INVALID_ARG for k <= 0. */
+SKV_API skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
+                                    const skv_key_block *keys, int32_t k, int32_t *out_idx,
+                                    float *out_score);
+
+/* Top-k of f32 rows: row r is x[r * row_stride + 0 .. len_r), len_r = lengths[r] (0 <= len_r
+ * <= n_cols) or n_cols when lengths is NULL. Same order, tie, NaN and padding rules as
+ * skv_indexer_topk. out_idx [n_rows][k]; out_val [n_rows][k] or NULL. A histogram/radix
+ * select, deterministic for any thread count. Errors: INVALID_ARG (row_stride < n_cols,
+ * n_cols > INT32_MAX, k <= 0, NULL), NOMEM. */
+SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64_t n_cols,
+                                 int64_t row_stride, const int64_t *lengths, int32_t k,
+                                 int32_t *out_idx, float *out_val);
+
+/* ---- paged indexer key cache ------------------------------------------------------------- */
+
+/* Keys of many sequences for n_layers layers, in pages of page_tokens tokens. A page id serves
+ * every layer (one block table per sequence); each (page, layer) slot stores page_tokens rows
+ * of head_dim values and, for FP8, then page_tokens f32 scales (132 bytes per token for
+ * head_dim 128, DeepGEMM's paged layout). Sequences are numbered by the cache. Forked
+ * sequences share pages by reference count; a shared page is copied on its first write. Each
+ * layer has its own length (layers append one after another during a step).
+ * Thread safety: as the context it was created from. */
+typedef struct skv_kcache skv_kcache;
+
+typedef struct skv_kcache_params {
+    size_t struct_size;   /* sizeof(skv_kcache_params); set by skv_kcache_params_init */
+    int32_t n_layers;     /* required: >= 1 (default 1) */
+    int32_t head_dim;     /* required: 1..4096 (default 128) */
+    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3; default FP8_E4M3 */
+    int32_t page_tokens;  /* tokens per page, 1..65536; default 64 */
+    int64_t max_pages;    /* pages in use across all sequences; default 0 = no limit */
+    int32_t max_seqs;     /* live sequences; default 0 = no limit (ids below 2^30) */
+    uint32_t quant_flags; /* skv_quantize_fp8 flags used when F32 keys are appended to an FP8
+                             cache; default 0 */
+} skv_kcache_params;
+
+typedef struct skv_kcache_stats {
+    size_t struct_size;       /* set by the caller to sizeof(skv_kcache_stats) */
+    int32_t n_seqs;           /* live sequences */
+    int64_t pages_in_use;     /* distinct pages referenced by any sequence */
+    int64_t pages_shared;     /* of those, referenced by more than one sequence */
+    int64_t page_refs;        /* block-table entries over all sequences */
+    int64_t bytes_per_token;  /* key bytes per token over all layers (values + scales) */
+    int64_t bytes_per_page;   /* bytes of one page over all layers */
+    int64_t bytes_in_use;     /* pages_in_use * bytes_per_page */
+} skv_kcache_stats;
+
+SKV_API void skv_kcache_params_init(skv_kcache_params *p);
+
+/* Errors: INVALID_ARG, UNSUPPORTED (F16 dtype), NOMEM. */
+SKV_API skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p,
+                                     skv_kcache **out);
+SKV_API void skv_kcache_destroy(skv_kcache *c); /* NULL is fine */
+
+/* New empty sequence. Errors: CAPACITY (max_seqs), NOMEM. */
+SKV_API skv_status skv_kcache_seq_create(skv_kcache *c, int32_t *out_seq);
+/* Frees the sequence; pages no other sequence references are released. Errors: INVALID_ARG. */
+SKV_API skv_status skv_kcache_seq_free(skv_kcache *c, int32_t seq);
+/* New sequence with the same keys as src, sharing its pages. Errors: INVALID_ARG, CAPACITY,
+ * NOMEM. */
+SKV_API skv_status skv_kcache_seq_fork(skv_kcache *c, int32_t src, int32_t *out_seq);
+/* Removes tokens [p0, p1) in every layer (p1 < 0 or past the end: to the end); later tokens
+ * move down by the removed count. Errors: INVALID_ARG, CAPACITY or NOMEM (when shared pages
+ * must be copied); on error nothing changed. */
+SKV_API skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t p1);
+/* Tokens stored for the sequence in a layer. */
+SKV_API skv_status skv_kcache_seq_length(const skv_kcache *c, int32_t seq, int32_t layer,
+                                         int64_t *out_len);
+
+/* Appends keys->n_keys keys at the end of (seq, layer). keys->dtype is the cache's dtype, or
+ * F32 (narrowed, or quantised for an FP8 cache, on append). Errors: INVALID_ARG, CAPACITY
+ * (max_pages), NOMEM; on error nothing changed. */
+SKV_API skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer,
+                                     const skv_key_block *keys);
+
+/* Copies n stored keys starting at token `start` out, in the cache's dtype: keys_out
+ * [n][head_dim] elements, scales_out [n] (FP8 only; NULL otherwise). */
+SKV_API skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int64_t start,
+                                   int64_t n, void *keys_out, float *scales_out);
+
+/* skv_indexer_scores / skv_indexer_topk over the keys of (seq, layer), read in place from the
+ * pages (no gather). Results equal those of the same call on the contiguous keys. */
+SKV_API skv_status skv_kcache_scores(skv_kcache *c, int32_t seq, int32_t layer,
+                                     const skv_indexer_query *q, float *out);
+SKV_API skv_status skv_kcache_topk(skv_kcache *c, int32_t seq, int32_t layer,
+                                   const skv_indexer_query *q, int32_t k, int32_t *out_idx,
+                                   float *out_score);
+
+/* Errors: INVALID_ARG (NULL, struct_size too small). */
+SKV_API skv_status skv_kcache_get_stats(const skv_kcache *c, skv_kcache_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,10 @@
+/* sparsekv — sparse attention and KV-cache management for long-context LLM inference.
+ * Umbrella header: include this one. */
+#ifndef SPARSEKV_H
+#define SPARSEKV_H
+
+#include "version.h"
+#include "common.h"
+#include "indexer.h"
+
+#endif

@@ -1,0 +1,13 @@
+/* sparsekv — version. The single source of truth: meson reads these lines to set the
+ * library's version and soversion (= SKV_API_VERSION_MAJOR). */
+#ifndef SPARSEKV_VERSION_H
+#define SPARSEKV_VERSION_H
+
+#define SKV_API_VERSION_MAJOR 0
+#define SKV_API_VERSION_MINOR 1
+#define SKV_API_VERSION_PATCH 0
+
+#define SKV_API_VERSION \
+    ((SKV_API_VERSION_MAJOR << 16) | (SKV_API_VERSION_MINOR << 8) | SKV_API_VERSION_PATCH)
+
+#endif

@@ -1,0 +1,83 @@
+/* Internal core: the context, allocation through the hooks, logging, argument checks. */
+#ifndef SKV_CORE_H
+#define SKV_CORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sparsekv/common.h"
+#include "kernels/kernels.h"
+
+#define SKV_ALIGN 64
+
+struct skv_context {
+    skv_allocator alloc;
+    skv_log_fn log;
+    void *log_user;
+    skv_log_level log_level;
+    int n_threads;
+    uint32_t cpu_flags;
+    skv_kernels kern;
+    void *ws; /* workspace shared by kernel calls, grown on demand */
+    size_t ws_size;
+    size_t bytes_live; /* everything allocated through this context, workspace included */
+};
+
+/* Allocation through the context's hooks; sizes are remembered by the caller (the hook API
+ * passes them back on free). skv_alloc returns NULL on failure or size 0. */
+void *skv_alloc(skv_context *ctx, size_t size);
+void *skv_alloc_zero(skv_context *ctx, size_t size);
+void skv_free(skv_context *ctx, void *p, size_t size);
+
+/* Workspace of at least `size` bytes, 64-byte aligned, valid until the next call that asks
+ * for workspace. Growing discards the old contents. NULL on allocation failure (the old
+ * workspace is kept). */
+void *skv_workspace(skv_context *ctx, size_t size);
+
+void skv_log(skv_context *ctx, skv_log_level level, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* bf16 bits of each fp8-e4m3 value (exact; f32 bits are these << 16). */
+extern const uint16_t skv_fp8_bf16_lut[256];
+
+/* Threads a kernel may use now: 1 inside a host's parallel region. */
+int skv_threads(const skv_context *ctx);
+
+/* Checked size arithmetic: false on overflow. */
+static inline bool skv_mul_ok(size_t a, size_t b, size_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+
+static inline size_t skv_round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+/* Argument check: returns SKV_ERR_INVALID_ARG when cond is false. Debug builds say which. */
+#ifndef NDEBUG
+#define SKV_CHECK(ctx, cond)                                                                  \
+    do {                                                                                      \
+        if (!(cond)) {                                                                        \
+            skv_log((ctx), SKV_LOG_DEBUG, "%s: invalid argument: %s", __func__, #cond);        \
+            return SKV_ERR_INVALID_ARG;                                                       \
+        }                                                                                     \
+    } while (0)
+#else
+#define SKV_CHECK(ctx, cond)                                                                  \
+    do {                                                                                      \
+        (void)(ctx);                                                                          \
+        if (!(cond))                                                                          \
+            return SKV_ERR_INVALID_ARG;                                                       \
+    } while (0)
+#endif
+
+#define SKV_TRY(expr)                                                                         \
+    do {                                                                                      \
+        skv_status skv_try_s_ = (expr);                                                       \
+        if (skv_try_s_ != SKV_OK)                                                             \
+            return skv_try_s_;                                                                \
+    } while (0)
+
+#endif

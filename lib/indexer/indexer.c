@@ -1,0 +1,345 @@
+/* The lightning indexer driver: validation, work split, and the fused score -> select loop.
+ *
+ * Work items are (block of up to 8 query tokens) x (range of keys). Within an item, keys are
+ * walked in groups of 256 (held in L2 across the block's tokens); each token's packed query
+ * stays in L1 while a score kernel computes that token's scores for the group, which go
+ * straight into the token's streaming top-k state (or into the caller's score matrix). When
+ * there are fewer token blocks than threads, a block's keys are split across threads and the
+ * per-split candidates merged at the end; the result is unique, so the split never changes it. */
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "indexer/run.h"
+#include "indexer/topk.h"
+
+#define TOKEN_BLOCK 8
+#define KEY_GROUP 256
+#define SPLIT_MIN_KEYS 4096
+#define CVT_STEP 32 /* keys converted per step */ /* below this a split costs more than it saves */
+
+#define ONE4 1.0f, 1.0f, 1.0f, 1.0f
+#define ONE16 ONE4, ONE4, ONE4, ONE4
+#define ONE64 ONE16, ONE16, ONE16, ONE16
+/* Key scales of keys that have none (an fp8 query against bf16 or f32 keys). */
+static const float ones[KEY_GROUP] = {ONE64, ONE64, ONE64, ONE64};
+
+static skv_status check_dtype(skv_dtype t)
+{
+    switch (t) {
+    case SKV_F32:
+    case SKV_BF16:
+    case SKV_FP8_E4M3: return SKV_OK;
+    case SKV_F16: return SKV_ERR_UNSUPPORTED;
+    }
+    return SKV_ERR_INVALID_ARG;
+}
+
+skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
+                                   int32_t head_dim, skv_dtype key_dtype)
+{
+    SKV_CHECK(ctx, q != NULL);
+    SKV_CHECK(ctx, q->n_tokens >= 0);
+    SKV_CHECK(ctx, q->n_heads >= 1 && q->n_heads <= 4096);
+    SKV_CHECK(ctx, q->head_dim >= 1 && q->head_dim <= 4096);
+    SKV_CHECK(ctx, q->head_dim == head_dim);
+    SKV_TRY(check_dtype(q->dtype));
+    SKV_TRY(check_dtype(key_dtype));
+    SKV_CHECK(ctx, (q->dtype == SKV_FP8_E4M3) == (q->q_scale != NULL));
+    SKV_CHECK(ctx, q->n_tokens == 0 || (q->q != NULL && q->weights != NULL));
+    return SKV_OK;
+}
+
+typedef struct segment {
+    const uint8_t *rows; /* in the compute dtype after conversion */
+    const float *scale;
+    int64_t start, n;
+} segment;
+
+typedef struct plan {
+    const skv_kernels *kern;
+    const skv_indexer_query *q;
+    const skv_key_src *src;
+    const skv_score_kernel *sk;
+    skv_cvt_fn cvt; /* NULL when keys are already in the compute dtype */
+    size_t celem;   /* bytes of a compute element */
+    int scaled;
+    int32_t k, tb, n_blocks, splits;
+    size_t pack_bytes, scratch_bytes, state_bytes, thread_bytes;
+    float *scores;
+    int32_t *out_idx;
+    float *out_score;
+    uint8_t *ws;
+    skv_topk_parts parts; /* when splits > 1 */
+} plan;
+
+static int64_t visible(const plan *p, int32_t t)
+{
+    const int64_t L = p->src->n_keys;
+    if (!p->q->positions)
+        return L;
+    const int64_t v = (int64_t)p->q->positions[t] + 1;
+    return v < 0 ? 0 : v > L ? L : v;
+}
+
+/* Keys [s, end) that sit contiguously from s, and where. */
+static segment segment_at(const skv_key_src *src, int64_t s, int64_t end)
+{
+    segment g;
+    int64_t run;
+    if (src->table) {
+        const int64_t r = s % src->page_tokens;
+        const uint8_t *page = src->pages[src->table[s / src->page_tokens]];
+        g.rows = page + src->slot_offset + (size_t)r * src->row_bytes;
+        g.scale = src->dtype == SKV_FP8_E4M3 ? (const float *)(page + src->scale_offset) + r : NULL;
+        run = src->page_tokens - r;
+    } else {
+        g.rows = src->base + (size_t)s * src->row_bytes;
+        g.scale = src->scale ? src->scale + s : NULL;
+        run = src->n_keys - s;
+    }
+    g.start = s;
+    g.n = run < end - s ? run : end - s;
+    return g;
+}
+
+static void pack_token(const plan *p, int32_t t, void *dst)
+{
+    const skv_indexer_query *q = p->q;
+    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
+    skv_qpack_args a = {
+        .q = (const uint8_t *)q->q + (size_t)t * hd * skv_dtype_size(q->dtype),
+        .q_dtype = q->dtype,
+        .qscale = q->q_scale ? q->q_scale + (size_t)t * q->n_heads : NULL,
+        .w = q->weights + (size_t)t * q->n_heads,
+        .H = q->n_heads,
+        .D = q->head_dim,
+        .scaled = p->scaled,
+    };
+    p->sk->pack(dst, &a);
+}
+
+static inline void score_range(const plan *p, const uint8_t *pack, const uint8_t *rows,
+                               const float *scale, int64_t n, float *out)
+{
+    p->sk->score(pack, rows, (size_t)p->src->head_dim, scale, n, out);
+}
+
+/* Where token t's scores for the group starting at g go: the caller's matrix, or the
+ * token's tile row. */
+static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
+{
+    if (p->scores)
+        return p->scores + (size_t)t * p->src->n_keys + g;
+    return tile + (size_t)(t % p->tb) * KEY_GROUP;
+}
+
+static void run_item(const plan *p, int64_t item, uint8_t *ws)
+{
+    const int32_t T = p->q->n_tokens, D = p->src->head_dim;
+    const int64_t L = p->src->n_keys;
+    const int32_t b = (int32_t)(item / p->splits), sp = (int32_t)(item % p->splits);
+    const int32_t t0 = b * p->tb, nt = T - t0 < p->tb ? T - t0 : p->tb;
+
+    uint8_t *packs = ws;
+    uint8_t *scratch = packs + (size_t)p->tb * p->pack_bytes;
+    float *tile = (float *)(scratch + p->scratch_bytes);
+    uint8_t *states_mem = (uint8_t *)(tile + (size_t)p->tb * KEY_GROUP);
+    skv_topk_state st[TOKEN_BLOCK];
+
+    int64_t vis[TOKEN_BLOCK], lb = 0;
+    for (int32_t i = 0; i < nt; i++) {
+        vis[i] = visible(p, t0 + i);
+        lb = vis[i] > lb ? vis[i] : lb;
+        pack_token(p, t0 + i, packs + (size_t)i * p->pack_bytes);
+        if (p->out_idx)
+            skv_topk_init(&st[i], states_mem + (size_t)i * p->state_bytes, p->k);
+    }
+    const int64_t chunk = (int64_t)skv_round_up((size_t)((lb + p->splits - 1) / p->splits), 64);
+    const int64_t lo = sp * chunk, hi = lo + chunk < lb ? lo + chunk : lb;
+
+    int32_t lead = 0; /* a token that sees every key of the item */
+    for (int32_t i = 0; i < nt; i++)
+        lead = vis[i] > vis[lead] ? i : lead;
+
+    for (int64_t g = lo; g < hi; g += KEY_GROUP) {
+        const int64_t ge = g + KEY_GROUP < hi ? g + KEY_GROUP : hi;
+        segment seg[KEY_GROUP];
+        int nseg = 0;
+        for (int64_t s = g; s < ge; s += seg[nseg++].n) {
+            seg[nseg] = segment_at(p->src, s, ge);
+            if (p->scaled && !seg[nseg].scale)
+                seg[nseg].scale = ones;
+        }
+        if (p->cvt) {
+            /* Convert in small steps, scoring the lead token on each while the next one
+               streams in: the conversion's memory reads overlap that token's arithmetic. */
+            for (int e = 0; e < nseg; e++) {
+                uint8_t *dst = scratch + (size_t)(seg[e].start - g) * D * p->celem;
+                for (int64_t j = 0; j < seg[e].n; j += CVT_STEP) {
+                    const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
+                    p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
+                           n * D);
+                    score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,
+                                seg[e].scale ? seg[e].scale + j : NULL, n,
+                                token_out(p, t0 + lead, tile, g) + (seg[e].start - g) + j);
+                }
+                seg[e].rows = dst;
+            }
+        }
+        for (int32_t i = 0; i < nt; i++) {
+            const int64_t end = vis[i] < ge ? vis[i] : ge;
+            if (end <= g)
+                continue;
+            float *dst = token_out(p, t0 + i, tile, g);
+            if (!(p->cvt && i == lead))
+                for (int e = 0; e < nseg && seg[e].start < end; e++) {
+                    const int64_t n = seg[e].n < end - seg[e].start ? seg[e].n : end - seg[e].start;
+                    score_range(p, packs + (size_t)i * p->pack_bytes, seg[e].rows, seg[e].scale, n,
+                                dst + (seg[e].start - g));
+                }
+            if (p->out_idx)
+                skv_topk_push(p->kern, &st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
+                              (int32_t)g);
+        }
+    }
+
+    for (int32_t i = 0; i < nt; i++) {
+        const int32_t t = t0 + i;
+        if (p->scores && sp == 0)
+            for (int64_t s = vis[i]; s < L; s++)
+                p->scores[(size_t)t * L + s] = -INFINITY;
+        if (!p->out_idx)
+            continue;
+        if (p->splits == 1) {
+            skv_topk_finish(&st[i], p->out_idx + (size_t)t * p->k,
+                            p->out_score ? p->out_score + (size_t)t * p->k : NULL);
+        } else {
+            skv_topk_parts_store(&p->parts, t, sp, &st[i]);
+        }
+    }
+}
+
+static void choose_kernel(skv_context *ctx, plan *p)
+{
+    const skv_kernels *kn = &ctx->kern;
+    const skv_dtype qt = p->q->dtype, kt = p->src->dtype;
+    const int narrow_q = qt == SKV_BF16 || qt == SKV_FP8_E4M3;
+    const int narrow_k = kt == SKV_BF16 || kt == SKV_FP8_E4M3;
+    if (kn->score_bf16.pack_size && narrow_q && narrow_k) {
+        p->sk = &kn->score_bf16;
+        p->celem = 2;
+        p->cvt = kt == SKV_FP8_E4M3 ? kn->fp8_to_bf16 : NULL;
+    } else {
+        p->sk = &kn->score_f32;
+        p->celem = 4;
+        p->cvt = kt == SKV_BF16 ? kn->bf16_to_f32 : kt == SKV_FP8_E4M3 ? kn->fp8_to_f32 : NULL;
+    }
+    p->scaled = qt == SKV_FP8_E4M3 || kt == SKV_FP8_E4M3;
+}
+
+skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           int32_t k, float *scores, int32_t *out_idx, float *out_score)
+{
+    const int32_t T = q->n_tokens;
+    if (T == 0)
+        return SKV_OK;
+    plan p = {.kern = &ctx->kern, .q = q, .src = src, .k = k, .scores = scores,
+              .out_idx = out_idx, .out_score = out_score};
+    choose_kernel(ctx, &p);
+
+    const int nth = skv_threads(ctx);
+    const int topk = out_idx != NULL;
+    p.tb = topk && k > 16384 ? 1 : TOKEN_BLOCK;
+    p.n_blocks = (T + p.tb - 1) / p.tb;
+    int64_t lmax = 0;
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t v = visible(&p, t);
+        lmax = v > lmax ? v : lmax;
+    }
+    p.splits = skv_topk_split_count(p.n_blocks, nth, lmax, SPLIT_MIN_KEYS);
+
+    p.pack_bytes = p.sk->pack_size(q->n_heads, q->head_dim);
+    p.scratch_bytes = p.cvt ? skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN) : 0;
+    p.state_bytes = topk ? skv_topk_state_bytes(k) : 0;
+    p.thread_bytes = skv_round_up((size_t)p.tb * p.pack_bytes + p.scratch_bytes +
+                                      (size_t)p.tb * KEY_GROUP * sizeof(float) +
+                                      (size_t)p.tb * p.state_bytes,
+                                  SKV_ALIGN);
+    size_t merge_bytes = 0, ws_bytes;
+    if (topk && p.splits > 1 && !skv_topk_parts_bytes(T, p.splits, k, &merge_bytes))
+        return SKV_ERR_NOMEM;
+    if (!skv_mul_ok(p.thread_bytes, (size_t)nth, &ws_bytes) ||
+        __builtin_add_overflow(ws_bytes, merge_bytes, &ws_bytes))
+        return SKV_ERR_NOMEM;
+    p.ws = skv_workspace(ctx, ws_bytes);
+    if (!p.ws)
+        return SKV_ERR_NOMEM;
+    if (merge_bytes)
+        skv_topk_parts_init(&p.parts, p.ws + p.thread_bytes * nth, T, p.splits, k);
+
+    const int64_t items = (int64_t)p.n_blocks * p.splits;
+#pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
+    {
+#ifdef _OPENMP
+        uint8_t *ws = p.ws + p.thread_bytes * (size_t)omp_get_thread_num();
+#else
+        uint8_t *ws = p.ws;
+#endif
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++)
+            run_item(&p, it, ws);
+        if (merge_bytes) {
+#pragma omp for schedule(static)
+            for (int32_t t = 0; t < T; t++)
+                skv_topk_parts_finish(&p.parts, t, ws, out_idx + (size_t)t * k,
+                                      out_score ? out_score + (size_t)t * k : NULL);
+        }
+    }
+    return SKV_OK;
+}
+
+skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
+                              const skv_key_block *keys, float *out)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    SKV_CHECK(ctx, keys != NULL);
+    SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
+    SKV_CHECK(ctx, keys->n_keys >= 0 && keys->n_keys <= INT32_MAX);
+    SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
+    SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    SKV_CHECK(ctx, out != NULL || q->n_tokens == 0 || keys->n_keys == 0);
+    const skv_key_src src = {
+        .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
+        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
+        .base = keys->k, .scale = keys->k_scale,
+    };
+    if (keys->n_keys == 0)
+        return SKV_OK;
+    return skv_indexer_run(ctx, q, &src, 0, out, NULL, NULL);
+}
+
+skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
+                            const skv_key_block *keys, int32_t k, int32_t *out_idx,
+                            float *out_score)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    SKV_CHECK(ctx, keys != NULL);
+    SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
+    SKV_CHECK(ctx, keys->n_keys >= 0 && keys->n_keys <= INT32_MAX);
+    SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
+    SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    SKV_CHECK(ctx, k >= 1);
+    SKV_CHECK(ctx, out_idx != NULL || q->n_tokens == 0);
+    const skv_key_src src = {
+        .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
+        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
+        .base = keys->k, .scale = keys->k_scale,
+    };
+    return skv_indexer_run(ctx, q, &src, k, NULL, out_idx, out_score);
+}

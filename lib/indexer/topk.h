@@ -1,0 +1,53 @@
+/* Streaming top-k selection over score keys (see skv_score_key). A state holds candidates in
+ * index order; pushes must come in increasing index order. Once the buffer fills it is cut
+ * back to the best k by a radix select, and the k-th key becomes a threshold that rejects
+ * later candidates at the cost of one compare: a later index never wins a tie. */
+#ifndef SKV_TOPK_H
+#define SKV_TOPK_H
+
+#include "core/core.h"
+
+#define SKV_TOPK_PIECE 256 /* scores pushed per filter call */
+
+typedef struct skv_topk_state {
+    uint32_t *key;
+    int32_t *idx;
+    int32_t n, k, limit; /* count, target, compaction trigger */
+    uint32_t thr;        /* with have_thr: accept key > thr only */
+    int have_thr;
+} skv_topk_state;
+
+/* Bytes of buffer a state for k needs (64-byte multiple). */
+size_t skv_topk_state_bytes(int32_t k);
+void skv_topk_init(skv_topk_state *st, void *mem, int32_t k);
+/* Scores s[0..n) of indices base + 0..n. */
+void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, int32_t n,
+                   int32_t base);
+/* Already-encoded candidates (merging states). */
+void skv_topk_push_keys(skv_topk_state *st, const uint32_t *key, const int32_t *idx, int32_t n);
+/* Cuts the state to its best min(n, k), still in index order. */
+void skv_topk_compact(skv_topk_state *st);
+/* Writes k results in rank order, padded with -1 / -INFINITY. out_score may be NULL. */
+void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score);
+
+/* Candidates of rows whose keys were split into ranges selected separately: each split's
+ * compacted state is stored, then merged in split order (ranges must increase with split). */
+typedef struct skv_topk_parts {
+    uint32_t *key; /* [rows][splits][k] */
+    int32_t *idx;
+    int32_t *n; /* [rows][splits] */
+    int32_t k, splits;
+} skv_topk_parts;
+
+/* Ranges per row: enough to give every thread work, none shorter than min_keys. */
+int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int64_t min_keys);
+/* false on size overflow. */
+int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out);
+void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t splits, int32_t k);
+void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
+                          skv_topk_state *st);
+/* Merges a row's splits using state_mem (skv_topk_state_bytes(k)) and writes its results. */
+void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, void *state_mem,
+                           int32_t *out_idx, float *out_score);
+
+#endif

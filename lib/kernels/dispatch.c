@@ -1,0 +1,24 @@
+/* Fills the kernel tables: scalar first, then each level in turn while the flags allow. */
+#include "core/core.h"
+
+void skv_kernels_init(skv_kernels *k, uint32_t flags)
+{
+    skv_kernels_init_scalar(k);
+    k->flags = 0;
+#ifdef SKV_HAVE_X86
+    if (!(flags & SKV_CPU_AVX2))
+        return;
+    skv_kernels_init_avx2(k);
+    k->flags |= SKV_CPU_AVX2;
+    if (!(flags & SKV_CPU_AVX512))
+        return;
+    skv_kernels_init_avx512(k);
+    k->flags |= SKV_CPU_AVX512;
+    if (!(flags & SKV_CPU_AVX512BF16))
+        return;
+    skv_kernels_init_avx512bf16(k);
+    k->flags |= SKV_CPU_AVX512BF16;
+#else
+    (void)flags;
+#endif
+}

@@ -1,0 +1,110 @@
+/* Kernel families and their dispatch tables. Each family has a scalar C reference, always
+ * built, and x86 variants compiled in their own files with their own ISA flags. A table is
+ * filled with the scalar versions, then upgraded level by level while the CPU flags (AND the
+ * context's mask) allow. */
+#ifndef SKV_KERNELS_H
+#define SKV_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sparsekv/common.h"
+
+/* ---- indexer scoring --------------------------------------------------------------------
+ * A "query pack" holds one query token in the layout a score kernel wants (heads interleaved
+ * for the vector width, padded), with its weights and optional per-head fp8 scales. The score
+ * kernel then computes, for n consecutive keys rows `k_stride` elements apart,
+ *   out[j] = sum_h w[h] * relu(s_h * (q[h] . k[j]))     s_h = qs[h] * ks[j] when scaled, else 1
+ * Each key's result depends only on that key (never on n or j): tiling cannot change it. */
+typedef struct skv_qpack_args {
+    const void *q;       /* [H][D] of one token */
+    skv_dtype q_dtype;   /* F32, BF16 or FP8_E4M3 */
+    const float *qscale; /* [H] or NULL */
+    const float *w;      /* [H] */
+    int32_t H, D;
+    int scaled;          /* 1: apply qs[h] * ks[j] (fp8 on either side) */
+} skv_qpack_args;
+
+/* The pack layout every kernel shares: a header, then chunks of up to hv_max vectors of
+ * `lanes` heads. Chunk c (heads [c*hv_max*lanes, ...)) holds hv vectors:
+ *   q: f32  [D][hv*lanes]                       (compute F32)
+ *      bf16 [ceil(D/2)][hv*lanes][2]            (compute BF16; pairs of dims, odd D padded)
+ *   w: [hv*lanes] weights,  s: [hv*lanes] q scales (1 when absent)
+ * with padded lanes zero in q and w. The scalar kernel uses lanes = 1, hv_max = H. */
+typedef struct skv_qpack_hdr {
+    int32_t H, D, scaled, lanes, hv_max, n_chunks;
+    skv_dtype compute;
+    size_t chunk_bytes; /* bytes of a full chunk; chunk c starts at hdr + c * chunk_bytes */
+} skv_qpack_hdr;
+
+#define SKV_QPACK_HDR_BYTES 64
+
+size_t skv_qpack_size(int32_t H, int32_t D, int lanes, int hv_max, skv_dtype compute);
+void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, skv_dtype compute);
+
+/* Pointers into chunk c of a pack. */
+typedef struct skv_qchunk {
+    const void *q;
+    const float *w, *s;
+    int32_t hv, heads; /* vectors, and real heads in them */
+} skv_qchunk;
+
+skv_qchunk skv_qpack_chunk(const skv_qpack_hdr *h, int32_t c);
+
+typedef struct skv_score_kernel {
+    /* Bytes of one pack for H heads of dimension D (64-byte multiple). */
+    size_t (*pack_size)(int32_t H, int32_t D);
+    void (*pack)(void *dst, const skv_qpack_args *a);
+    /* keys in the kernel's compute dtype (f32 or bf16); ks NULL unless the pack is scaled. */
+    void (*score)(const void *pack, const void *k, size_t k_stride, const float *ks, int64_t n,
+                  float *out);
+    skv_dtype compute; /* SKV_F32 or SKV_BF16 */
+} skv_score_kernel;
+
+/* ---- conversion to a compute dtype (n elements, any n) --------------------------------- */
+typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
+
+/* ---- top-k filter ------------------------------------------------------------------------
+ * Scores are ranked through a monotone u32 key: larger key = better; NaN -> 0; -0 == +0.
+ * filter appends (key, base + j) for every j with key(s[j]) > thr, in order, and returns the
+ * count. encode appends all n. */
+typedef int32_t (*skv_filter_fn)(const float *s, int32_t n, int32_t base, uint32_t thr,
+                                 uint32_t *keys, int32_t *idx);
+
+typedef struct skv_kernels {
+    uint32_t flags;       /* SKV_CPU_* in use */
+    skv_score_kernel score_f32;
+    skv_score_kernel score_bf16; /* pack_size == NULL when the level has no bf16 dot product */
+    skv_cvt_fn bf16_to_f32, fp8_to_f32, fp8_to_bf16;
+    skv_filter_fn filter;
+} skv_kernels;
+
+void skv_kernels_init(skv_kernels *k, uint32_t flags);
+
+/* Per-ISA table fillers (defined only where the build has the ISA). */
+void skv_kernels_init_scalar(skv_kernels *k);
+void skv_kernels_init_avx2(skv_kernels *k);
+void skv_kernels_init_avx512(skv_kernels *k);
+void skv_kernels_init_avx512bf16(skv_kernels *k);
+
+/* Score-key encoding shared by every variant. */
+static inline uint32_t skv_score_key(float f)
+{
+    union { float f; uint32_t u; } v = {f + 0.0f}; /* -0 + 0 = +0 */
+    if (f != f)
+        return 0;
+    return v.u ^ ((uint32_t)((int32_t)v.u >> 31) | 0x80000000u);
+}
+
+static inline float skv_score_from_key(uint32_t key)
+{
+    union { uint32_t u; float f; } v;
+    if (key == 0) {
+        v.u = 0x7fc00000u;
+        return v.f;
+    }
+    v.u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    return v.f;
+}
+
+#endif

@@ -1,0 +1,100 @@
+/* AVX2 + FMA kernels: f32 scoring with 8 heads per vector and the top-k filter. Compiled with
+ * -mavx2 -mfma -mf16c. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "core/core.h"
+
+#define VEC __m256
+#define LANES 8
+#define HV_MAX 2
+#define N_FOR_HV(hv) ((hv) == 2 ? 6 : 8)
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD(p) _mm256_loadu_ps(p)
+#define VBCAST(p) _mm256_broadcast_ss(p)
+#define VSET1(x) _mm256_set1_ps(x)
+#define VMUL(a, b) _mm256_mul_ps(a, b)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+/* vmaxps returns its second source when either is NaN: max(0, NaN) = NaN. */
+#define VRELU(x, v, heads) _mm256_and_ps(_mm256_max_ps(_mm256_setzero_ps(), x), lane_mask((heads) - (v) * LANES))
+#define VHSUM(v) hsum256(v)
+
+static inline __m256 lane_mask(int n)
+{
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), iota));
+}
+
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#include "kernels/score_simd.h"
+
+DEFINE_SCORE_KERNEL(score_f32_avx2, tile_f32, float)
+
+static size_t pack_size_avx2(int32_t H, int32_t D)
+{
+    return skv_qpack_size(H, D, LANES, HV_MAX, SKV_F32);
+}
+
+static void pack_avx2(void *dst, const skv_qpack_args *a)
+{
+    skv_qpack_fill(dst, a, LANES, HV_MAX, SKV_F32);
+}
+
+/* Signed compare of (key ^ 0x80000000) orders like the unsigned keys. */
+static int32_t filter_avx2(const float *s, int32_t n, int32_t base, uint32_t thr,
+                           uint32_t *keys, int32_t *idx)
+{
+    const __m256i vthr = _mm256_set1_epi32((int)(thr ^ 0x80000000u));
+    int32_t m = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 v = _mm256_add_ps(_mm256_loadu_ps(s + j), _mm256_setzero_ps());
+        const __m256i u = _mm256_castps_si256(v);
+        const __m256i skey = _mm256_xor_si256(u, _mm256_srli_epi32(_mm256_srai_epi32(u, 31), 1));
+        const __m256 ord = _mm256_cmp_ps(v, v, _CMP_ORD_Q);
+        int take = _mm256_movemask_ps(_mm256_and_ps(
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(skey, vthr)), ord));
+        while (take) {
+            const int b = __builtin_ctz((unsigned)take);
+            take &= take - 1;
+            keys[m] = skv_score_key(s[j + b]);
+            idx[m] = base + j + b;
+            m++;
+        }
+    }
+    for (; j < n; j++) {
+        const uint32_t key = skv_score_key(s[j]);
+        if (key > thr) {
+            keys[m] = key;
+            idx[m] = base + j;
+            m++;
+        }
+    }
+    return m;
+}
+
+static void bf16_to_f32_avx2(const void *src, void *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    float *d = dst;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+    for (; i < n; i++)
+        d[i] = skv_bf16_to_f32(s[i]);
+}
+
+void skv_kernels_init_avx2(skv_kernels *k)
+{
+    k->score_f32 = (skv_score_kernel){pack_size_avx2, pack_avx2, score_f32_avx2, SKV_F32};
+    k->bf16_to_f32 = bf16_to_f32_avx2;
+    k->filter = filter_avx2;
+}

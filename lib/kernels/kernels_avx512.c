@@ -1,0 +1,109 @@
+/* AVX-512 (F, BW, DQ, VL) kernels: f32 scoring with 16 heads per vector, the top-k filter,
+ * and widening conversions. Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "core/core.h"
+
+#define VEC __m512
+#define LANES 16
+#define HV_MAX 4
+#define N_FOR_HV(hv) ((hv) == 4 ? 4 : (hv) == 3 ? 5 : 8)
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VBCAST(p) _mm512_set1_ps(*(p))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+/* vmaxps returns its second source when either is NaN: max(0, NaN) = NaN. */
+#define VRELU(x, v, heads) _mm512_maskz_max_ps(lane_mask((heads) - (v) * LANES), _mm512_setzero_ps(), x)
+#define VHSUM(v) _mm512_reduce_add_ps(v)
+
+static inline __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+#include "kernels/score_simd.h"
+
+DEFINE_SCORE_KERNEL(score_f32_avx512, tile_f32, float)
+
+static size_t pack_size_avx512(int32_t H, int32_t D)
+{
+    return skv_qpack_size(H, D, LANES, HV_MAX, SKV_F32);
+}
+
+static void pack_avx512(void *dst, const skv_qpack_args *a)
+{
+    skv_qpack_fill(dst, a, LANES, HV_MAX, SKV_F32);
+}
+
+/* Monotone u32 keys of 16 scores (see skv_score_key); NaN lanes reported in *nan. */
+static inline __m512i score_keys(__m512 s, __mmask16 *nan)
+{
+    s = _mm512_add_ps(s, _mm512_setzero_ps()); /* -0 -> +0 */
+    *nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
+    const __m512i u = _mm512_castps_si512(s);
+    return _mm512_xor_si512(u, _mm512_or_si512(_mm512_srai_epi32(u, 31),
+                                               _mm512_set1_epi32((int)0x80000000u)));
+}
+
+/* Appends with full-vector stores (callers leave 16 slots of slack): vpcompressd to memory
+ * is microcoded on some cores, the register form is not. */
+static int32_t filter_avx512(const float *s, int32_t n, int32_t base, uint32_t thr,
+                             uint32_t *keys, int32_t *idx)
+{
+    const __m512i vthr = _mm512_set1_epi32((int)thr);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int32_t m = 0;
+    for (int32_t j = 0; j < n; j += 16) {
+        const __mmask16 valid = n - j >= 16 ? (__mmask16)0xffff : lane_mask(n - j);
+        __mmask16 nan;
+        const __m512i key = score_keys(_mm512_maskz_loadu_ps(valid, s + j), &nan);
+        const __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid & ~nan, key, vthr);
+        if (take) {
+            const __m512i ix = _mm512_add_epi32(iota, _mm512_set1_epi32(base + j));
+            _mm512_storeu_si512(keys + m, _mm512_maskz_compress_epi32(take, key));
+            _mm512_storeu_si512(idx + m, _mm512_maskz_compress_epi32(take, ix));
+            m += __builtin_popcount(take);
+        }
+    }
+    return m;
+}
+
+static void bf16_to_f32_avx512(const void *src, void *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    float *d = dst;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, s + i));
+        _mm512_mask_storeu_ps(d + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+}
+
+/* e4m3: normals by moving the bits into f32 position and rebiasing the exponent (+120),
+ * subnormals as m * 2^-9, and S.1111.111 as NaN. */
+static void fp8_to_f32_avx512(const void *src, void *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    float *d = dst;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
+        const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, s + i));
+        const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
+        __m512i bits = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));
+        const __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0x1p-9f));
+        bits = _mm512_mask_mov_epi32(bits, _mm512_cmplt_epi32_mask(mag, _mm512_set1_epi32(8)),
+                                     _mm512_castps_si512(sub));
+        bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7f)),
+                                     _mm512_set1_epi32(0x7fc00000));
+        bits = _mm512_or_si512(bits, _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24));
+        _mm512_mask_storeu_ps(d + i, m, _mm512_castsi512_ps(bits));
+    }
+}
+
+void skv_kernels_init_avx512(skv_kernels *k)
+{
+    k->score_f32 = (skv_score_kernel){pack_size_avx512, pack_avx512, score_f32_avx512, SKV_F32};
+    k->bf16_to_f32 = bf16_to_f32_avx512;
+    k->fp8_to_f32 = fp8_to_f32_avx512;
+    k->filter = filter_avx512;
+}

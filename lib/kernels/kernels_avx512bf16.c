@@ -1,0 +1,139 @@
+/* AVX-512-BF16 kernels: bf16 dot-product scoring (vdpbf16ps: 16 lanes x pairs of dims) and
+ * fp8-e4m3 -> bf16 conversion with byte permutes (VBMI). fp8 values are exact in bf16 and the
+ * product of two bf16 values is exact in f32, so only the f32 sums round. Compiled with
+ * -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx512vbmi. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "core/core.h"
+
+#define VEC __m512
+#define LANES 16
+#define HV_MAX 4
+#define N_FOR_HV(hv) ((hv) == 4 ? 4 : (hv) == 3 ? 5 : 8)
+#define VZERO() _mm512_setzero_ps()
+#define VLOAD(p) _mm512_loadu_ps(p)
+#define VBCAST(p) _mm512_set1_ps(*(p))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VMUL(a, b) _mm512_mul_ps(a, b)
+#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VRELU(x, v, heads) _mm512_maskz_max_ps(lane_mask((heads) - (v) * LANES), _mm512_setzero_ps(), x)
+#define VHSUM(v) _mm512_reduce_add_ps(v)
+
+static inline __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+
+#include "kernels/score_simd.h"
+
+static inline uint32_t load_u32(const uint16_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int N,
+                                 const uint16_t *k, size_t kst, const float *ks, int64_t n_valid,
+                                 int scaled, int accumulate, float *out)
+{
+    VEC acc[HV_MAX][16];
+    TILE_ROWS(uint16_t, row, k, kst, N, n_valid);
+#pragma GCC unroll 16
+    for (int v = 0; v < hv; v++)
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++)
+            acc[v][j] = VZERO();
+
+    const uint16_t *q = c->q;
+    const int32_t D2 = D / 2;
+    for (int32_t d2 = 0; d2 < D2; d2++) {
+        __m512bh qv[HV_MAX];
+#pragma GCC unroll 16
+        for (int v = 0; v < hv; v++)
+            qv[v] = (__m512bh)_mm512_loadu_si512(q + ((size_t)d2 * hv + v) * 2 * LANES);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)load_u32(row[j] + 2 * d2));
+#pragma GCC unroll 16
+            for (int v = 0; v < hv; v++)
+                acc[v][j] = _mm512_dpbf16_ps(acc[v][j], qv[v], b);
+        }
+    }
+    if (D & 1) { /* last dim pairs with zero: q's pad is 0, the key's pad lane is 0 too */
+        __m512bh qv[HV_MAX];
+#pragma GCC unroll 16
+        for (int v = 0; v < hv; v++)
+            qv[v] = (__m512bh)_mm512_loadu_si512(q + ((size_t)D2 * hv + v) * 2 * LANES);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++) {
+            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)row[j][D - 1]);
+#pragma GCC unroll 16
+            for (int v = 0; v < hv; v++)
+                acc[v][j] = _mm512_dpbf16_ps(acc[v][j], qv[v], b);
+        }
+    }
+    tile_epilogue(c, hv, N, acc, ks, n_valid, scaled, accumulate, out);
+}
+
+DEFINE_SCORE_KERNEL(score_bf16_avx512, tile_bf16, uint16_t)
+
+static size_t pack_size_bf16(int32_t H, int32_t D)
+{
+    return skv_qpack_size(H, D, LANES, HV_MAX, SKV_BF16);
+}
+
+static void pack_bf16(void *dst, const skv_qpack_args *a)
+{
+    skv_qpack_fill(dst, a, LANES, HV_MAX, SKV_BF16);
+}
+
+/* 64 fp8 values per step: two 128-entry byte lookups give the bf16 high and low bytes of the
+ * magnitude (the index's top bit is ignored; the table's first half is the positive values), the sign is OR-ed in, and two byte permutes
+ * interleave low/high bytes into words in the original order. */
+static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    uint16_t *d = dst;
+    __m512i lo_t[2], hi_t[2];
+    for (int i = 0; i < 2; i++) {
+        const __m512i w0 = _mm512_load_si512(skv_fp8_bf16_lut + 64 * i);
+        const __m512i w1 = _mm512_load_si512(skv_fp8_bf16_lut + 64 * i + 32);
+        lo_t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)),
+                                     _mm512_cvtepi16_epi8(w1), 1);
+        hi_t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16(w0, 8))),
+                                     _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
+    }
+    uint8_t il0[64], il1[64];
+    for (int i = 0; i < 32; i++) {
+        il0[2 * i] = (uint8_t)i;
+        il0[2 * i + 1] = (uint8_t)(64 + i);
+        il1[2 * i] = (uint8_t)(32 + i);
+        il1[2 * i + 1] = (uint8_t)(96 + i);
+    }
+    const __m512i ix0 = _mm512_loadu_si512(il0), ix1 = _mm512_loadu_si512(il1);
+    const __m512i sign = _mm512_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < n; i += 64) {
+        const int64_t left = n - i;
+        const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        const __m512i x = _mm512_maskz_loadu_epi8(m, s + i);
+        const __m512i lo = _mm512_permutex2var_epi8(lo_t[0], x, lo_t[1]);
+        const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi_t[0], x, hi_t[1]),
+                                                     x, sign, 0xf8); /* a | (b & c) */
+        const __m512i w0 = _mm512_permutex2var_epi8(lo, ix0, hi);
+        const __m512i w1 = _mm512_permutex2var_epi8(lo, ix1, hi);
+        if (left >= 64) {
+            _mm512_storeu_si512(d + i, w0);
+            _mm512_storeu_si512(d + i + 32, w1);
+        } else {
+            const __mmask32 m0 = left >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << left) - 1);
+            const __mmask32 m1 = left <= 32 ? 0 : (((__mmask32)1 << (left - 32)) - 1);
+            _mm512_mask_storeu_epi16(d + i, m0, w0);
+            _mm512_mask_storeu_epi16(d + i + 32, m1, w1);
+        }
+    }
+}
+
+void skv_kernels_init_avx512bf16(skv_kernels *k)
+{
+    k->score_bf16 = (skv_score_kernel){pack_size_bf16, pack_bf16, score_bf16_avx512, SKV_BF16};
+    k->fp8_to_bf16 = fp8_to_bf16_vbmi;
+}

@@ -1,0 +1,90 @@
+/* Scalar C reference kernels: always built, the ground every SIMD variant is checked against,
+ * and the path taken on CPUs without AVX2. Written for clarity, in the same per-key operation
+ * order as the formula: dot product over d, scale, ReLU (NaN propagates), weight, head sum. */
+#include <math.h>
+#include <string.h>
+
+#include "core/core.h"
+
+static size_t pack_size_scalar(int32_t H, int32_t D)
+{
+    return skv_qpack_size(H, D, 1, H, SKV_F32);
+}
+
+static void pack_scalar(void *dst, const skv_qpack_args *a)
+{
+    skv_qpack_fill(dst, a, 1, a->H, SKV_F32);
+}
+
+static inline float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
+
+static void score_scalar(const void *pack, const void *keys, size_t k_stride, const float *ks,
+                         int64_t n, float *out)
+{
+    const skv_qpack_hdr *hdr = pack;
+    const skv_qchunk c = skv_qpack_chunk(hdr, 0);
+    const float *q = c.q;
+    const int32_t H = hdr->H, D = hdr->D;
+    for (int64_t j = 0; j < n; j++) {
+        const float *k = (const float *)keys + j * (int64_t)k_stride;
+        float sum = 0;
+        for (int32_t h = 0; h < H; h++) {
+            float dot = 0;
+            for (int32_t d = 0; d < D; d++)
+                dot += q[(size_t)d * H + h] * k[d];
+            if (hdr->scaled)
+                dot *= c.s[h] * ks[j];
+            sum += c.w[h] * relu(dot);
+        }
+        out[j] = sum;
+    }
+}
+
+static void bf16_to_f32_scalar(const void *src, void *dst, int64_t n)
+{
+    const uint16_t *s = src;
+    float *d = dst;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = skv_bf16_to_f32(s[i]);
+}
+
+static void fp8_to_f32_scalar(const void *src, void *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    float *d = dst;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = skv_fp8_to_f32(s[i]);
+}
+
+static void fp8_to_bf16_scalar(const void *src, void *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = skv_fp8_bf16_lut[s[i]];
+}
+
+static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t thr,
+                             uint32_t *keys, int32_t *idx)
+{
+    int32_t m = 0;
+    for (int32_t j = 0; j < n; j++) {
+        const uint32_t key = skv_score_key(s[j]);
+        if (key > thr) {
+            keys[m] = key;
+            idx[m] = base + j;
+            m++;
+        }
+    }
+    return m;
+}
+
+void skv_kernels_init_scalar(skv_kernels *k)
+{
+    memset(k, 0, sizeof *k);
+    k->score_f32 = (skv_score_kernel){pack_size_scalar, pack_scalar, score_scalar, SKV_F32};
+    k->bf16_to_f32 = bf16_to_f32_scalar;
+    k->fp8_to_f32 = fp8_to_f32_scalar;
+    k->fp8_to_bf16 = fp8_to_bf16_scalar;
+    k->filter = filter_scalar;
+}

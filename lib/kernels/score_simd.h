@@ -1,0 +1,108 @@
+/* Score kernels written once for any vector width. Included by one ISA file after it defines:
+ *   VEC, LANES, HV_MAX          vector type, floats per vector, vectors per head chunk
+ *   N_FOR_HV(hv)                keys per register tile for hv head vectors (<= 16)
+ *   VZERO() VLOAD(p) VBCAST(p) VSET1(x) VMUL(a,b) VFMA(a,b,c) = a*b+c
+ *   VRELU(x, v, heads)          max(0, x) with NaN kept, zero in padded lanes of vector v
+ *   VHSUM(v)                    horizontal sum in a fixed order
+ *
+ * Heads live in vector lanes and keys in the register tile: acc[v][j] accumulates the dot
+ * products of head vector v with key j over d, reading each key element once per tile as a
+ * broadcast. Scale, ReLU, weight and head sum then happen in registers; one float per key
+ * leaves the tile. A tail of fewer than N keys reruns the last key in the spare columns (the
+ * same per-key arithmetic, so a key's score never depends on where it falls in a tile). */
+
+#define SKV_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Chunks never have more than HV_MAX vectors; this keeps unreachable cases well-formed. */
+#define HV_CLAMP(x) ((x) < HV_MAX ? (x) : HV_MAX)
+
+/* Rows of the tile: a tail repeats the last valid key. */
+#define TILE_ROWS(T, row, k, kst, N, n_valid)                                                 \
+    const T *row[16];                                                                         \
+    _Pragma("GCC unroll 16") for (int j_ = 0; j_ < (N); j_++) row[j_] =                      \
+        (k) + (size_t)(j_ < (n_valid) ? j_ : (n_valid) - 1) * (kst)
+
+SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int N, VEC acc[HV_MAX][16],
+                                     const float *ks, int64_t n_valid, int scaled,
+                                     int accumulate, float *out)
+{
+#pragma GCC unroll 16
+    for (int j = 0; j < N; j++) {
+        if (j >= n_valid)
+            break;
+        VEC sum = VZERO();
+#pragma GCC unroll 16
+        for (int v = 0; v < hv; v++) {
+            VEC x = acc[v][j];
+            if (scaled)
+                x = VMUL(x, VMUL(VLOAD(c->s + v * LANES), VSET1(ks[j])));
+            x = VRELU(x, v, c->heads);
+            sum = v == 0 ? VMUL(x, VLOAD(c->w)) : VFMA(x, VLOAD(c->w + v * LANES), sum);
+        }
+        const float r = VHSUM(sum);
+        out[j] = accumulate ? out[j] + r : r;
+    }
+}
+
+SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int N, const float *k,
+                                size_t kst, const float *ks, int64_t n_valid, int scaled,
+                                int accumulate, float *out)
+{
+    VEC acc[HV_MAX][16];
+    TILE_ROWS(float, row, k, kst, N, n_valid);
+#pragma GCC unroll 16
+    for (int v = 0; v < hv; v++)
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++)
+            acc[v][j] = VZERO();
+
+    const float *q = c->q;
+    for (int32_t d = 0; d < D; d++) {
+        VEC qv[HV_MAX];
+#pragma GCC unroll 16
+        for (int v = 0; v < hv; v++)
+            qv[v] = VLOAD(q + ((size_t)d * hv + v) * LANES);
+#pragma GCC unroll 16
+        for (int j = 0; j < N; j++) {
+            const VEC b = VBCAST(row[j] + d);
+#pragma GCC unroll 16
+            for (int v = 0; v < hv; v++)
+                acc[v][j] = VFMA(qv[v], b, acc[v][j]);
+        }
+    }
+    tile_epilogue(c, hv, N, acc, ks, n_valid, scaled, accumulate, out);
+}
+
+/* Defines `static void NAME(pack, k, kst, ks, n, out)` running TILE over every head chunk and
+ * key tile; ELEM is the key element type. */
+#define DEFINE_SCORE_KERNEL(NAME, TILE, ELEM)                                                 \
+    SKV_ALWAYS_INLINE void NAME##_chunk(const skv_qchunk *c, int32_t D, int hv,               \
+                                        const ELEM *k, size_t kst, const float *ks,           \
+                                        int64_t n, int scaled, int accumulate, float *out)    \
+    {                                                                                         \
+        const int N = N_FOR_HV(hv);                                                           \
+        for (int64_t j = 0; j < n; j += N) {                                                  \
+            const int64_t left = n - j;                                                       \
+            TILE(c, D, hv, N, k + (size_t)j * kst, kst, scaled ? ks + j : NULL,               \
+                 left < N ? left : N, scaled, accumulate, out + j);                           \
+        }                                                                                     \
+    }                                                                                         \
+    static void NAME(const void *pack, const void *k, size_t kst, const float *ks, int64_t n, \
+                     float *out)                                                              \
+    {                                                                                         \
+        const skv_qpack_hdr *hdr = pack;                                                      \
+        for (int32_t ci = 0; ci < hdr->n_chunks; ci++) {                                      \
+            const skv_qchunk c = skv_qpack_chunk(hdr, ci);                                    \
+            const int acc_ = ci > 0;                                                          \
+            switch (c.hv * 2 + (hdr->scaled != 0)) {                                          \
+            case 2: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 0, acc_, out); break;          \
+            case 3: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 1, acc_, out); break;          \
+            case 4: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 0, acc_, out); break;          \
+            case 5: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 1, acc_, out); break;          \
+            case 6: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 0, acc_, out); break; \
+            case 7: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 1, acc_, out); break; \
+            case 8: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 0, acc_, out); break; \
+            case 9: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 1, acc_, out); break; \
+            default: break;                                                                   \
+            }                                                                                 \
+        }                                                                                     \
+    }
