@@ -76,12 +76,10 @@ typedef void (*skv_log_fn)(void *user, skv_log_level level, const char *msg);
 
 /* Instruction-set levels. Each level includes the ones before it; a kernel family uses the
  * highest level that the CPU supports and the context's cpu_mask allows. */
-enum {
-    SKV_CPU_AVX2 = 1u << 0,       /* AVX2 + FMA + F16C */
-    SKV_CPU_AVX512 = 1u << 1,     /* AVX-512 F, BW, DQ, VL */
-    SKV_CPU_AVX512BF16 = 1u << 2, /* AVX-512 BF16 + VBMI (Zen 4+, Sapphire Rapids+) */
-    SKV_CPU_ALL = 0xffffffffu
-};
+#define SKV_CPU_AVX2 (1u << 0)       /* AVX2 + FMA + F16C */
+#define SKV_CPU_AVX512 (1u << 1)     /* AVX-512 F, BW, DQ, VL */
+#define SKV_CPU_AVX512BF16 (1u << 2) /* AVX-512 BF16 + VBMI (Zen 4+, Sapphire Rapids+) */
+#define SKV_CPU_ALL 0xffffffffu
 
 /* Levels this CPU (and OS, for register state) supports, as SKV_CPU_* bits. */
 SKV_API uint32_t skv_cpu_flags(void);

@@ -1,0 +1,38 @@
+#!/bin/sh
+# Installs the build into a temporary destdir and builds a tiny consumer with nothing but
+# `pkg-config --cflags --libs sparsekv`, then runs it. Usage: install_test.sh BUILD_DIR CC
+set -eu
+build=$1
+cc=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+meson install -C "$build" --destdir "$tmp/root" --no-rebuild --quiet >/dev/null
+pc=$(find "$tmp/root" -name sparsekv.pc | head -n 1)
+[ -n "$pc" ] || { echo "sparsekv.pc not installed"; exit 1; }
+export PKG_CONFIG_PATH="$(dirname "$pc")"
+export PKG_CONFIG_SYSROOT_DIR="$tmp/root"
+cat > "$tmp/consumer.c" <<'C'
+#include <sparsekv/sparsekv.h>
+#include <stdio.h>
+int main(void)
+{
+    skv_context *ctx;
+    if (skv_context_create(NULL, &ctx) != SKV_OK)
+        return 1;
+    const float q[2 * 4] = {1, 0, 0, 0, 0, 1, 0, 0}, w[2] = {1, 0.5f};
+    const float k[3 * 4] = {0, 0, 1, 0, 3, 0, 0, 0, 1, 4, 0, 0};
+    skv_indexer_query qq = {1, 2, 4, SKV_F32, q, NULL, w, NULL};
+    skv_key_block kb = {3, 4, SKV_F32, k, NULL};
+    int32_t idx[2];
+    float sc[2];
+    skv_status s = skv_indexer_topk(ctx, &qq, &kb, 2, idx, sc);
+    skv_context_destroy(ctx);
+    printf("%s: %d %d %g %g (version %d)\n", skv_status_string(s), idx[0], idx[1], sc[0], sc[1], skv_version());
+    return s != SKV_OK || idx[0] != 1 || idx[1] != 2 || sc[0] != 3 || sc[1] != 3;
+}
+C
+# shellcheck disable=SC2046
+"$cc" -std=c11 -Wall -Werror -o "$tmp/consumer" "$tmp/consumer.c" $(pkg-config --cflags --libs sparsekv)
+libdir=$(pkg-config --variable=libdir sparsekv)
+case $libdir in "$tmp/root"*) ;; *) libdir="$tmp/root$libdir" ;; esac # pkgconf adds the sysroot
+LD_LIBRARY_PATH="$libdir" "$tmp/consumer"
