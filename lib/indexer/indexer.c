@@ -18,8 +18,8 @@
 
 #define TOKEN_BLOCK 8
 #define KEY_GROUP 256
-#define SPLIT_MIN_KEYS 4096
-#define CVT_STEP 32 /* keys converted per step */ /* below this a split costs more than it saves */
+#define SPLIT_MIN_KEYS 1024 /* below this a split costs more than it saves */
+#define CVT_STEP 32         /* keys converted per step */
 
 #define ONE4 1.0f, 1.0f, 1.0f, 1.0f
 #define ONE16 ONE4, ONE4, ONE4, ONE4
