@@ -35,9 +35,11 @@ typedef struct skv_key_block {
 } skv_key_block;
 
 /* Query and key dtypes may differ. With AVX-512-BF16, BF16/FP8 queries against BF16/FP8 keys
- * use bf16 dot products (fp8 -> bf16 is exact; products are exact in f32, sums are f32);
- * otherwise everything is widened exactly to f32. Limits: 1 <= n_heads <= 4096,
- * 1 <= head_dim <= 4096, n_tokens >= 1. */
+ * use bf16 dot products (fp8 -> bf16 is exact; products are exact in f32, sums are f32; bf16
+ * subnormals, below 2^-126, count as zero there, as vdpbf16ps flushes them); otherwise
+ * everything is widened exactly to f32. Scores are deterministic for a given CPU level and
+ * independent of the thread count; levels may differ in the last bits (summation order).
+ * Limits: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096, n_tokens >= 0 (0 is a no-op). */
 
 /* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
  * For FP8, q and k are the dequantised values (value * scale). out: [n_tokens][n_keys].
@@ -55,9 +57,10 @@ SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query 
  *
  * Nothing of size n_tokens x n_keys is materialised: scores are computed on tiles and streamed
  * through a threshold filter. Workspace, held by the context and reused across calls, is at most
- *   threads * (8 * (2k + 256) * 8 + 8 * H16 * head_dim * 4 + 256 * head_dim * 4 + 64 KiB)
- * bytes plus n_tokens * threads * k * 8 for merging split rows, where H16 is n_heads rounded
- * up to 16 — independent of n_keys, and of n_tokens beyond the merge term.
+ *   threads * (8 * (2k + 272) * 8 + 8 * H16 * (head_dim + 2) * 4 + 256 * head_dim * 4 + 16 KiB)
+ * bytes, plus n_tokens * threads * (8k + 4) when fewer than `threads` blocks of 8 tokens split
+ * their keys across threads (decode); H16 is n_heads rounded up to 16. It is independent of
+ * n_keys, and of n_tokens except in that split case.
  * Errors: as skv_indexer_scores, plus INVALID_ARG for k <= 0. */
 SKV_API skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
                                     const skv_key_block *keys, int32_t k, int32_t *out_idx,

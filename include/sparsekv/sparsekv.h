@@ -6,5 +6,6 @@
 #include "version.h"
 #include "common.h"
 #include "indexer.h"
+#include "reuse.h"
 
 #endif

@@ -29,46 +29,71 @@ void skv_topk_init(skv_topk_state *st, void *mem, int32_t k)
     st->have_thr = 0;
 }
 
-/* Keeps the k best of n > k candidates in index order; returns the k-th best key. Each pass
- * histograms the keys inside [lo, hi] into at most 2048 bins of the range's top differing
- * bits and narrows the range to the bin holding the k-th key, so a pass resolves 11 bits of
- * the range actually in use (two passes for typical score spreads, never more than three).
- * One last pass keeps every key above the k-th and the earliest ones equal to it. */
-static uint32_t select_keep(uint32_t *key, int32_t *idx, int32_t n, int32_t k)
+/* Histogram of the keys in [lo, hi] (all of them when `all`) by the top 11 bits in which lo
+ * and hi differ; narrows [lo, hi] to the bin holding the need-th largest and makes need the
+ * rank inside it. */
+static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32_t *hi, int64_t *need)
 {
     uint32_t hist[2048];
+    const int bits = 32 - __builtin_clz(*lo ^ *hi);
+    const int sh = bits > 11 ? bits - 11 : 0;
+    const uint32_t base = *lo >> sh, span = *hi - *lo;
+    uint32_t nb = (*hi >> sh) - base + 1;
+    nb = nb < 2048 ? nb : 2048; /* always: lo and hi agree above bit `bits` */
+    memset(hist, 0, nb * sizeof hist[0]);
+    if (all) {
+        for (int32_t i = 0; i < n; i++)
+            hist[(key[i] >> sh) - base]++;
+    } else {
+        for (int32_t i = 0; i < n; i++)
+            if (key[i] - *lo <= span)
+                hist[(key[i] >> sh) - base]++;
+    }
+    uint32_t b = nb - 1;
+    int64_t above = 0;
+    while (above + hist[b] < *need)
+        above += hist[b--];
+    *need -= above;
+    const uint32_t blo = (base + b) << sh, bhi = blo + ((1u << sh) - 1);
+    *lo = blo > *lo ? blo : *lo;
+    *hi = bhi < *hi ? bhi : *hi;
+}
+
+/* Keeps the k best of n > k candidates in index order; returns the k-th best key.
+ * One histogram pass over every key finds the bin (of the range's top 11 differing bits) that
+ * holds the k-th; that bin's keys are usually few, so they are copied out and refined alone
+ * (11 more bits a pass). A last branch-free pass keeps every key above the k-th and the
+ * earliest ones equal to it. */
+static uint32_t select_keep(uint32_t *key, int32_t *idx, int32_t n, int32_t k)
+{
     uint32_t lo = UINT32_MAX, hi = 0;
     for (int32_t i = 0; i < n; i++) {
         lo = key[i] < lo ? key[i] : lo;
         hi = key[i] > hi ? key[i] : hi;
     }
     int64_t need = k; /* rank of the k-th key among those in [lo, hi] */
-    while (lo != hi) {
-        const int bits = 32 - __builtin_clz(lo ^ hi);
-        const int sh = bits > 11 ? bits - 11 : 0;
-        const uint32_t base = lo >> sh, nb = (hi >> sh) - base + 1;
-        memset(hist, 0, nb * sizeof hist[0]);
-        for (int32_t i = 0; i < n; i++)
-            if (key[i] >= lo && key[i] <= hi)
-                hist[(key[i] >> sh) - base]++;
-        uint32_t b = nb - 1;
-        int64_t above = 0;
-        while (above + hist[b] < need)
-            above += hist[b--];
-        need -= above;
-        const uint32_t blo = (base + b) << sh, bhi = blo + ((1u << sh) - 1);
-        lo = blo > lo ? blo : lo;
-        hi = bhi < hi ? bhi : hi;
-    }
-    const uint32_t kth = lo;
+    if (lo != hi)
+        narrow(key, n, 1, &lo, &hi, &need);
+    uint32_t few[1024];
     int32_t m = 0;
+    const uint32_t span = hi - lo;
+    for (int32_t i = 0; i < n && m < 1024; i++) {
+        few[m] = key[i];
+        m += key[i] - lo <= span;
+    }
+    const int fits = m < 1024;
+    while (lo != hi)
+        narrow(fits ? few : key, fits ? m : n, 0, &lo, &hi, &need);
+
+    const uint32_t kth = lo;
+    int32_t out = 0;
     for (int32_t i = 0; i < n; i++) {
-        const int keep = key[i] > kth || (key[i] == kth && need-- > 0);
-        if (keep) {
-            key[m] = key[i];
-            idx[m] = idx[i];
-            m++;
-        }
+        const uint32_t kv = key[i];
+        const int keep = kv > kth || (kv == kth && need > 0);
+        need -= kv == kth;
+        key[out] = kv;
+        idx[out] = idx[i];
+        out += keep;
     }
     return kth;
 }

@@ -1,0 +1,196 @@
+/* sparsekv — IndexCache: cross-layer index reuse.
+ *
+ * Each layer of a model is Full (it runs its own indexer) or Shared (it reuses the top-k of the
+ * nearest preceding Full layer). A reuse plan says which; a selector hands every layer its
+ * indices during a forward step, running the indexer only on Full layers; the greedy search
+ * finds a plan for a model from the host's own calibration loss.
+ *
+ * Thread safety: see common.h. A plan is immutable after creation: any number of threads may
+ * query it. */
+#ifndef SPARSEKV_REUSE_H
+#define SPARSEKV_REUSE_H
+
+#include "common.h"
+#include "indexer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum skv_layer_role { SKV_LAYER_FULL = 0, SKV_LAYER_SHARED = 1 } skv_layer_role;
+
+/* ---- reuse plans ------------------------------------------------------------------------- */
+
+typedef struct skv_reuse_plan skv_reuse_plan; /* opaque, immutable */
+
+/* Frequency conventions. With an offset o, layers below o are Full and the rule applies to
+ * l - o above it (o = 0: the rule as written). */
+typedef enum skv_reuse_freq_rule {
+    /* IndexCache's released code: Shared iff max(l-1, 0) % freq != 0 -> FFSSSFSSS... (freq 4) */
+    SKV_REUSE_FREQ_OFFICIAL = 0,
+    /* Full iff l % freq == 0 -> FSSSFSSS... */
+    SKV_REUSE_FREQ_PLAIN = 1
+} skv_reuse_freq_rule;
+
+/* Every constructor validates: at least one layer (at most 65536), layer 0 Full, and the first
+ * layer of every pipeline segment Full. Segments: segment_starts[0..n_segments) strictly
+ * increasing layer indices below n_layers (0 may be included or not); NULL with n_segments 0
+ * means one segment. Errors: INVALID_ARG (with the reason logged at DEBUG level), NOMEM. */
+
+/* From a pattern of 'F' and 'S' (case-insensitive), one character per layer. */
+SKV_API skv_status skv_reuse_plan_from_string(skv_context *ctx, const char *pattern,
+                                              const int32_t *segment_starts, int32_t n_segments,
+                                              skv_reuse_plan **out);
+/* From a frequency (>= 1) and offset (0 <= offset < n_layers). */
+SKV_API skv_status skv_reuse_plan_from_freq(skv_context *ctx, int32_t n_layers, int32_t freq,
+                                            int32_t offset, skv_reuse_freq_rule rule,
+                                            const int32_t *segment_starts, int32_t n_segments,
+                                            skv_reuse_plan **out);
+/* From one role per layer. */
+SKV_API skv_status skv_reuse_plan_from_roles(skv_context *ctx, const skv_layer_role *roles,
+                                             int32_t n_layers, const int32_t *segment_starts,
+                                             int32_t n_segments, skv_reuse_plan **out);
+SKV_API void skv_reuse_plan_destroy(skv_reuse_plan *p); /* NULL is fine */
+
+SKV_API int32_t skv_reuse_plan_n_layers(const skv_reuse_plan *p); /* 0 for NULL */
+SKV_API int32_t skv_reuse_plan_n_full(const skv_reuse_plan *p);   /* 0 for NULL */
+/* Errors (all queries): INVALID_ARG for NULL or a layer out of range. */
+SKV_API skv_status skv_reuse_plan_role(const skv_reuse_plan *p, int32_t layer, skv_layer_role *out);
+/* The Full layer whose indices `layer` uses: itself when Full. */
+SKV_API skv_status skv_reuse_plan_source(const skv_reuse_plan *p, int32_t layer, int32_t *out);
+/* The layer's slot among Full layers (0 .. n_full-1), its source's slot when Shared: the layer
+ * index to use in a key cache created with skv_reuse_kcache_params. */
+SKV_API skv_status skv_reuse_plan_full_slot(const skv_reuse_plan *p, int32_t layer, int32_t *out);
+/* The canonical pattern ("FFSS...", upper case) into buf[size >= n_layers + 1]. */
+SKV_API skv_status skv_reuse_plan_pattern(const skv_reuse_plan *p, char *buf, size_t size);
+
+/* Key-cache parameters for a plan: `base` with n_layers = number of Full layers, so Shared
+ * layers get no indexer key pages at all. */
+SKV_API skv_status skv_reuse_kcache_params(const skv_reuse_plan *p, const skv_kcache_params *base,
+                                           skv_kcache_params *out);
+
+/* ---- per-step selection -------------------------------------------------------------------- */
+
+/* How Full layers select: the dense indexer. (MISA routing plugs in here.) */
+typedef enum skv_select_method { SKV_SELECT_DENSE = 0 } skv_select_method;
+
+typedef struct skv_reuse_selector_params {
+    size_t struct_size;       /* sizeof(skv_reuse_selector_params); set by _params_init */
+    int32_t k;                /* top-k per query token; default 2048 */
+    int32_t max_tokens;       /* query tokens per step, at most; default 1 (decode) */
+    skv_select_method method; /* default SKV_SELECT_DENSE */
+} skv_reuse_selector_params;
+
+typedef struct skv_reuse_selector skv_reuse_selector; /* opaque; one per sequence */
+
+typedef struct skv_reuse_selector_stats {
+    size_t struct_size;     /* set by the caller */
+    int64_t steps;          /* skv_reuse_begin_step calls */
+    int64_t indexer_runs;   /* Full-layer selections computed */
+    int64_t reused;         /* Shared-layer selections served from their source */
+} skv_reuse_selector_stats;
+
+SKV_API void skv_reuse_selector_params_init(skv_reuse_selector_params *p);
+/* The selector keeps a pointer to the plan: the plan must outlive it. Errors: INVALID_ARG,
+ * UNSUPPORTED (method), NOMEM. It holds one index buffer of max_tokens * k int32. */
+SKV_API skv_status skv_reuse_selector_create(skv_context *ctx, const skv_reuse_plan *plan,
+                                             const skv_reuse_selector_params *p,
+                                             skv_reuse_selector **out);
+SKV_API void skv_reuse_selector_destroy(skv_reuse_selector *s); /* NULL is fine */
+
+/* Starts a forward step of n_tokens (1 .. max_tokens) query tokens. Layers must then be
+ * selected in increasing order (layers may be skipped only if no later layer of this step
+ * needs them: a Shared layer's source must have been selected in this step). */
+SKV_API skv_status skv_reuse_begin_step(skv_reuse_selector *s, int32_t n_tokens);
+
+/* Selects for `layer` and returns a view of its indices, [n_tokens][k] int32 (-1 padded):
+ * - Full layer: runs the indexer on q (q->n_tokens == the step's n_tokens) and the keys;
+ * - Shared layer: returns its source's indices; q and keys are not read (may be NULL).
+ * The view is owned by the selector: it stays valid until the next Full layer is selected,
+ * the next step begins, or the selector is destroyed — the same memory is reused.
+ * Errors: INVALID_ARG (layer out of order or range, token count mismatch, NULL q/keys for a
+ * Full layer), STATE (no step begun, or the source Full layer was not selected this step),
+ * and those of skv_indexer_topk. On error the view of the previous Full layer is unchanged. */
+SKV_API skv_status skv_reuse_select(skv_reuse_selector *s, int32_t layer,
+                                    const skv_indexer_query *q, const skv_key_block *keys,
+                                    const int32_t **out_idx);
+/* The same with the keys in a key cache created with skv_reuse_kcache_params: the layer's
+ * keys are at (seq, full slot of layer). */
+SKV_API skv_status skv_reuse_select_kcache(skv_reuse_selector *s, int32_t layer,
+                                           const skv_indexer_query *q, skv_kcache *cache,
+                                           int32_t seq, const int32_t **out_idx);
+SKV_API skv_status skv_reuse_selector_get_stats(const skv_reuse_selector *s,
+                                                skv_reuse_selector_stats *out);
+
+/* ---- greedy calibration search --------------------------------------------------------------- */
+
+/* The host's loss for a pattern ('F'/'S' per layer, NUL-terminated; valid during the call):
+ * it runs its model with that reuse pattern on fixed calibration batches. Lower is better. A
+ * NaN return aborts the search. */
+typedef double (*skv_reuse_loss_fn)(const char *pattern, void *user);
+
+typedef struct skv_reuse_search_params {
+    size_t struct_size;            /* sizeof(skv_reuse_search_params); set by _params_init */
+    int32_t n_layers;              /* required */
+    int32_t target_full;           /* Full layers to keep, >= number of fixed-Full layers */
+    int32_t n_blocks;              /* P: contiguous blocks of layers, one flip per block per
+                                      round, each block's first layer fixed Full; default 1 */
+    const int32_t *segment_starts; /* pipeline segments (their first layers stay Full) */
+    int32_t n_segments;            /* default 0 (one segment) */
+    skv_reuse_loss_fn loss;        /* required */
+    void *user;                    /* passed to loss */
+} skv_reuse_search_params;
+
+typedef struct skv_reuse_search_result {
+    size_t struct_size;  /* set by the caller */
+    int32_t n_rounds;    /* rounds run */
+    int64_t n_evals;     /* loss callbacks made */
+    int64_t n_cached;    /* evaluations answered from the search's cache */
+} skv_reuse_search_result;
+
+SKV_API void skv_reuse_search_params_init(skv_reuse_search_params *p);
+
+/* Greedy search (IndexCache, training-free): start all Full; each round, for every candidate
+ * (a Full layer that is not fixed), evaluate the pattern with that layer flipped to Shared;
+ * commit the flip with the lowest loss (ties to the lower layer) — with P blocks, the best flip
+ * of each block, and in a round that needs fewer flips than blocks, the best of those flips —
+ * until target_full layers remain Full. Evaluations are cached by pattern.
+ * Outputs: pattern_out[n_layers + 1] (the final pattern), curve_out[n_layers + 1] or NULL:
+ * curve_out[r] is the loss after round r (r = 0: all Full), result may be NULL.
+ * Errors: INVALID_ARG (target below the fixed-Full count or above n_layers, bad segments or
+ * blocks), NOMEM, and SKV_ERR_IO when the loss callback returns NaN (outputs then hold the
+ * state before the failing round). The search costs O(n_layers^2) evaluations. */
+SKV_API skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_params *p,
+                                    char *pattern_out, double *curve_out,
+                                    skv_reuse_search_result *result);
+
+/* ---- proxies for hosts that cannot run a loss --------------------------------------------------
+ * Heuristics: IndexCache found similarity-based layer choices no better than uniform spacing;
+ * a host loss through skv_reuse_search is the recommended path. */
+
+/* Cross-layer overlap from captured top-k: topk [n_layers][n_tokens][k] (-1 padded);
+ * out[i][j] = mean over tokens of |T_i(t) & T_j(t)| / k (indices < 0 ignored). */
+SKV_API skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int32_t n_layers,
+                                     int32_t n_tokens, int32_t k, double *out);
+
+/* Attention-mass matrix from captured indexer inputs of one calibration batch (the same query
+ * tokens in every layer): runs each layer's indexer, then
+ *   out[l][j] = mean over tokens of the share of softmax(I_l(t, .)) over visible keys that
+ *               layer j's top-k captures.
+ * The diagonal is each layer's own top-k mass. queries/keys: n_layers each. Also fills
+ * topk_out [n_layers][n_tokens][k] when not NULL (for skv_reuse_overlap). */
+SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_query *queries,
+                                         const skv_key_block *keys, int32_t n_layers, int32_t k,
+                                         double *out, int32_t *topk_out);
+
+/* A loss for skv_reuse_search from a mass matrix: `user` points to an skv_reuse_mass_loss;
+ * loss(pattern) = sum over Shared layers l of (1 - M[l][source(l)]), divided by n_layers
+ * (0 when all Full; NaN for a malformed pattern). */
+typedef struct skv_reuse_mass_loss { const double *mass; int32_t n_layers; } skv_reuse_mass_loss;
+SKV_API double skv_reuse_mass_loss_fn(const char *pattern, void *user);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
