@@ -1,2 +1,451 @@
-/* placeholder: being written */
-int main(void) { return 77; }
+/* Allocation failure at every allocation site: an allocator hook that counts allocations and
+ * fails exactly the N-th one, for N = 1, 2, 3, ... until a run of the scenario completes with
+ * no failure injected. The scenario touches every allocation site: context creation, kernel
+ * workspace (indexer top-k and scores, split rows and their merge buffers, skv_topk_rows with
+ * long and many rows), key cache creation, sequence slots, block tables, page-id arrays, pages
+ * (one at a time and many at once), fork, copy-on-write on append and on remove, paged top-k,
+ * frees, destruction.
+ *
+ * Every call either succeeds or returns SKV_ERR_NOMEM; a failed call leaves its object as it
+ * was (key cache lengths, contents and stats; kernel outputs unwritten; context memory
+ * unchanged for kernels) and is then retried, so the rest of the scenario still runs, and
+ * every result is compared with a run without failures. The allocator checks that free gets
+ * the size alloc got, alignment requests are powers of two <= 4096, the hooks run outside
+ * parallel regions, skv_context_memory equals the bytes live in the allocator, and after
+ * destroying everything no byte and no block is left. */
+#include "common.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- the failing, tracking allocator -------------------------------------------------------- */
+
+typedef struct block { void *p; size_t size; } block;
+
+typedef struct tracker {
+    long n_allocs, fail_at; /* fail the fail_at-th allocation (1-based); 0: never */
+    int injected;
+    long live_blocks, peak_blocks;
+    size_t live_bytes;
+    block *blocks;
+    long cap;
+    long bad_free, bad_size, bad_align, in_parallel;
+} tracker;
+
+static void *t_alloc(void *user, size_t size, size_t align)
+{
+    tracker *t = user;
+    t->n_allocs++;
+#ifdef _OPENMP
+    t->in_parallel += omp_in_parallel() != 0;
+#endif
+    if (align == 0 || (align & (align - 1)) || align > 4096)
+        t->bad_align++;
+    if (t->n_allocs == t->fail_at) {
+        t->injected = 1;
+        return NULL;
+    }
+    if (size == 0)
+        t->bad_size++;
+    void *p = aligned_alloc(align, (size + align - 1) / align * align);
+    if (!p)
+        return NULL;
+    if (t->live_blocks == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 256;
+        t->blocks = realloc(t->blocks, (size_t)t->cap * sizeof *t->blocks);
+        if (!t->blocks)
+            exit(2);
+    }
+    t->blocks[t->live_blocks++] = (block){p, size};
+    t->live_bytes += size;
+    t->peak_blocks = t->live_blocks > t->peak_blocks ? t->live_blocks : t->peak_blocks;
+    return p;
+}
+
+static void t_free(void *user, void *p, size_t size)
+{
+    tracker *t = user;
+#ifdef _OPENMP
+    t->in_parallel += omp_in_parallel() != 0;
+#endif
+    if (!p)
+        return; /* a NULL free is harmless; the library need not call it, but may */
+    for (long i = t->live_blocks - 1; i >= 0; i--)
+        if (t->blocks[i].p == p) {
+            if (t->blocks[i].size != size)
+                t->bad_size++;
+            t->live_bytes -= t->blocks[i].size;
+            t->blocks[i] = t->blocks[--t->live_blocks];
+            free(p);
+            return;
+        }
+    t->bad_free++; /* not ours, or freed twice: do not touch it */
+}
+
+/* ---- the scenario ------------------------------------------------------------------------------ */
+
+#define MAXSEQ 12
+
+/* Results of the run without failures; later runs must reproduce them. */
+typedef struct results {
+    int32_t *idx[10];
+    float *val[10];
+    size_t n[10];
+    uint8_t *cache_state;
+    size_t cache_state_bytes;
+} results;
+
+static results ref;
+static int recording;
+static long cur_n, n_nomem, n_mem_grew;
+
+static void result(int slot, const int32_t *idx, const float *val, size_t n, const char *what)
+{
+    if (recording) {
+        ref.idx[slot] = xmalloc(n * 4), ref.val[slot] = xmalloc(n * 4), ref.n[slot] = n;
+        memcpy(ref.idx[slot], idx ? idx : (const int32_t *)val, n * 4);
+        memcpy(ref.val[slot], val ? val : (const float *)idx, n * 4);
+        return;
+    }
+    CHECK(ref.n[slot] == n && !memcmp(ref.idx[slot], idx ? idx : (const int32_t *)val, n * 4) &&
+              !memcmp(ref.val[slot], val ? val : (const float *)idx, n * 4),
+          "N=%ld: %s differs from the run without failures", cur_n, what);
+}
+
+/* Stats, and for every live sequence its lengths and keys, as one blob. */
+static uint8_t *cache_state(const skv_kcache *c, const int32_t *ids, int n_ids, int32_t n_layers,
+                            size_t row, int fp8, size_t *bytes)
+{
+    size_t cap = 4096, n = 0;
+    uint8_t *b = xmalloc(cap);
+#define PUT(src, len)                                                                         \
+    do {                                                                                      \
+        while (n + (len) > cap)                                                               \
+            b = realloc(b, cap *= 2);                                                         \
+        if (!b)                                                                               \
+            exit(2);                                                                          \
+        memcpy(b + n, (src), (len));                                                          \
+        n += (len);                                                                           \
+    } while (0)
+    skv_kcache_stats st;
+    memset(&st, 0, sizeof st);
+    st.struct_size = sizeof st;
+    CHECK_OK(skv_kcache_get_stats(c, &st));
+    PUT(&st, sizeof st);
+    for (int i = 0; i < n_ids; i++) {
+        if (ids[i] < 0)
+            continue;
+        PUT(&ids[i], sizeof ids[i]);
+        for (int32_t l = 0; l < n_layers; l++) {
+            int64_t len = -1;
+            CHECK_OK(skv_kcache_seq_length(c, ids[i], l, &len));
+            PUT(&len, sizeof len);
+            if (len <= 0)
+                continue;
+            uint8_t *k = xmalloc((size_t)len * row);
+            float *s = xmalloc((size_t)len * 4);
+            CHECK_OK(skv_kcache_read(c, ids[i], l, 0, len, k, fp8 ? s : NULL));
+            PUT(k, (size_t)len * row);
+            if (fp8)
+                PUT(s, (size_t)len * 4);
+            free(k), free(s);
+        }
+    }
+#undef PUT
+    *bytes = n;
+    return b;
+}
+
+/* Runs `call` until it succeeds; only one allocation fails per run, so a second attempt must.
+ * A failure must be NOMEM; `check` then verifies nothing changed. */
+#define ATTEMPT(what, call, check)                                                            \
+    for (int att_ = 0;; att_++) {                                                             \
+        const skv_status s_ = (call);                                                         \
+        if (s_ == SKV_OK)                                                                     \
+            break;                                                                            \
+        CHECK(s_ == SKV_ERR_NOMEM && att_ == 0, "N=%ld: %s: %s (attempt %d)", cur_n, (what),  \
+              skv_status_string(s_), att_ + 1);                                               \
+        if (s_ != SKV_ERR_NOMEM || att_ > 0)                                                  \
+            goto out;                                                                         \
+        n_nomem++;                                                                            \
+        check;                                                                                \
+    }
+
+/* Memory accounting: the context's count equals the allocator's live bytes. */
+#define CHECK_ACCOUNTING(t, ctx)                                                              \
+    CHECK(skv_context_memory(ctx) == (t)->live_bytes,                                         \
+          "N=%ld: skv_context_memory %zu, allocator holds %zu", cur_n, skv_context_memory(ctx), \
+          (t)->live_bytes)
+
+typedef struct data {
+    float *q, *w, *k, *kbig, *rows1, *rows64, *rowsbig;
+    uint8_t *k8;
+    float *ks8;
+    int32_t pos[3];
+} data;
+
+static data D;
+
+static void data_make(void)
+{
+    rng r = {2024};
+    D.q = xmalloc(3 * 8 * 32 * 4);
+    D.w = xmalloc(3 * 8 * 4);
+    D.k = xmalloc(5000 * 32 * 4);
+    D.kbig = xmalloc(20000 * 32 * 4);
+    D.k8 = xmalloc(5000 * 32);
+    D.ks8 = xmalloc(5000 * 4);
+    D.rows1 = xmalloc(40000 * 4);
+    D.rows64 = xmalloc(64 * 1000 * 4);
+    D.rowsbig = xmalloc(100000 * 4);
+    for (int i = 0; i < 3 * 8 * 32; i++)
+        D.q[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 24; i++)
+        D.w[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 5000 * 32; i++)
+        D.k[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 20000 * 32; i++)
+        D.kbig[i] = (float)rng_uniform(&r, -1, 1);
+    skv_quantize_fp8(D.k, 5000, 32, 32, 0, D.k8, D.ks8);
+    for (int i = 0; i < 40000; i++)
+        D.rows1[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 64000; i++)
+        D.rows64[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 100000; i++)
+        D.rowsbig[i] = (float)rng_uniform(&r, -1, 1);
+    D.pos[0] = 1000, D.pos[1] = 4321, D.pos[2] = 4999;
+}
+
+static void data_free(void)
+{
+    free(D.q), free(D.w), free(D.k), free(D.kbig), free(D.k8), free(D.ks8);
+    free(D.rows1), free(D.rows64), free(D.rowsbig);
+}
+
+/* A kernel call that may fail: outputs must stay unwritten and the context's memory unchanged. */
+#define KERNEL(what, call, outp, outbytes, ctx)                                               \
+    do {                                                                                      \
+        memset((outp), 0x7b, (outbytes));                                                     \
+        const size_t mem_ = skv_context_memory(ctx);                                          \
+        ATTEMPT(what, call, {                                                                 \
+            int same_ = 1;                                                                    \
+            for (size_t i_ = 0; i_ < (outbytes); i_++)                                        \
+                same_ &= ((const uint8_t *)(outp))[i_] == 0x7b;                               \
+            CHECK(same_, "N=%ld: %s failed but wrote its output", cur_n, (what));             \
+            CHECK(skv_context_memory(ctx) == mem_, "N=%ld: %s failed but memory changed",     \
+                  cur_n, (what));                                                             \
+        });                                                                                   \
+    } while (0)
+
+/* A key cache call that may fail: the cache must be exactly as before. */
+#define KCACHE(what, call)                                                                    \
+    do {                                                                                      \
+        size_t nb_;                                                                           \
+        uint8_t *before_ = cache_state(c, ids, MAXSEQ, 2, 16, 1, &nb_);                       \
+        const size_t mem_ = skv_context_memory(ctx);                                          \
+        ATTEMPT(what, call, {                                                                 \
+            size_t na_;                                                                       \
+            uint8_t *after_ = cache_state(c, ids, MAXSEQ, 2, 16, 1, &na_);                    \
+            CHECK(na_ == nb_ && !memcmp(before_, after_, na_),                                \
+                  "N=%ld: %s failed but changed the cache", cur_n, (what));                   \
+            n_mem_grew += skv_context_memory(ctx) != mem_;                                    \
+            free(after_);                                                                     \
+        });                                                                                   \
+        free(before_);                                                                        \
+        CHECK_ACCOUNTING(t, ctx);                                                             \
+    } while (0)
+
+static void scenario(tracker *t)
+{
+    skv_context *ctx = NULL;
+    skv_kcache *c = NULL;
+    int32_t ids[MAXSEQ];
+    for (int i = 0; i < MAXSEQ; i++)
+        ids[i] = -1;
+    const size_t T = 3, K = 64;
+    int32_t *idx = xmalloc(64 * 3000 * 4);
+    float *val = xmalloc(64 * 3000 * 4);
+    float *scores = xmalloc(3 * 5000 * 4);
+
+    /* context */
+    skv_context_params p;
+    skv_context_params_init(&p);
+    p.allocator = (skv_allocator){t_alloc, t_free, t};
+    p.n_threads = 2;
+    ATTEMPT("context create", skv_context_create(&p, &ctx), {
+        CHECK(ctx == NULL, "N=%ld: failed context create returned a context", cur_n);
+        CHECK(t->live_blocks == 0, "N=%ld: failed context create leaked %ld blocks", cur_n, t->live_blocks);
+    });
+    CHECK_ACCOUNTING(t, ctx);
+
+    /* indexer kernels: workspace for blocks of tokens, for one token split over threads (with
+       merge buffers), FP8 keys, scores */
+    const skv_indexer_query q = {3, 8, 32, SKV_F32, D.q, NULL, D.w, D.pos};
+    const skv_indexer_query q1 = {1, 8, 32, SKV_F32, D.q, NULL, D.w, NULL};
+    const skv_key_block kb = {5000, 32, SKV_F32, D.k, NULL};
+    const skv_key_block kb8 = {5000, 32, SKV_FP8_E4M3, D.k8, D.ks8};
+    const skv_key_block kbig = {20000, 32, SKV_F32, D.kbig, NULL};
+    KERNEL("indexer topk", skv_indexer_topk(ctx, &q, &kb, 64, idx, val), idx, T * K * 4, ctx);
+    result(0, idx, val, T * K, "indexer topk");
+    KERNEL("indexer scores", skv_indexer_scores(ctx, &q, &kb, scores), scores, T * 5000 * 4, ctx);
+    result(1, NULL, scores, T * 5000, "indexer scores");
+    KERNEL("indexer topk, split token", skv_indexer_topk(ctx, &q1, &kbig, 2048, idx, val), idx, 2048 * 4, ctx);
+    result(2, idx, val, 2048, "indexer topk, split token");
+    KERNEL("indexer topk fp8", skv_indexer_topk(ctx, &q, &kb8, 300, idx, val), idx, T * 300 * 4, ctx);
+    result(3, idx, val, T * 300, "indexer topk fp8");
+    CHECK_ACCOUNTING(t, ctx);
+
+    /* top-k of rows: one long row (split), many rows, one longer row with a larger k */
+    KERNEL("topk_rows, 1 long row", skv_topk_rows(ctx, D.rows1, 1, 40000, 40000, NULL, 100, idx, val), idx, 100 * 4, ctx);
+    result(4, idx, val, 100, "topk_rows, 1 long row");
+    KERNEL("topk_rows, 64 rows", skv_topk_rows(ctx, D.rows64, 64, 1000, 1000, NULL, 500, idx, val), idx, 64 * 500 * 4, ctx);
+    result(5, idx, val, 64 * 500, "topk_rows, 64 rows");
+    KERNEL("topk_rows, large k", skv_topk_rows(ctx, D.rowsbig, 1, 100000, 100000, NULL, 3000, idx, val), idx, 3000 * 4, ctx);
+    result(6, idx, val, 3000, "topk_rows, large k");
+    CHECK_ACCOUNTING(t, ctx);
+
+    /* key cache: FP8, 2 layers, head_dim 16, 4 tokens a page */
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    kp.n_layers = 2, kp.head_dim = 16, kp.dtype = SKV_FP8_E4M3, kp.page_tokens = 4;
+    {
+        const size_t mem = skv_context_memory(ctx);
+        ATTEMPT("kcache create", skv_kcache_create(ctx, &kp, &c), {
+            CHECK(c == NULL, "N=%ld: failed kcache create returned a cache", cur_n);
+            CHECK(skv_context_memory(ctx) == mem, "N=%ld: failed kcache create kept memory", cur_n);
+        });
+    }
+    CHECK_ACCOUNTING(t, ctx);
+
+    /* keys: F32 (quantised on append), and FP8 with scales */
+    float kf[200 * 16];
+    uint8_t k8[200 * 16];
+    float ks[200];
+    for (int i = 0; i < 200 * 16; i++)
+        kf[i] = D.k[i] * (1 + (float)(i % 7));
+    skv_quantize_fp8(kf, 200, 16, 16, 0, k8, ks);
+    const skv_key_block a30 = {30, 16, SKV_F32, kf, NULL};
+    const skv_key_block a100 = {100, 16, SKV_FP8_E4M3, k8, ks};
+    const skv_key_block a3 = {3, 16, SKV_FP8_E4M3, k8 + 16 * 50, ks + 50};
+
+    KCACHE("seq_create", skv_kcache_seq_create(c, &ids[0]));
+    /* pages one append at a time, block table and page ids growing */
+    for (int i = 0; i < 6; i++)
+        KCACHE("append", skv_kcache_append(c, ids[0], i & 1, &a30));
+    /* 25 pages at once (more than the on-stack page list holds) */
+    KCACHE("append of many pages", skv_kcache_append(c, ids[0], 0, &a100));
+    /* more sequences than the first slot array holds */
+    for (int i = 1; i < 10; i++) {
+        KCACHE("seq_create", skv_kcache_seq_create(c, &ids[i]));
+        KCACHE("append", skv_kcache_append(c, ids[i], 1, &a3));
+    }
+    /* fork, then write the fork (copy-on-write), then cut the middle of a shared sequence */
+    KCACHE("fork", skv_kcache_seq_fork(c, ids[0], &ids[10]));
+    KCACHE("append to a fork", skv_kcache_append(c, ids[10], 1, &a3));
+    KCACHE("fork", skv_kcache_seq_fork(c, ids[10], &ids[11]));
+    KCACHE("remove in a shared sequence", skv_kcache_seq_remove(c, ids[11], 5, 77));
+    KCACHE("remove in a shared sequence", skv_kcache_seq_remove(c, ids[0], 1, 2));
+    KCACHE("append of many pages to a fork", skv_kcache_append(c, ids[10], 0, &a100));
+    KCACHE("remove everything", skv_kcache_seq_remove(c, ids[9], 0, -1));
+    KCACHE("free", skv_kcache_seq_free(c, ids[9]));
+    ids[9] = -1;
+    KCACHE("seq_create into a freed slot", skv_kcache_seq_create(c, &ids[9]));
+    {
+        int32_t extra = -1;
+        KCACHE("fork of an empty sequence", skv_kcache_seq_fork(c, ids[9], &extra));
+        KCACHE("free", skv_kcache_seq_free(c, extra));
+    }
+
+    /* paged indexer: queries of head_dim 16 */
+    {
+        const skv_indexer_query qk = {3, 8, 16, SKV_F32, D.q, NULL, D.w, NULL};
+        KERNEL("kcache topk", skv_kcache_topk(c, ids[0], 0, &qk, 64, idx, val), idx, 3 * 64 * 4, ctx);
+        result(7, idx, val, 3 * 64, "kcache topk");
+        int64_t len = 0;
+        CHECK_OK(skv_kcache_seq_length(c, ids[11], 1, &len));
+        KERNEL("kcache scores", skv_kcache_scores(c, ids[11], 1, &qk, scores), scores, 3 * (size_t)len * 4, ctx);
+        result(8, NULL, scores, 3 * (size_t)len, "kcache scores");
+    }
+    {
+        size_t nb;
+        uint8_t *st = cache_state(c, ids, MAXSEQ, 2, 16, 1, &nb);
+        if (recording) {
+            ref.cache_state = st;
+            ref.cache_state_bytes = nb;
+        } else {
+            CHECK(nb == ref.cache_state_bytes && !memcmp(st, ref.cache_state, nb),
+                  "N=%ld: the key cache differs from the run without failures", cur_n);
+            free(st);
+        }
+    }
+    for (int i = 0; i < MAXSEQ; i++)
+        if (ids[i] >= 0) {
+            CHECK_OK(skv_kcache_seq_free(c, ids[i]));
+            ids[i] = -1;
+        }
+    {
+        skv_kcache_stats st;
+        memset(&st, 0, sizeof st);
+        st.struct_size = sizeof st;
+        CHECK_OK(skv_kcache_get_stats(c, &st));
+        CHECK(st.pages_in_use == 0 && st.n_seqs == 0, "N=%ld: pages left after freeing every sequence", cur_n);
+    }
+    CHECK_ACCOUNTING(t, ctx);
+
+out:
+    skv_kcache_destroy(c);
+    skv_context_destroy(ctx);
+    free(idx), free(val), free(scores);
+}
+
+static void run(tracker *t, long fail_at)
+{
+    free(t->blocks);
+    memset(t, 0, sizeof *t);
+    t->fail_at = fail_at;
+    cur_n = fail_at;
+    scenario(t);
+    CHECK(t->live_blocks == 0 && t->live_bytes == 0, "N=%ld: %ld blocks, %zu bytes leaked", fail_at,
+          t->live_blocks, t->live_bytes);
+    CHECK(t->bad_free == 0, "N=%ld: %ld frees of pointers not allocated (or freed twice)", fail_at, t->bad_free);
+    CHECK(t->bad_size == 0, "N=%ld: %ld frees with another size than allocated (or size 0)", fail_at, t->bad_size);
+    CHECK(t->bad_align == 0, "N=%ld: %ld bad alignments", fail_at, t->bad_align);
+    CHECK(t->in_parallel == 0, "N=%ld: %ld hook calls inside a parallel region", fail_at, t->in_parallel);
+}
+
+int main(void)
+{
+    data_make();
+    tracker t = {0};
+    recording = 1;
+    run(&t, 0);
+    recording = 0;
+    const long total = t.n_allocs;
+    printf("the scenario makes %ld allocations (peak %ld blocks live)\n", total, t.peak_blocks);
+    CHECK(total > 50, "only %ld allocations: the scenario misses allocation sites", total);
+
+    long n = 1;
+    for (;; n++) {
+        run(&t, n);
+        if (!t.injected)
+            break;
+        if (n > 100000) {
+            CHECK(0, "no end to allocations");
+            break;
+        }
+    }
+    printf("failure injected at N = 1 .. %ld (%ld NOMEM returns, each retried); N = %ld ran clean\n",
+           n - 1, n_nomem, n);
+    printf("%ld failed key cache calls kept grown capacity (context memory changed, cache unchanged)\n",
+           n_mem_grew);
+    CHECK(n - 1 == total, "failures injected at %ld points, the clean run made %ld allocations", n - 1, total);
+    CHECK(n_nomem == n - 1, "%ld injected failures but %ld NOMEM returns", n - 1, n_nomem);
+
+    for (int i = 0; i < 10; i++)
+        free(ref.idx[i]), free(ref.val[i]);
+    free(ref.cache_state);
+    free(t.blocks);
+    data_free();
+    return test_summary("test_alloc_fail");
+}

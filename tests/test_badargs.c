@@ -1,2 +1,1022 @@
-/* placeholder: being written */
-int main(void) { return 77; }
+/* Every public function with bad arguments: each returns the status its header documents,
+ * writes none of its outputs, and changes nothing (key cache lengths, contents and stats; the
+ * context's memory). Also the valid edge cases next to them (empty inputs, k beyond the keys,
+ * nothing visible, NULL to the destroy functions). Calls that an unchecked overflow could turn
+ * into a wild read or write run in a child process, so that a crash is reported as a failure
+ * instead of ending the test. */
+#include "common.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SENT 0x7b /* sentinel byte of untouched outputs */
+
+static int untouched(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != SENT)
+            return 0;
+    return 1;
+}
+
+/* Runs fn(arg) in a child process; it returns its number of failed checks. A crash, a
+ * sanitizer report or a failed check there is a failure here. */
+static void isolated(const char *what, int (*fn)(void *), void *arg)
+{
+    fflush(stdout);
+    fflush(stderr);
+    const pid_t pid = fork();
+    if (pid < 0) {
+        CHECK(fn(arg) == 0, "%s", what);
+        return;
+    }
+    if (pid == 0) {
+        const long before = test_failures;
+        const int bad = fn(arg) != 0 || test_failures != before;
+        fflush(stdout);
+        fflush(stderr);
+        _exit(bad ? 1 : 0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    test_checks++;
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+        test_failures++;
+        if (WIFSIGNALED(st))
+            fprintf(stderr, "FAIL %s: crashed with signal %d\n", what, WTERMSIG(st));
+        else
+            fprintf(stderr, "FAIL %s: exit status %d\n", what, WEXITSTATUS(st));
+    }
+}
+
+/* ---- status strings, versions, small queries ---------------------------------------------- */
+
+static void test_misc(void)
+{
+    static const skv_status all[] = {SKV_OK, SKV_ERR_INVALID_ARG, SKV_ERR_NOMEM, SKV_ERR_UNSUPPORTED,
+                                     SKV_ERR_CAPACITY, SKV_ERR_STATE, SKV_ERR_IO};
+    const char *unknown = skv_status_string((skv_status)12345);
+    CHECK(unknown != NULL && unknown[0], "unknown status string");
+    for (int i = 0; i < 7; i++) {
+        const char *s = skv_status_string(all[i]);
+        CHECK(s != NULL && s[0] && (!unknown || strcmp(s, unknown) != 0), "status %d string", all[i]);
+        for (int j = 0; j < i; j++)
+            CHECK(s && skv_status_string(all[j]) && strcmp(s, skv_status_string(all[j])) != 0,
+                  "statuses %d and %d share a string", all[i], all[j]);
+    }
+    static const int others[] = {1, -7, -100, 99, INT32_MIN, INT32_MAX};
+    for (int i = 0; i < 6; i++) {
+        const char *s = skv_status_string((skv_status)others[i]);
+        CHECK(s != NULL && unknown && !strcmp(s, unknown), "status %d string", others[i]);
+    }
+    CHECK(SKV_OK == 0 && SKV_ERR_INVALID_ARG == -1 && SKV_ERR_NOMEM == -2 && SKV_ERR_UNSUPPORTED == -3 &&
+              SKV_ERR_CAPACITY == -4 && SKV_ERR_STATE == -5 && SKV_ERR_IO == -6,
+          "frozen status values");
+
+    CHECK(skv_version() == SKV_API_VERSION, "skv_version %d", skv_version());
+    CHECK(skv_dtype_size(SKV_F32) == 4 && skv_dtype_size(SKV_BF16) == 2 && skv_dtype_size(SKV_F16) == 2 &&
+              skv_dtype_size(SKV_FP8_E4M3) == 1,
+          "dtype sizes");
+    CHECK(skv_dtype_size((skv_dtype)99) == 0 && skv_dtype_size((skv_dtype)-1) == 0 &&
+              skv_dtype_size((skv_dtype)4) == 0,
+          "unknown dtype size");
+    CHECK(!strcmp(skv_cpu_level_name(0), "scalar") && !strcmp(skv_cpu_level_name(SKV_CPU_AVX2), "avx2") &&
+              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512), "avx512") &&
+              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16), "avx512bf16"),
+          "level names");
+    const char *ln = skv_cpu_level_name(0xfffffff8u); /* unknown bits only */
+    CHECK(ln != NULL, "level name of unknown bits");
+    /* NULL objects to the accessors and init functions: no crash, nothing reported */
+    CHECK(skv_context_cpu_flags(NULL) == 0, "cpu flags of NULL");
+    CHECK(skv_context_memory(NULL) == 0, "memory of NULL");
+    skv_context_params_init(NULL);
+    skv_kcache_params_init(NULL);
+    skv_context_destroy(NULL);
+    skv_kcache_destroy(NULL);
+}
+
+/* ---- context -------------------------------------------------------------------------------- */
+
+static long hook_calls;
+static void *spy_alloc(void *user, size_t size, size_t align)
+{
+    (void)user;
+    hook_calls++;
+    return aligned_alloc(align, (size + align - 1) / align * align);
+}
+static void spy_free(void *user, void *p, size_t size)
+{
+    (void)user, (void)size;
+    hook_calls++;
+    free(p);
+}
+
+static skv_context *const NOT_SET = (skv_context *)(uintptr_t)0x1234;
+
+/* A failed create leaves *out as it was or NULL, never a context. */
+#define CREATE_FAILS(pp, want, what)                                                          \
+    do {                                                                                      \
+        skv_context *o_ = NOT_SET;                                                            \
+        CHECK_STATUS(skv_context_create((pp), &o_), (want));                                  \
+        CHECK(o_ == NOT_SET || o_ == NULL, "%s: failed create wrote a context", (what));      \
+    } while (0)
+
+static void test_context(void)
+{
+    skv_context_params p;
+    CHECK_STATUS(skv_context_create(NULL, NULL), SKV_ERR_INVALID_ARG);
+    skv_context_params_init(&p);
+    CHECK_STATUS(skv_context_create(&p, NULL), SKV_ERR_INVALID_ARG);
+    CHECK(p.struct_size == sizeof p && p.n_threads == 0 && p.cpu_mask == SKV_CPU_ALL && !p.allocator.alloc &&
+              !p.allocator.free && !p.log && p.log_level == SKV_LOG_WARN,
+          "context defaults");
+
+    static const size_t sizes[] = {0, sizeof(skv_context_params) - 1, sizeof(skv_context_params) + 8, 8};
+    for (int i = 0; i < 4; i++) {
+        skv_context_params_init(&p);
+        p.struct_size = sizes[i];
+        CREATE_FAILS(&p, SKV_ERR_INVALID_ARG, "struct_size");
+    }
+    static const int32_t threads[] = {-1, -1000, INT32_MIN};
+    for (int i = 0; i < 3; i++) {
+        skv_context_params_init(&p);
+        p.n_threads = threads[i];
+        CREATE_FAILS(&p, SKV_ERR_INVALID_ARG, "n_threads");
+    }
+    /* one hook only: refused, and the hook given is never called */
+    skv_context_params_init(&p);
+    p.allocator.alloc = spy_alloc;
+    CREATE_FAILS(&p, SKV_ERR_INVALID_ARG, "alloc hook only");
+    skv_context_params_init(&p);
+    p.allocator.free = spy_free;
+    CREATE_FAILS(&p, SKV_ERR_INVALID_ARG, "free hook only");
+    CHECK(hook_calls == 0, "a refused allocator was called %ld times", hook_calls);
+
+    /* valid: NULL params, both hooks, every mask */
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(NULL, &ctx));
+    CHECK(ctx != NULL && skv_context_memory(ctx) > 0, "default context");
+    CHECK((skv_context_cpu_flags(ctx) & ~skv_cpu_flags()) == 0, "flags beyond the CPU's");
+    skv_context_destroy(ctx);
+    skv_context_params_init(&p);
+    p.allocator = (skv_allocator){spy_alloc, spy_free, NULL};
+    p.cpu_mask = 0;
+    p.n_threads = 1;
+    ctx = NULL;
+    CHECK_OK(skv_context_create(&p, &ctx));
+    CHECK(ctx && skv_context_cpu_flags(ctx) == 0, "mask 0 is scalar");
+    skv_context_destroy(ctx);
+    CHECK(hook_calls >= 2, "hooks not used (%ld calls)", hook_calls);
+}
+
+/* ---- conversion and quantiser --------------------------------------------------------------- */
+
+static void test_convert(void)
+{
+    float src[8] = {1, 2, 3, 4, -1, 0.5f, 0, 96};
+    uint8_t dst[64];
+    static const skv_dtype bad[] = {(skv_dtype)4, (skv_dtype)99, (skv_dtype)-1};
+    for (int i = 0; i < 3; i++) {
+        memset(dst, SENT, sizeof dst);
+        CHECK_STATUS(skv_convert(bad[i], dst, SKV_F32, src, 8), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_convert(SKV_BF16, dst, bad[i], src, 8), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_convert(bad[i], dst, bad[i], src, 8), SKV_ERR_INVALID_ARG);
+        CHECK(untouched(dst, sizeof dst), "refused convert wrote");
+    }
+    memset(dst, SENT, sizeof dst);
+    CHECK_STATUS(skv_convert(SKV_BF16, dst, SKV_F32, src, -1), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_convert(SKV_BF16, dst, SKV_F32, src, INT64_MIN), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_convert(SKV_BF16, NULL, SKV_F32, src, 8), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_convert(SKV_BF16, dst, SKV_F32, NULL, 8), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_convert(SKV_F32, dst, SKV_F32, NULL, 1), SKV_ERR_INVALID_ARG);
+    CHECK(untouched(dst, sizeof dst), "refused convert wrote");
+    /* valid: zero elements with NULL pointers; every pair of dtypes */
+    CHECK_OK(skv_convert(SKV_BF16, NULL, SKV_F32, NULL, 0));
+    CHECK_OK(skv_convert(SKV_FP8_E4M3, dst, SKV_F16, src, 0));
+    CHECK(untouched(dst, sizeof dst), "convert of 0 elements wrote");
+    static const skv_dtype all[] = {SKV_F32, SKV_BF16, SKV_F16, SKV_FP8_E4M3};
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 4; b++) {
+            uint8_t mid[32];
+            float back[8];
+            memset(dst, SENT, sizeof dst);
+            CHECK_OK(skv_convert(all[a], mid, SKV_F32, src, 8));
+            CHECK_OK(skv_convert(all[b], dst, all[a], mid, 8));
+            CHECK_OK(skv_convert(SKV_F32, back, all[b], dst, 8));
+            CHECK(untouched(dst + 8 * skv_dtype_size(all[b]), sizeof dst - 8 * skv_dtype_size(all[b])),
+                  "convert %d -> %d wrote past n", a, b);
+            int ok = 1;
+            for (int i = 0; i < 8; i++) /* these values are exact in every dtype */
+                ok &= back[i] == src[i];
+            CHECK(ok, "convert f32 -> %d -> %d -> f32 changed exact values", a, b);
+        }
+}
+
+static void test_quantize(void)
+{
+    float x[4 * 8];
+    for (int i = 0; i < 32; i++)
+        x[i] = (float)(i - 10) * 0.25f;
+    uint8_t out[64];
+    float sc[8];
+#define Q_FAILS(...)                                                                          \
+    do {                                                                                      \
+        memset(out, SENT, sizeof out);                                                        \
+        memset(sc, SENT, sizeof sc);                                                          \
+        CHECK_STATUS(skv_quantize_fp8(__VA_ARGS__), SKV_ERR_INVALID_ARG);                     \
+        CHECK(untouched(out, sizeof out) && untouched(sc, sizeof sc), "refused quantise wrote"); \
+    } while (0)
+    Q_FAILS(NULL, 4, 8, 8, 0, out, sc);
+    Q_FAILS(x, 4, 8, 8, 0, NULL, sc);
+    Q_FAILS(x, 4, 8, 8, 0, out, NULL);
+    Q_FAILS(x, -1, 8, 8, 0, out, sc);
+    Q_FAILS(x, INT64_MIN, 8, 8, 0, out, sc);
+    Q_FAILS(x, 4, 0, 8, 0, out, sc);
+    Q_FAILS(x, 4, -1, 8, 0, out, sc);
+    Q_FAILS(x, 4, INT32_MIN, 8, 0, out, sc);
+    Q_FAILS(x, 4, 8, 7, 0, out, sc);
+    Q_FAILS(x, 4, 8, -8, 0, out, sc);
+    Q_FAILS(x, 4, 8, 8, 2, out, sc);
+    Q_FAILS(x, 4, 8, 8, 0x80000000u, out, sc);
+    Q_FAILS(x, 4, 8, 8, SKV_QUANT_POW2_SCALE | 4, out, sc);
+    Q_FAILS(x, 0, 0, 8, 0, out, sc); /* n_cols < 1 even with no rows */
+#undef Q_FAILS
+    /* valid: no rows; a stride wider than the row; both flag values */
+    memset(out, SENT, sizeof out);
+    memset(sc, SENT, sizeof sc);
+    CHECK_OK(skv_quantize_fp8(NULL, 0, 8, 8, 0, NULL, NULL));
+    CHECK_OK(skv_quantize_fp8(x, 0, 8, 8, 0, out, sc));
+    CHECK(untouched(out, sizeof out) && untouched(sc, sizeof sc), "quantise of 0 rows wrote");
+    CHECK_OK(skv_quantize_fp8(x, 2, 8, 16, SKV_QUANT_POW2_SCALE, out, sc));
+    CHECK(untouched(out + 16, sizeof out - 16) && untouched(sc + 2, sizeof sc - 8), "quantise wrote past its rows");
+    int ok = 1;
+    for (int r = 0; r < 2; r++)
+        for (int c = 0; c < 8; c++)
+            ok &= fabsf(skv_fp8_to_f32(out[r * 8 + c]) * sc[r] - x[r * 16 + c]) <= 0.07f * fabsf(x[r * 16 + c]) + 1e-6f;
+    CHECK(ok, "strided quantise reads the wrong rows");
+}
+
+/* ---- indexer kernels -------------------------------------------------------------------------- */
+
+typedef struct idx_fixture {
+    float q[2 * 4 * 8], w[2 * 4], k[10 * 8];
+    uint8_t q8[2 * 4 * 8], k8[10 * 8];
+    float qs[2 * 4], ks[10];
+    int32_t pos[2];
+} idx_fixture;
+
+static void idx_fixture_init(idx_fixture *f)
+{
+    rng r = {42};
+    for (int i = 0; i < 64; i++)
+        f->q[i] = (float)rng_uniform(&r, -1, 1);
+    for (int i = 0; i < 8; i++)
+        f->w[i] = (float)rng_uniform(&r, 0.1, 1);
+    for (int i = 0; i < 80; i++)
+        f->k[i] = (float)rng_uniform(&r, -1, 1);
+    skv_quantize_fp8(f->q, 8, 8, 8, 0, f->q8, f->qs);
+    skv_quantize_fp8(f->k, 10, 8, 8, 0, f->k8, f->ks);
+    f->pos[0] = 3, f->pos[1] = 9;
+}
+
+/* Both kernels refuse (q, keys) with `want`, writing nothing. */
+static void idx_refused(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *kb, skv_status want,
+                        const char *what)
+{
+    float out[2 * 16 * 8], osc[2 * 16];
+    int32_t oidx[2 * 16];
+    memset(out, SENT, sizeof out), memset(osc, SENT, sizeof osc), memset(oidx, SENT, sizeof oidx);
+    const size_t mem = skv_context_memory(ctx);
+    skv_status s = skv_indexer_scores(ctx, q, kb, out);
+    CHECK(s == want, "%s: scores gave %d (%s), want %d", what, s, skv_status_string(s), want);
+    s = skv_indexer_topk(ctx, q, kb, 16, oidx, osc);
+    CHECK(s == want, "%s: topk gave %d (%s), want %d", what, s, skv_status_string(s), want);
+    CHECK(untouched(out, sizeof out) && untouched(osc, sizeof osc) && untouched(oidx, sizeof oidx),
+          "%s: a refused call wrote its output", what);
+    CHECK(skv_context_memory(ctx) == mem, "%s: a refused call changed the context's memory", what);
+}
+
+static void test_indexer(skv_context *ctx)
+{
+    idx_fixture f;
+    idx_fixture_init(&f);
+    const skv_indexer_query q0 = {2, 4, 8, SKV_F32, f.q, NULL, f.w, f.pos};
+    const skv_key_block k0 = {10, 8, SKV_F32, f.k, NULL};
+    const skv_indexer_query q8 = {2, 4, 8, SKV_FP8_E4M3, f.q8, f.qs, f.w, f.pos};
+    const skv_key_block k8 = {10, 8, SKV_FP8_E4M3, f.k8, f.ks};
+    skv_indexer_query q;
+    skv_key_block kb;
+    float out[2 * 16 * 8], osc[2 * 16];
+    int32_t oidx[2 * 16];
+
+    /* NULL context, query, keys, outputs */
+    memset(out, SENT, sizeof out), memset(oidx, SENT, sizeof oidx);
+    CHECK_STATUS(skv_indexer_scores(NULL, &q0, &k0, out), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_indexer_topk(NULL, &q0, &k0, 4, oidx, NULL), SKV_ERR_INVALID_ARG);
+    CHECK(untouched(out, sizeof out) && untouched(oidx, sizeof oidx), "NULL context: output written");
+    idx_refused(ctx, NULL, &k0, SKV_ERR_INVALID_ARG, "NULL query");
+    idx_refused(ctx, &q0, NULL, SKV_ERR_INVALID_ARG, "NULL keys");
+    CHECK_STATUS(skv_indexer_scores(ctx, &q0, &k0, NULL), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_indexer_topk(ctx, &q0, &k0, 4, NULL, osc), SKV_ERR_INVALID_ARG);
+    q = q0, q.q = NULL;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "NULL q");
+    q = q0, q.weights = NULL;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "NULL weights");
+    kb = k0, kb.k = NULL;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "NULL k");
+
+    /* sizes */
+    static const int32_t bad_t[] = {-1, INT32_MIN};
+    for (int i = 0; i < 2; i++) {
+        q = q0, q.n_tokens = bad_t[i];
+        idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "n_tokens < 0");
+    }
+    static const int32_t bad_h[] = {0, -1, 4097, INT32_MAX};
+    for (int i = 0; i < 4; i++) {
+        q = q0, q.n_heads = bad_h[i];
+        idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "n_heads");
+    }
+    static const int32_t bad_d[] = {0, -1, 4097};
+    for (int i = 0; i < 3; i++) {
+        q = q0, q.head_dim = bad_d[i];
+        kb = k0, kb.head_dim = bad_d[i];
+        idx_refused(ctx, &q, &kb, SKV_ERR_INVALID_ARG, "head_dim out of range");
+    }
+    q = q0, q.head_dim = 4; /* same buffers, different head_dim */
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "head_dim of q != keys");
+    kb = k0, kb.head_dim = 16;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "head_dim of keys != q");
+    static const int64_t bad_l[] = {-1, INT64_MIN, (int64_t)INT32_MAX + 1, INT64_MAX};
+    for (int i = 0; i < 4; i++) {
+        kb = k0, kb.n_keys = bad_l[i]; /* the pointer holds 10 keys: refused before reading */
+        idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "n_keys out of range");
+    }
+
+    /* dtypes: F16 is a valid dtype the indexer does not serve; others are not dtypes */
+    q = q0, q.dtype = SKV_F16;
+    idx_refused(ctx, &q, &k0, SKV_ERR_UNSUPPORTED, "F16 query");
+    kb = k0, kb.dtype = SKV_F16;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_UNSUPPORTED, "F16 keys");
+    static const skv_dtype bad_dt[] = {(skv_dtype)99, (skv_dtype)4, (skv_dtype)-1};
+    for (int i = 0; i < 3; i++) {
+        q = q0, q.dtype = bad_dt[i];
+        idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "unknown query dtype");
+        kb = k0, kb.dtype = bad_dt[i];
+        idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "unknown key dtype");
+    }
+
+    /* scales: required for FP8, refused otherwise */
+    q = q8, q.q_scale = NULL;
+    idx_refused(ctx, &q, &k8, SKV_ERR_INVALID_ARG, "FP8 query without q_scale");
+    q = q0, q.q_scale = f.qs;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "F32 query with q_scale");
+    kb = k8, kb.k_scale = NULL;
+    idx_refused(ctx, &q8, &kb, SKV_ERR_INVALID_ARG, "FP8 keys without k_scale");
+    kb = k0, kb.k_scale = f.ks;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "F32 keys with k_scale");
+    q = q0, q.dtype = SKV_BF16, q.q_scale = f.qs;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "BF16 query with q_scale");
+
+    /* k */
+    static const int32_t bad_k[] = {0, -1, INT32_MIN};
+    for (int i = 0; i < 3; i++) {
+        memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
+        CHECK_STATUS(skv_indexer_topk(ctx, &q0, &k0, bad_k[i], oidx, osc), SKV_ERR_INVALID_ARG);
+        CHECK(untouched(oidx, sizeof oidx) && untouched(osc, sizeof osc), "k=%d: output written", bad_k[i]);
+    }
+
+    /* ---- valid edge cases ---- */
+    /* the mixed dtypes all work on this data */
+    CHECK_OK(skv_indexer_topk(ctx, &q8, &k8, 4, oidx, osc));
+    CHECK_OK(skv_indexer_topk(ctx, &q0, &k8, 4, oidx, osc));
+    CHECK_OK(skv_indexer_topk(ctx, &q8, &k0, 4, oidx, osc));
+    /* n_tokens = 0: nothing to do, outputs may be NULL */
+    q = q0, q.n_tokens = 0, q.q = NULL, q.weights = NULL, q.positions = NULL;
+    CHECK_OK(skv_indexer_scores(ctx, &q, &k0, NULL));
+    CHECK_OK(skv_indexer_topk(ctx, &q, &k0, 5, NULL, NULL));
+    /* n_keys = 0: no output for scores; top-k all padding */
+    kb = k0, kb.n_keys = 0, kb.k = NULL;
+    memset(out, SENT, sizeof out);
+    CHECK_OK(skv_indexer_scores(ctx, &q0, &kb, out));
+    CHECK(untouched(out, sizeof out), "scores over 0 keys wrote");
+    CHECK_OK(skv_indexer_scores(ctx, &q0, &kb, NULL));
+    memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
+    CHECK_OK(skv_indexer_topk(ctx, &q0, &kb, 7, oidx, osc));
+    int ok = 1;
+    for (int i = 0; i < 14; i++)
+        ok &= oidx[i] == -1 && osc[i] == -INFINITY;
+    CHECK(ok && untouched(oidx + 14, sizeof oidx - 56), "top-k over 0 keys: want all -1 / -inf");
+    /* k larger than the keys: every visible key, then padding; matches sorting the scores */
+    float sc[2 * 10];
+    CHECK_OK(skv_indexer_scores(ctx, &q0, &k0, sc));
+    memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
+    CHECK_OK(skv_indexer_topk(ctx, &q0, &k0, 16, oidx, osc));
+    for (int t = 0; t < 2; t++) {
+        int32_t want[16];
+        float wantv[16];
+        sort_topk(sc + t * 10, f.pos[t] + 1, 16, want, wantv);
+        CHECK(!memcmp(want, oidx + t * 16, sizeof want) && !memcmp(wantv, osc + t * 16, sizeof wantv),
+              "k > n_keys, token %d: not the sorted visible keys then padding", t);
+        for (int s = f.pos[t] + 1; s < 10; s++)
+            CHECK(sc[t * 10 + s] == -INFINITY, "invisible key %d of token %d scored %g", s, t, sc[t * 10 + s]);
+    }
+    /* out_score NULL */
+    int32_t oidx2[32];
+    CHECK_OK(skv_indexer_topk(ctx, &q0, &k0, 16, oidx2, NULL));
+    CHECK(!memcmp(oidx, oidx2, sizeof oidx2), "top-k without scores differs");
+    /* positions negative: nothing visible; positions past the end: everything */
+    int32_t neg[2] = {-1, INT32_MIN}, big[2] = {10, INT32_MAX};
+    q = q0, q.positions = neg;
+    memset(out, SENT, sizeof out);
+    CHECK_OK(skv_indexer_scores(ctx, &q, &k0, out));
+    ok = 1;
+    for (int i = 0; i < 20; i++)
+        ok &= out[i] == -INFINITY;
+    CHECK(ok && untouched(out + 20, sizeof out - 80), "nothing visible: scores must be -inf");
+    CHECK_OK(skv_indexer_topk(ctx, &q, &k0, 3, oidx, osc));
+    ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok &= oidx[i] == -1 && osc[i] == -INFINITY;
+    CHECK(ok, "nothing visible: top-k must be all padding");
+    q.positions = big;
+    CHECK_OK(skv_indexer_scores(ctx, &q, &k0, out));
+    q.positions = NULL;
+    CHECK_OK(skv_indexer_scores(ctx, &q, &k0, sc));
+    CHECK(!memcmp(out, sc, sizeof sc), "positions past the end differ from NULL positions");
+}
+
+/* ---- skv_topk_rows ---------------------------------------------------------------------------- */
+
+static void test_topk_rows(skv_context *ctx)
+{
+    float x[3 * 12];
+    rng r = {7};
+    for (int i = 0; i < 36; i++)
+        x[i] = (float)rng_uniform(&r, -1, 1);
+    int32_t idx[3 * 16];
+    float val[3 * 16];
+    int64_t lens[3] = {10, 10, 10};
+#define ROWS_FAILS(...)                                                                       \
+    do {                                                                                      \
+        memset(idx, SENT, sizeof idx), memset(val, SENT, sizeof val);                         \
+        const size_t mem_ = skv_context_memory(ctx);                                          \
+        CHECK_STATUS(skv_topk_rows(__VA_ARGS__), SKV_ERR_INVALID_ARG);                        \
+        CHECK(untouched(idx, sizeof idx) && untouched(val, sizeof val), "refused topk_rows wrote"); \
+        CHECK(skv_context_memory(ctx) == mem_, "refused topk_rows changed memory");           \
+    } while (0)
+    ROWS_FAILS(NULL, x, 3, 10, 12, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, NULL, 3, 10, 12, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 3, 10, 12, NULL, 4, NULL, val);
+    ROWS_FAILS(ctx, x, -1, 10, 12, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 3, -1, 12, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 3, 10, 9, NULL, 4, idx, val);                     /* row_stride < n_cols */
+    ROWS_FAILS(ctx, x, 3, 10, -12, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 3, (int64_t)INT32_MAX + 1, (int64_t)INT32_MAX + 1, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 1, INT64_MAX, INT64_MAX, NULL, 4, idx, val);
+    ROWS_FAILS(ctx, x, 3, 10, 12, NULL, 0, idx, val);
+    ROWS_FAILS(ctx, x, 3, 10, 12, NULL, -1, idx, val);
+    ROWS_FAILS(ctx, x, 3, 10, 12, NULL, INT32_MIN, idx, val);
+    lens[2] = 11; /* > n_cols, in the last row: no row may be written first */
+    ROWS_FAILS(ctx, x, 3, 10, 12, lens, 4, idx, val);
+    lens[2] = -1;
+    ROWS_FAILS(ctx, x, 3, 10, 12, lens, 4, idx, val);
+    lens[2] = INT64_MIN;
+    ROWS_FAILS(ctx, x, 3, 10, 12, lens, 4, idx, val);
+#undef ROWS_FAILS
+
+    /* valid: no rows (NULLs fine), no columns, lengths of 0 and n_cols, k > n_cols, stride > n_cols */
+    CHECK_OK(skv_topk_rows(ctx, NULL, 0, 10, 12, NULL, 4, NULL, NULL));
+    memset(idx, SENT, sizeof idx), memset(val, SENT, sizeof val);
+    CHECK_OK(skv_topk_rows(ctx, NULL, 3, 0, 0, NULL, 2, idx, val));
+    int ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok &= idx[i] == -1 && val[i] == -INFINITY;
+    CHECK(ok && untouched(idx + 6, sizeof idx - 24), "topk_rows of 0 columns: want padding");
+    lens[0] = 0, lens[1] = 10, lens[2] = 4;
+    memset(idx, SENT, sizeof idx), memset(val, SENT, sizeof val);
+    CHECK_OK(skv_topk_rows(ctx, x, 3, 10, 12, lens, 16, idx, val));
+    for (int rr = 0; rr < 3; rr++) {
+        int32_t want[16];
+        float wantv[16];
+        sort_topk(x + rr * 12, lens[rr], 16, want, wantv);
+        CHECK(!memcmp(want, idx + rr * 16, sizeof want) && !memcmp(wantv, val + rr * 16, sizeof wantv),
+              "topk_rows row %d (length %lld, k 16): not the sorted row", rr, (long long)lens[rr]);
+    }
+    int32_t idx2[3 * 16];
+    CHECK_OK(skv_topk_rows(ctx, x, 3, 10, 12, lens, 16, idx2, NULL));
+    CHECK(!memcmp(idx, idx2, sizeof idx2), "topk_rows without values differs");
+}
+
+/* ---- key cache -------------------------------------------------------------------------------- */
+
+static skv_kcache *const KC_NOT_SET = (skv_kcache *)(uintptr_t)0x1234;
+
+static void test_kcache_create(skv_context *ctx)
+{
+    skv_kcache_params p;
+    skv_kcache_params_init(&p);
+    CHECK(p.struct_size == sizeof p && p.n_layers == 1 && p.head_dim == 128 && p.dtype == SKV_FP8_E4M3 &&
+              p.page_tokens == 64 && p.max_pages == 0 && p.max_seqs == 0 && p.quant_flags == 0,
+          "key cache defaults");
+    skv_kcache *c = KC_NOT_SET;
+    CHECK_STATUS(skv_kcache_create(NULL, &p, &c), SKV_ERR_INVALID_ARG);
+    CHECK(c == KC_NOT_SET || c == NULL, "NULL context: output written");
+    CHECK_STATUS(skv_kcache_create(ctx, NULL, &c), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_create(ctx, &p, NULL), SKV_ERR_INVALID_ARG);
+    const size_t mem = skv_context_memory(ctx);
+    typedef struct bad { const char *what; skv_kcache_params p; skv_status want; } bad;
+    bad cases[32];
+    int n = 0;
+#define BAD(field, value, st)                                                                 \
+    do {                                                                                      \
+        cases[n].what = #field " = " #value;                                                  \
+        skv_kcache_params_init(&cases[n].p);                                                  \
+        cases[n].p.field = (value);                                                           \
+        cases[n++].want = (st);                                                               \
+    } while (0)
+    BAD(struct_size, 0, SKV_ERR_INVALID_ARG);
+    BAD(struct_size, sizeof(skv_kcache_params) - 1, SKV_ERR_INVALID_ARG);
+    BAD(struct_size, sizeof(skv_kcache_params) + 8, SKV_ERR_INVALID_ARG);
+    BAD(n_layers, 0, SKV_ERR_INVALID_ARG);
+    BAD(n_layers, -1, SKV_ERR_INVALID_ARG);
+    BAD(n_layers, INT32_MIN, SKV_ERR_INVALID_ARG);
+    BAD(head_dim, 0, SKV_ERR_INVALID_ARG);
+    BAD(head_dim, -1, SKV_ERR_INVALID_ARG);
+    BAD(head_dim, 4097, SKV_ERR_INVALID_ARG);
+    BAD(page_tokens, 0, SKV_ERR_INVALID_ARG);
+    BAD(page_tokens, -64, SKV_ERR_INVALID_ARG);
+    BAD(page_tokens, 65537, SKV_ERR_INVALID_ARG);
+    BAD(max_pages, -1, SKV_ERR_INVALID_ARG);
+    BAD(max_pages, INT64_MIN, SKV_ERR_INVALID_ARG);
+    BAD(max_seqs, -1, SKV_ERR_INVALID_ARG);
+    BAD(quant_flags, 2, SKV_ERR_INVALID_ARG);
+    BAD(quant_flags, 0xffffffffu, SKV_ERR_INVALID_ARG);
+    BAD(dtype, SKV_F16, SKV_ERR_UNSUPPORTED);
+    BAD(dtype, (skv_dtype)99, SKV_ERR_INVALID_ARG);
+    BAD(dtype, (skv_dtype)-1, SKV_ERR_INVALID_ARG);
+#undef BAD
+    for (int i = 0; i < n; i++) {
+        c = KC_NOT_SET;
+        const skv_status s = skv_kcache_create(ctx, &cases[i].p, &c);
+        CHECK(s == cases[i].want, "kcache_create with %s: %d (%s), want %d", cases[i].what, s,
+              skv_status_string(s), cases[i].want);
+        CHECK(c == KC_NOT_SET || c == NULL, "kcache_create with %s: output written", cases[i].what);
+        if (s == SKV_OK && c && c != KC_NOT_SET)
+            skv_kcache_destroy(c);
+        CHECK(skv_context_memory(ctx) == mem, "kcache_create with %s: memory changed", cases[i].what);
+    }
+    /* valid extremes */
+    skv_kcache_params_init(&p);
+    p.head_dim = 4096, p.page_tokens = 65536, p.n_layers = 1, p.dtype = SKV_BF16, p.quant_flags = 1;
+    c = NULL;
+    CHECK_OK(skv_kcache_create(ctx, &p, &c));
+    skv_kcache_destroy(c);
+    p.head_dim = 1, p.page_tokens = 1, p.dtype = SKV_F32;
+    c = NULL;
+    CHECK_OK(skv_kcache_create(ctx, &p, &c));
+    skv_kcache_destroy(c);
+    CHECK(skv_context_memory(ctx) == mem, "create/destroy leaked %zu bytes", skv_context_memory(ctx) - mem);
+}
+
+/* What must not change: stats, and lengths and contents of the listed sequences. */
+typedef struct snap {
+    skv_kcache_stats st;
+    int n;
+    int32_t ids[4];
+    int64_t len[4][2];
+    uint8_t *data[4][2];
+    size_t mem;
+} snap;
+
+typedef struct kc_fixture {
+    skv_context *ctx;
+    skv_kcache *c;
+    skv_dtype dt;
+    int32_t a, b, freed, never;
+    size_t row;
+} kc_fixture;
+
+static void snap_take(const kc_fixture *f, snap *s)
+{
+    memset(s, 0, sizeof *s);
+    s->st.struct_size = sizeof s->st;
+    CHECK_OK(skv_kcache_get_stats(f->c, &s->st));
+    s->ids[0] = f->a, s->ids[1] = f->b, s->n = 2;
+    for (int i = 0; i < s->n; i++)
+        for (int32_t l = 0; l < 2; l++) {
+            CHECK_OK(skv_kcache_seq_length(f->c, s->ids[i], l, &s->len[i][l]));
+            const int64_t n = s->len[i][l];
+            s->data[i][l] = xmalloc((size_t)n * (f->row + 4));
+            memset(s->data[i][l], 0, (size_t)n * (f->row + 4));
+            CHECK_OK(skv_kcache_read(f->c, s->ids[i], l, 0, n, s->data[i][l],
+                                     f->dt == SKV_FP8_E4M3 ? (float *)(s->data[i][l] + n * f->row) : NULL));
+        }
+    s->mem = skv_context_memory(f->ctx);
+}
+
+static void snap_free(snap *s)
+{
+    for (int i = 0; i < s->n; i++)
+        for (int l = 0; l < 2; l++)
+            free(s->data[i][l]);
+}
+
+static snap cur_snap;
+
+static void kc_begin(const kc_fixture *f)
+{
+    snap_take(f, &cur_snap);
+}
+
+/* The cache is exactly as at kc_begin, and so is the context's memory unless valid kernel
+ * calls in between may have grown its workspace. */
+static void kc_same(const kc_fixture *f, const char *what, int mem_too)
+{
+    snap now;
+    snap_take(f, &now);
+    int same = !memcmp(&now.st, &cur_snap.st, sizeof now.st) && (!mem_too || now.mem == cur_snap.mem);
+    for (int i = 0; i < now.n; i++)
+        for (int l = 0; l < 2; l++)
+            same &= now.len[i][l] == cur_snap.len[i][l] &&
+                    !memcmp(now.data[i][l], cur_snap.data[i][l], (size_t)now.len[i][l] * (f->row + 4));
+    CHECK(same, "%s (%s cache): a refused call changed the cache", what,
+          f->dt == SKV_F32 ? "f32" : f->dt == SKV_BF16 ? "bf16" : "fp8");
+    snap_free(&now);
+}
+
+static void kc_unchanged(const kc_fixture *f, const char *what) { kc_same(f, what, 1); }
+
+static void kc_open(kc_fixture *f, skv_context *ctx, skv_dtype dt)
+{
+    memset(f, 0, sizeof *f);
+    f->ctx = ctx;
+    f->dt = dt;
+    skv_kcache_params p;
+    skv_kcache_params_init(&p);
+    p.n_layers = 2, p.head_dim = 8, p.dtype = dt, p.page_tokens = 4;
+    CHECK_OK(skv_kcache_create(ctx, &p, &f->c));
+    if (!f->c)
+        exit(2);
+    f->row = 8 * skv_dtype_size(dt);
+    float k[16 * 8];
+    rng r = {dt + 1};
+    for (int i = 0; i < 128; i++)
+        k[i] = (float)rng_uniform(&r, -1, 1);
+    const skv_key_block kb = {10, 8, SKV_F32, k, NULL}, kb1 = {6, 8, SKV_F32, k + 40, NULL};
+    CHECK_OK(skv_kcache_seq_create(f->c, &f->a));
+    CHECK_OK(skv_kcache_append(f->c, f->a, 0, &kb));
+    CHECK_OK(skv_kcache_append(f->c, f->a, 1, &kb1));
+    CHECK_OK(skv_kcache_seq_fork(f->c, f->a, &f->b));
+    CHECK_OK(skv_kcache_append(f->c, f->b, 0, &kb1));
+    CHECK_OK(skv_kcache_seq_create(f->c, &f->freed));
+    CHECK_OK(skv_kcache_seq_free(f->c, f->freed));
+    f->never = 1000;
+}
+
+static void kc_close(kc_fixture *f)
+{
+    skv_kcache_destroy(f->c);
+}
+
+typedef struct ovf_arg { kc_fixture *f; } ovf_arg;
+
+/* Appending INT64_MAX keys to a non-empty sequence: len + n overflows. */
+static int ovf_append(void *arg)
+{
+    kc_fixture *f = ((ovf_arg *)arg)->f;
+    float k[8] = {0};
+    float sc = 1;
+    const skv_key_block kb = {INT64_MAX, 8, f->dt, k, f->dt == SKV_FP8_E4M3 ? &sc : NULL};
+    kc_begin(f);
+    CHECK_STATUS(skv_kcache_append(f->c, f->a, 0, &kb), SKV_ERR_INVALID_ARG);
+    kc_unchanged(f, "append of INT64_MAX keys");
+    const skv_key_block kb2 = {INT64_MAX - 5, 8, SKV_F32, k, NULL};
+    CHECK_STATUS(skv_kcache_append(f->c, f->a, 1, &kb2), SKV_ERR_INVALID_ARG);
+    kc_unchanged(f, "append of INT64_MAX - 5 keys");
+    return 0;
+}
+
+/* Reading n = INT64_MAX keys from start 1: start + n overflows. */
+static int ovf_read(void *arg)
+{
+    kc_fixture *f = ((ovf_arg *)arg)->f;
+    uint8_t out[64];
+    float sc[8];
+    memset(out, SENT, sizeof out), memset(sc, SENT, sizeof sc);
+    float *scp = f->dt == SKV_FP8_E4M3 ? sc : NULL;
+    CHECK_STATUS(skv_kcache_read(f->c, f->a, 0, 1, INT64_MAX, out, scp), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_read(f->c, f->a, 0, INT64_MAX, INT64_MAX, out, scp), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_read(f->c, f->a, 0, INT64_MAX, 1, out, scp), SKV_ERR_INVALID_ARG);
+    CHECK(untouched(out, sizeof out) && untouched(sc, sizeof sc), "overflowing read wrote");
+    return 0;
+}
+
+static void test_kcache_ops(skv_context *ctx, skv_dtype dt)
+{
+    kc_fixture f;
+    kc_open(&f, ctx, dt);
+    const int fp8 = dt == SKV_FP8_E4M3;
+    int32_t out = 4242;
+    int64_t len = 777;
+    const int32_t dead[] = {-1, INT32_MIN, f.freed, f.never, INT32_MAX, 1 << 30};
+
+    kc_begin(&f);
+    /* seq_create / seq_free / seq_fork */
+    CHECK_STATUS(skv_kcache_seq_create(NULL, &out), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_create(f.c, NULL), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_free(NULL, f.a), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_fork(NULL, f.a, &out), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_fork(f.c, f.a, NULL), SKV_ERR_INVALID_ARG);
+    for (int i = 0; i < 6; i++) {
+        CHECK_STATUS(skv_kcache_seq_free(f.c, dead[i]), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_kcache_seq_fork(f.c, dead[i], &out), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_kcache_seq_remove(f.c, dead[i], 0, -1), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_kcache_seq_length(f.c, dead[i], 0, &len), SKV_ERR_INVALID_ARG);
+    }
+    CHECK(out == 4242 && len == 777, "refused calls wrote their outputs");
+    kc_unchanged(&f, "sequence calls on invalid ids");
+
+    /* seq_remove */
+    CHECK_STATUS(skv_kcache_seq_remove(NULL, f.a, 0, 1), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_remove(f.c, f.a, -1, 3), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_remove(f.c, f.a, INT64_MIN, -1), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_remove(f.c, f.a, 5, 3), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_remove(f.c, f.a, 5, 0), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_remove(f.c, f.a, 100, 50), SKV_ERR_INVALID_ARG);
+    kc_unchanged(&f, "remove with bad ranges");
+    /* valid no-ops: past the end, empty ranges */
+    CHECK_OK(skv_kcache_seq_remove(f.c, f.a, 10, -1));
+    CHECK_OK(skv_kcache_seq_remove(f.c, f.a, 100, -1));
+    CHECK_OK(skv_kcache_seq_remove(f.c, f.a, INT64_MAX, -1));
+    CHECK_OK(skv_kcache_seq_remove(f.c, f.a, 3, 3));
+    CHECK_OK(skv_kcache_seq_remove(f.c, f.a, 50, 60));
+    kc_unchanged(&f, "remove of nothing");
+
+    /* seq_length */
+    CHECK_STATUS(skv_kcache_seq_length(NULL, f.a, 0, &len), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_length(f.c, f.a, -1, &len), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_length(f.c, f.a, 2, &len), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_length(f.c, f.a, INT32_MAX, &len), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_seq_length(f.c, f.a, 0, NULL), SKV_ERR_INVALID_ARG);
+    CHECK(len == 777, "refused seq_length wrote");
+
+    /* append */
+    float k[16 * 8] = {0}, ksc[16];
+    uint16_t kbf[16 * 8] = {0};
+    for (int i = 0; i < 16; i++)
+        ksc[i] = 0.5f;
+    for (int i = 0; i < 128; i++)
+        k[i] = (float)i / 64;
+    const skv_key_block good = {3, 8, dt, fp8 ? (const void *)k : dt == SKV_BF16 ? (const void *)kbf : k,
+                                fp8 ? ksc : NULL};
+    skv_key_block kb;
+#define APPEND_FAILS(seq, layer, kbp, want, what)                                             \
+    do {                                                                                      \
+        CHECK_STATUS(skv_kcache_append(f.c, (seq), (layer), (kbp)), (want));                  \
+        kc_unchanged(&f, what);                                                               \
+    } while (0)
+    APPEND_FAILS(f.a, 0, NULL, SKV_ERR_INVALID_ARG, "append of NULL keys");
+    CHECK_STATUS(skv_kcache_append(NULL, f.a, 0, &good), SKV_ERR_INVALID_ARG);
+    for (int i = 0; i < 6; i++)
+        APPEND_FAILS(dead[i], 0, &good, SKV_ERR_INVALID_ARG, "append to an invalid sequence");
+    APPEND_FAILS(f.a, -1, &good, SKV_ERR_INVALID_ARG, "append to layer -1");
+    APPEND_FAILS(f.a, 2, &good, SKV_ERR_INVALID_ARG, "append to layer n_layers");
+    kb = good, kb.head_dim = 7;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append with another head_dim");
+    kb = good, kb.head_dim = 16;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append with another head_dim");
+    kb = good, kb.n_keys = -1;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of -1 keys");
+    kb = good, kb.n_keys = INT64_MIN;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of INT64_MIN keys");
+    kb = good, kb.n_keys = (int64_t)INT32_MAX + 1;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of INT32_MAX + 1 keys");
+    kb = good, kb.n_keys = (int64_t)INT32_MAX - 9; /* the layer holds 10: one too many */
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append past INT32_MAX keys in a layer");
+    kb = good, kb.k = NULL;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append with NULL k");
+    kb = good, kb.dtype = SKV_F16, kb.k_scale = NULL;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of F16 keys (neither the cache dtype nor F32)");
+    kb = good, kb.dtype = (skv_dtype)99, kb.k_scale = NULL;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of dtype 99");
+    if (dt != SKV_BF16) {
+        kb = good, kb.dtype = SKV_BF16, kb.k = kbf, kb.k_scale = NULL;
+        APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of BF16 keys to another dtype's cache");
+    } else {
+        kb = good, kb.dtype = SKV_FP8_E4M3, kb.k_scale = ksc;
+        APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of FP8 keys to a BF16 cache");
+    }
+    kb = good, kb.dtype = SKV_F32, kb.k = k, kb.k_scale = ksc;
+    APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of F32 keys with k_scale");
+    if (fp8) {
+        kb = good, kb.k_scale = NULL;
+        APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append of FP8 keys without k_scale");
+    } else {
+        kb = good, kb.k_scale = ksc;
+        APPEND_FAILS(f.a, 0, &kb, SKV_ERR_INVALID_ARG, "append with k_scale to a non-FP8 cache");
+    }
+#undef APPEND_FAILS
+    /* valid: zero keys, k may be NULL */
+    kb = good, kb.n_keys = 0, kb.k = NULL;
+    CHECK_OK(skv_kcache_append(f.c, f.a, 1, &kb));
+    kb = good, kb.n_keys = 0, kb.k = NULL, kb.dtype = SKV_F32, kb.k_scale = NULL;
+    CHECK_OK(skv_kcache_append(f.c, f.b, 0, &kb));
+    kc_unchanged(&f, "append of 0 keys");
+
+    /* read */
+    uint8_t buf[32 * 8 * 4];
+    float sbuf[32];
+    float *scp = fp8 ? sbuf : NULL;
+#define READ_FAILS(seq, layer, start, n, ko, so, what)                                        \
+    do {                                                                                      \
+        memset(buf, SENT, sizeof buf), memset(sbuf, SENT, sizeof sbuf);                       \
+        CHECK_STATUS(skv_kcache_read(f.c, (seq), (layer), (start), (n), (ko), (so)), SKV_ERR_INVALID_ARG); \
+        CHECK(untouched(buf, sizeof buf) && untouched(sbuf, sizeof sbuf), "%s: output written", what); \
+    } while (0)
+    memset(buf, SENT, sizeof buf);
+    CHECK_STATUS(skv_kcache_read(NULL, f.a, 0, 0, 1, buf, scp), SKV_ERR_INVALID_ARG);
+    for (int i = 0; i < 6; i++)
+        READ_FAILS(dead[i], 0, 0, 1, buf, scp, "read of an invalid sequence");
+    READ_FAILS(f.a, -1, 0, 1, buf, scp, "read of layer -1");
+    READ_FAILS(f.a, 2, 0, 1, buf, scp, "read of layer n_layers");
+    READ_FAILS(f.a, 0, -1, 1, buf, scp, "read from -1");
+    READ_FAILS(f.a, 0, 0, -1, buf, scp, "read of -1 keys");
+    READ_FAILS(f.a, 0, 0, 11, buf, scp, "read of one key past the end");
+    READ_FAILS(f.a, 0, 10, 1, buf, scp, "read at the end");
+    READ_FAILS(f.a, 1, 5, 2, buf, scp, "read past the end of layer 1");
+    READ_FAILS(f.a, 0, 11, 0, buf, scp, "read of 0 keys past the end");
+    READ_FAILS(f.a, 0, 0, 2, NULL, scp, "read into NULL");
+    READ_FAILS(f.a, 0, 0, 2, buf, fp8 ? NULL : sbuf, fp8 ? "FP8 read without scales" : "read with scales from a non-FP8 cache");
+#undef READ_FAILS
+    /* valid: 0 keys at the end, NULL outputs */
+    CHECK_OK(skv_kcache_read(f.c, f.a, 0, 10, 0, NULL, NULL));
+    CHECK_OK(skv_kcache_read(f.c, f.a, 1, 0, 0, NULL, NULL));
+
+    /* scores / topk over the cache */
+    idx_fixture fx;
+    idx_fixture_init(&fx);
+    const skv_indexer_query q0 = {2, 4, 8, SKV_F32, fx.q, NULL, fx.w, fx.pos};
+    skv_indexer_query q;
+    float out_s[2 * 16], osc[2 * 16];
+    int32_t oidx[2 * 16];
+#define KQ_FAILS(seq, layer, qp, k_, want, what)                                              \
+    do {                                                                                      \
+        memset(out_s, SENT, sizeof out_s), memset(osc, SENT, sizeof osc), memset(oidx, SENT, sizeof oidx); \
+        const size_t mem_ = skv_context_memory(ctx);                                          \
+        CHECK_STATUS(skv_kcache_scores(f.c, (seq), (layer), (qp), out_s), (want));            \
+        CHECK_STATUS(skv_kcache_topk(f.c, (seq), (layer), (qp), (k_), oidx, osc), (want));    \
+        CHECK(untouched(out_s, sizeof out_s) && untouched(osc, sizeof osc) && untouched(oidx, sizeof oidx), \
+              "%s: output written", what);                                                   \
+        CHECK(skv_context_memory(ctx) == mem_, "%s: memory changed", what);                  \
+    } while (0)
+    CHECK_STATUS(skv_kcache_scores(NULL, f.a, 0, &q0, out_s), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_topk(NULL, f.a, 0, &q0, 4, oidx, osc), SKV_ERR_INVALID_ARG);
+    for (int i = 0; i < 6; i++)
+        KQ_FAILS(dead[i], 0, &q0, 4, SKV_ERR_INVALID_ARG, "paged indexer on an invalid sequence");
+    KQ_FAILS(f.a, -1, &q0, 4, SKV_ERR_INVALID_ARG, "paged indexer on layer -1");
+    KQ_FAILS(f.a, 2, &q0, 4, SKV_ERR_INVALID_ARG, "paged indexer on layer n_layers");
+    KQ_FAILS(f.a, 0, NULL, 4, SKV_ERR_INVALID_ARG, "paged indexer with NULL query");
+    q = q0, q.head_dim = 4;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, head_dim mismatch");
+    q = q0, q.n_heads = 0;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, 0 heads");
+    q = q0, q.n_tokens = -1;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, -1 tokens");
+    q = q0, q.q = NULL;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, NULL q");
+    q = q0, q.weights = NULL;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, NULL weights");
+    q = q0, q.dtype = SKV_F16;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_UNSUPPORTED, "paged indexer, F16 query");
+    q = q0, q.dtype = (skv_dtype)99;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, query dtype 99");
+    q = q0, q.q_scale = fx.qs;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, F32 query with q_scale");
+    q = q0, q.dtype = SKV_FP8_E4M3, q.q = fx.q8;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, FP8 query without q_scale");
+    memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
+    CHECK_STATUS(skv_kcache_topk(f.c, f.a, 0, &q0, 0, oidx, osc), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_topk(f.c, f.a, 0, &q0, -5, oidx, osc), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_topk(f.c, f.a, 0, &q0, 4, NULL, osc), SKV_ERR_INVALID_ARG);
+    CHECK(untouched(oidx, sizeof oidx) && untouched(osc, sizeof osc), "refused paged topk wrote");
+    CHECK_STATUS(skv_kcache_scores(f.c, f.a, 0, &q0, NULL), SKV_ERR_INVALID_ARG);
+#undef KQ_FAILS
+    /* valid: a fresh (empty) sequence; k beyond the keys; nothing visible; no tokens */
+    int32_t e = -1;
+    CHECK_OK(skv_kcache_seq_create(f.c, &e));
+    memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
+    CHECK_OK(skv_kcache_topk(f.c, e, 1, &q0, 5, oidx, osc));
+    int ok = 1;
+    for (int i = 0; i < 10; i++)
+        ok &= oidx[i] == -1 && osc[i] == -INFINITY;
+    CHECK(ok && untouched(oidx + 10, sizeof oidx - 40), "top-k of an empty sequence: want padding");
+    memset(out_s, SENT, sizeof out_s);
+    CHECK_OK(skv_kcache_scores(f.c, e, 0, &q0, out_s));
+    CHECK_OK(skv_kcache_scores(f.c, e, 0, &q0, NULL));
+    CHECK(untouched(out_s, sizeof out_s), "scores of an empty sequence wrote");
+    CHECK_OK(skv_kcache_seq_free(f.c, e));
+    float sc[2 * 10];
+    CHECK_OK(skv_kcache_scores(f.c, f.a, 0, &q0, sc));
+    CHECK_OK(skv_kcache_topk(f.c, f.a, 0, &q0, 16, oidx, osc));
+    for (int t = 0; t < 2; t++) {
+        int32_t want[16];
+        sort_topk(sc + t * 10, fx.pos[t] + 1, 16, want, NULL);
+        CHECK(!memcmp(want, oidx + t * 16, sizeof want), "paged top-k, k > keys, token %d", t);
+    }
+    int32_t neg[2] = {-1, -100};
+    q = q0, q.positions = neg;
+    CHECK_OK(skv_kcache_topk(f.c, f.a, 0, &q, 3, oidx, osc));
+    ok = 1;
+    for (int i = 0; i < 6; i++)
+        ok &= oidx[i] == -1 && osc[i] == -INFINITY;
+    CHECK(ok, "paged top-k with nothing visible: want padding");
+    q = q0, q.n_tokens = 0, q.q = NULL, q.weights = NULL;
+    CHECK_OK(skv_kcache_topk(f.c, f.a, 0, &q, 3, NULL, NULL));
+    CHECK_OK(skv_kcache_scores(f.c, f.a, 0, &q, NULL));
+    kc_same(&f, "valid paged indexer calls", 0);
+    snap_free(&cur_snap);
+    kc_begin(&f);
+
+    /* get_stats */
+    skv_kcache_stats st, st0;
+    memset(&st, SENT, sizeof st);
+    CHECK_STATUS(skv_kcache_get_stats(NULL, &st), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_get_stats(f.c, NULL), SKV_ERR_INVALID_ARG);
+    static const size_t small[] = {0, 1, sizeof(skv_kcache_stats) - 1, sizeof(size_t) + sizeof(int32_t)};
+    for (int i = 0; i < 4; i++) {
+        memset(&st, SENT, sizeof st);
+        st.struct_size = small[i];
+        memcpy(&st0, &st, sizeof st);
+        CHECK_STATUS(skv_kcache_get_stats(f.c, &st), SKV_ERR_INVALID_ARG);
+        CHECK(!memcmp(&st, &st0, sizeof st), "get_stats with struct_size %zu wrote", small[i]);
+    }
+    struct { skv_kcache_stats s; uint8_t tail[16]; } big;
+    memset(&big, SENT, sizeof big);
+    big.s.struct_size = sizeof big;
+    CHECK_OK(skv_kcache_get_stats(f.c, &big.s));
+    CHECK(big.s.n_seqs == 2 && big.s.pages_in_use > 0 && untouched(big.tail, sizeof big.tail),
+          "get_stats with a larger struct_size");
+
+    /* calls whose size arithmetic can overflow, in a child process */
+    ovf_arg oa = {&f};
+    char what[96];
+    snprintf(what, sizeof what, "skv_kcache_append of INT64_MAX keys (%s cache)", fp8 ? "fp8" : dt == SKV_BF16 ? "bf16" : "f32");
+    isolated(what, ovf_append, &oa);
+    snprintf(what, sizeof what, "skv_kcache_read with start + n overflowing (%s cache)", fp8 ? "fp8" : dt == SKV_BF16 ? "bf16" : "f32");
+    isolated(what, ovf_read, &oa);
+    kc_unchanged(&f, "after the overflow checks");
+
+    snap_free(&cur_snap);
+    kc_close(&f);
+}
+
+/* max_seqs: refused create and fork write nothing */
+static void test_kcache_capacity(skv_context *ctx)
+{
+    skv_kcache_params p;
+    skv_kcache_params_init(&p);
+    p.max_seqs = 1, p.max_pages = 1, p.head_dim = 4, p.page_tokens = 2, p.dtype = SKV_F32;
+    skv_kcache *c = NULL;
+    CHECK_OK(skv_kcache_create(ctx, &p, &c));
+    if (!c)
+        return;
+    int32_t a = -1, out = 4242;
+    CHECK_OK(skv_kcache_seq_create(c, &a));
+    CHECK_STATUS(skv_kcache_seq_create(c, &out), SKV_ERR_CAPACITY);
+    CHECK_STATUS(skv_kcache_seq_fork(c, a, &out), SKV_ERR_CAPACITY);
+    CHECK(out == 4242, "refused create/fork wrote the id");
+    float k[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    const skv_key_block kb = {3, 4, SKV_F32, k, NULL};
+    CHECK_STATUS(skv_kcache_append(c, a, 0, &kb), SKV_ERR_CAPACITY);
+    int64_t len = -1;
+    CHECK_OK(skv_kcache_seq_length(c, a, 0, &len));
+    CHECK(len == 0, "refused append changed the length to %lld", (long long)len);
+    skv_kcache_stats st = {.struct_size = sizeof st};
+    CHECK_OK(skv_kcache_get_stats(c, &st));
+    CHECK(st.pages_in_use == 0 && st.n_seqs == 1, "refused append took pages");
+    skv_kcache_destroy(c);
+}
+
+int main(void)
+{
+    test_misc();
+    test_context();
+    test_convert();
+    test_quantize();
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    test_indexer(ctx);
+    test_topk_rows(ctx);
+    test_kcache_create(ctx);
+    static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    for (int i = 0; i < 3; i++)
+        test_kcache_ops(ctx, dts[i]);
+    test_kcache_capacity(ctx);
+    skv_context_destroy(ctx);
+    /* the scalar kernels refuse the same way */
+    ctx = ctx_new(0, 1);
+    test_indexer(ctx);
+    test_topk_rows(ctx);
+    skv_context_destroy(ctx);
+    return test_summary("test_badargs");
+}

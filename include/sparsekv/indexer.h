@@ -82,7 +82,9 @@ SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_row
  * of head_dim values and, for FP8, then page_tokens f32 scales (132 bytes per token for
  * head_dim 128, DeepGEMM's paged layout). Sequences are numbered by the cache. Forked
  * sequences share pages by reference count; a shared page is copied on its first write. Each
- * layer has its own length (layers append one after another during a step).
+ * layer has its own length (layers append one after another during a step). Page memory is
+ * returned as soon as no sequence references it; the small bookkeeping arrays (sequence slots,
+ * page ids) keep their high-water size until the cache is destroyed.
  * Thread safety: as the context it was created from. */
 typedef struct skv_kcache skv_kcache;
 
@@ -104,7 +106,8 @@ typedef struct skv_kcache_stats {
     int64_t pages_in_use;     /* distinct pages referenced by any sequence */
     int64_t pages_shared;     /* of those, referenced by more than one sequence */
     int64_t page_refs;        /* block-table entries over all sequences */
-    int64_t bytes_per_token;  /* key bytes per token over all layers (values + scales) */
+    int64_t bytes_per_token;  /* bytes_per_page / page_tokens: values + scales over all layers,
+                                 with the page's alignment padding shared out */
     int64_t bytes_per_page;   /* bytes of one page over all layers */
     int64_t bytes_in_use;     /* pages_in_use * bytes_per_page */
 } skv_kcache_stats;

@@ -226,7 +226,8 @@ skv_status skv_kcache_seq_fork(skv_kcache *c, int32_t src, int32_t *out_seq)
     SKV_TRY(seq_new(c, get_seq(c, src)->n_pages, &id));
     const kseq *s = get_seq(c, src); /* seq_new may have moved the array */
     kseq *d = &c->seqs[id];
-    memcpy(d->table, s->table, (size_t)s->n_pages * sizeof *s->table);
+    if (s->n_pages)
+        memcpy(d->table, s->table, (size_t)s->n_pages * sizeof *s->table);
     memcpy(d->len, s->len, (size_t)c->p.n_layers * sizeof *s->len);
     d->n_pages = s->n_pages;
     for (int32_t i = 0; i < s->n_pages; i++)
@@ -259,7 +260,8 @@ static skv_status grow_table(skv_kcache *c, kseq *s, int64_t n)
     int32_t *t = skv_alloc(c->ctx, (size_t)cap * sizeof *t);
     if (!t)
         return SKV_ERR_NOMEM;
-    memcpy(t, s->table, (size_t)s->n_pages * sizeof *t);
+    if (s->n_pages)
+        memcpy(t, s->table, (size_t)s->n_pages * sizeof *t);
     skv_free(c->ctx, s->table, (size_t)s->cap_pages * sizeof *s->table);
     s->table = t;
     s->cap_pages = (int32_t)cap;
@@ -360,7 +362,7 @@ skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer, const sk
     SKV_CHECK(ctx, keys->dtype == c->p.dtype || keys->dtype == SKV_F32);
     SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
     SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
-    SKV_CHECK(ctx, s->len[layer] + keys->n_keys <= INT32_MAX);
+    SKV_CHECK(ctx, keys->n_keys <= INT32_MAX - s->len[layer]);
     const int32_t P = c->p.page_tokens;
     const int64_t start = s->len[layer], end = start + keys->n_keys;
     if (end == start)
@@ -416,7 +418,7 @@ skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int6
         return SKV_ERR_INVALID_ARG;
     const kseq *s = get_seq(c, seq);
     SKV_CHECK(c->ctx, s && layer >= 0 && layer < c->p.n_layers && start >= 0 && n >= 0);
-    SKV_CHECK(c->ctx, start + n <= s->len[layer]);
+    SKV_CHECK(c->ctx, start <= s->len[layer] && n <= s->len[layer] - start);
     SKV_CHECK(c->ctx, n == 0 || keys_out);
     SKV_CHECK(c->ctx, (c->p.dtype == SKV_FP8_E4M3) == (scales_out != NULL) || n == 0);
     for (int64_t i = 0; i < n; i++) {
