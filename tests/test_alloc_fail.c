@@ -89,9 +89,9 @@ static void t_free(void *user, void *p, size_t size)
 
 /* Results of the run without failures; later runs must reproduce them. */
 typedef struct results {
-    int32_t *idx[10];
-    float *val[10];
-    size_t n[10];
+    int32_t *idx[12];
+    float *val[12];
+    size_t n[12];
     uint8_t *cache_state;
     size_t cache_state_bytes;
 } results;
@@ -256,6 +256,16 @@ static void data_free(void)
         CHECK_ACCOUNTING(t, ctx);                                                             \
     } while (0)
 
+/* Flipping layer l costs (l + 1) except the last two, which are expensive. */
+static double synth_loss(const char *pattern, void *user)
+{
+    (void)user;
+    double v = 0;
+    for (int l = 0; pattern[l]; l++)
+        v += pattern[l] == 'S' ? (l >= 7 ? 100.0 : l + 1) : 0;
+    return v;
+}
+
 static void scenario(tracker *t)
 {
     skv_context *ctx = NULL;
@@ -390,6 +400,54 @@ static void scenario(tracker *t)
         st.struct_size = sizeof st;
         CHECK_OK(skv_kcache_get_stats(c, &st));
         CHECK(st.pages_in_use == 0 && st.n_seqs == 0, "N=%ld: pages left after freeing every sequence", cur_n);
+    }
+    CHECK_ACCOUNTING(t, ctx);
+
+    /* IndexCache: plans, a selector step, the search's memo, the proxies */
+    {
+        skv_reuse_plan *plan = NULL, *plan2 = NULL, *plan3 = NULL;
+        const skv_layer_role roles[3] = {SKV_LAYER_FULL, SKV_LAYER_SHARED, SKV_LAYER_FULL};
+        ATTEMPT("plan from string", skv_reuse_plan_from_string(ctx, "FSF", NULL, 0, &plan),
+                CHECK(plan == NULL, "N=%ld: failed plan returned", cur_n));
+        ATTEMPT("plan from freq", skv_reuse_plan_from_freq(ctx, 9, 4, 0, SKV_REUSE_FREQ_OFFICIAL, NULL, 0, &plan2),
+                CHECK(plan2 == NULL, "N=%ld: failed plan returned", cur_n));
+        ATTEMPT("plan from roles", skv_reuse_plan_from_roles(ctx, roles, 3, NULL, 0, &plan3),
+                CHECK(plan3 == NULL, "N=%ld: failed plan returned", cur_n));
+        skv_reuse_selector *sel = NULL;
+        skv_reuse_selector_params sp;
+        skv_reuse_selector_params_init(&sp);
+        sp.k = 64;
+        sp.max_tokens = 3;
+        ATTEMPT("selector create", skv_reuse_selector_create(ctx, plan, &sp, &sel),
+                CHECK(sel == NULL, "N=%ld: failed selector returned", cur_n));
+        CHECK_OK(skv_reuse_begin_step(sel, 3));
+        const int32_t *view = NULL;
+        ATTEMPT("select", skv_reuse_select(sel, 0, &q, &kb, &view), (void)0);
+        ATTEMPT("select shared", skv_reuse_select(sel, 1, NULL, NULL, &view), (void)0);
+        result(9, view, NULL, 3 * 64, "reuse selection");
+
+        skv_reuse_search_params rp;
+        skv_reuse_search_params_init(&rp);
+        rp.n_layers = 9;
+        rp.target_full = 3;
+        rp.loss = synth_loss;
+        char pat[10];
+        ATTEMPT("search", skv_reuse_search(ctx, &rp, pat, NULL, NULL), (void)0);
+        CHECK(strcmp(pat, "FSSSSSSFF") == 0, "N=%ld: search found %s", cur_n, pat);
+
+        int32_t tk[2 * 3 * 8];
+        for (int i = 0; i < 2 * 3 * 8; i++)
+            tk[i] = (i % 24) % 11; /* both layers select the same */
+        double ov[4], mass[4];
+        ATTEMPT("overlap", skv_reuse_overlap(ctx, tk, 2, 3, 8, ov), (void)0);
+        const skv_indexer_query qs[2] = {q, q};
+        const skv_key_block ks2[2] = {kb, kb};
+        ATTEMPT("mass matrix", skv_reuse_mass_matrix(ctx, qs, ks2, 2, 16, mass, NULL), (void)0);
+        CHECK(fabs(mass[0] - mass[1]) < 1e-12 && ov[1] == 1.0, "N=%ld: proxies of identical layers", cur_n);
+        skv_reuse_selector_destroy(sel);
+        skv_reuse_plan_destroy(plan);
+        skv_reuse_plan_destroy(plan2);
+        skv_reuse_plan_destroy(plan3);
     }
     CHECK_ACCOUNTING(t, ctx);
 
