@@ -5,12 +5,15 @@
  *   reference.cpp the two reference indexers (BLAS + full sort, naive loops + partial sort)
  *                and the std:: selections that skv_topk_rows is compared with
  *   timing.c     the repeat-until-min-time timer and the JSON Lines writer
+ *   inputs.c     seeded random inputs in each dtype, their f32 view, and --dump files
  *   bench.c      options, inputs, cases, records */
 #ifndef SKV_BENCH_H
 #define SKV_BENCH_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "sparsekv/sparsekv.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -119,14 +122,44 @@ int ref_blas_sort_topk(ref_ws *ws, const ref_problem *p, int threads, int32_t *o
  * std::partial_sort of (score, index) takes the top k. Never holds more than one score row. */
 int ref_naive_topk(ref_ws *ws, const ref_problem *p, int threads, int32_t *out_idx);
 
-/* Exact score of (t, s) in double precision (for checking near ties). */
-double ref_exact_score(const ref_problem *p, int32_t t, int64_t s);
-
 /* Selections of k out of one row x[0..n), written as ranked indices (ties to the lower index,
  * -1 padding), on one thread. Return 0 or -1 (out of memory). */
 typedef enum ref_select { REF_STD_SORT, REF_PARTIAL_SORT, REF_NTH_ELEMENT } ref_select;
 int ref_select_row(ref_ws *ws, ref_select how, const float *x, int64_t n, int32_t k,
                    int32_t *out_idx);
+
+/* ---- inputs (inputs.c) ------------------------------------------------------------------- */
+
+/* One case's inputs: uniform [-1, 1) values from a fixed-seed generator (the same f32 values
+ * for every dtype of a shape; keys depend on L only), converted to the case's dtype. */
+typedef struct bench_inputs {
+    int32_t T, H, D, k;
+    int64_t L;
+    skv_dtype dtype;
+    float *q, *w, *keys; /* f32 originals: [T][H][D], [T][H], [L][D] */
+    int32_t *pos;        /* [T]: L-1 for decode, L-T .. L-1 for a prefill chunk */
+    void *q_lib, *k_lib; /* in the case's dtype (bf16 via skv_convert, fp8 via
+                            skv_quantize_fp8 per (token, head) row and per key) */
+    float *q_scale, *k_scale; /* fp8 only */
+    float *q_ref, *k_ref;     /* what the library computes on, as f32 (dequantised) */
+    skv_indexer_query query;
+    skv_key_block keys_block;
+    ref_problem ref; /* on q_ref, k_ref */
+} bench_inputs;
+
+/* SKV_OK, SKV_ERR_NOMEM, or the failing conversion's status. */
+skv_status inputs_make(bench_inputs *in, int32_t T, int32_t H, int32_t D, int64_t L, int32_t k,
+                       skv_dtype dtype);
+void inputs_free(bench_inputs *in);
+
+/* x[0..n) uniform in [-1, 1) from a fixed-seed generator (24 random bits each). */
+void fill_uniform(float *x, size_t n, uint64_t seed);
+
+/* Writes q.bin [T][H][D] f32, w.bin [T][H] f32, k.bin [L][D] f32, pos.bin [T] int32, idx.bin
+ * [T][k] int32 (the library's result) and meta.json into dir/<name with '/' -> '_'>/, all
+ * little-endian raw arrays (the f32 view of the inputs). Returns 0, or -1 with errno set. */
+int inputs_dump(const bench_inputs *in, const char *dir, const char *name, const int32_t *idx,
+                int threads, const char *isa, double sparsekv_ns, int64_t iterations);
 
 #ifdef __cplusplus
 }

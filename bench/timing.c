@@ -1,0 +1,203 @@
+/* The timer (warm-up, then repeat until a minimum time and count; median of the calls) and the
+ * JSON Lines writer. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+
+double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double process_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int bench_time(bench_fn fn, void *arg, double min_time, int64_t min_iters, int warmup,
+               double warmup_counts_after, bench_timing *out)
+{
+    memset(out, 0, sizeof *out);
+    size_t cap = 64, n = 0;
+    double *t = malloc(cap * sizeof *t);
+    if (!t)
+        return -1;
+    double total = 0.0, cpu_total = 0.0;
+    if (warmup) {
+        const double c0 = process_cpu_s(), t0 = now_s();
+        const int rc = fn(arg);
+        const double dt = now_s() - t0, dc = process_cpu_s() - c0;
+        if (rc) {
+            free(t);
+            return rc;
+        }
+        if (warmup_counts_after > 0.0 && dt > warmup_counts_after) {
+            t[n++] = dt;
+            total = dt;
+            cpu_total = dc;
+        }
+    }
+    while (n < (size_t)min_iters || total < min_time) {
+        if (n == cap) {
+            double *g = realloc(t, 2 * cap * sizeof *t);
+            if (!g) {
+                free(t);
+                return -1;
+            }
+            t = g;
+            cap *= 2;
+        }
+        const double c0 = process_cpu_s(), t0 = now_s();
+        const int rc = fn(arg);
+        const double dt = now_s() - t0, dc = process_cpu_s() - c0;
+        if (rc) {
+            free(t);
+            return rc;
+        }
+        t[n++] = dt;
+        total += dt;
+        cpu_total += dc;
+    }
+    qsort(t, n, sizeof *t, cmp_double);
+    out->iterations = (int64_t)n;
+    out->median_ns = 1e9 * (n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]));
+    out->mean_ns = 1e9 * total / (double)n;
+    out->min_ns = 1e9 * t[0];
+    out->cpu_ns = 1e9 * cpu_total / (double)n;
+    free(t);
+    return 0;
+}
+
+/* ---- JSON Lines ---------------------------------------------------------------------------- */
+
+static void put(json_line *j, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void put(json_line *j, const char *fmt, ...)
+{
+    if (j->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        const int w = vsnprintf(j->buf + j->len, j->cap - j->len, fmt, ap);
+        va_end(ap);
+        if (w < 0) {
+            j->oom = 1;
+            return;
+        }
+        if ((size_t)w < j->cap - j->len) {
+            j->len += (size_t)w;
+            return;
+        }
+        const size_t cap = 2 * j->cap + (size_t)w;
+        char *g = realloc(j->buf, cap);
+        if (!g) {
+            j->oom = 1;
+            return;
+        }
+        j->buf = g;
+        j->cap = cap;
+    }
+}
+
+static void key(json_line *j, const char *k)
+{
+    put(j, "%s\"%s\": ", j->len > 1 ? ", " : "", k);
+}
+
+void json_begin(json_line *j)
+{
+    j->cap = 1024;
+    j->len = 0;
+    j->buf = malloc(j->cap);
+    j->oom = j->buf == NULL;
+    if (j->buf) {
+        j->buf[0] = '{';
+        j->buf[1] = '\0';
+        j->len = 1;
+    }
+}
+
+void json_str(json_line *j, const char *k, const char *val)
+{
+    key(j, k);
+    put(j, "\"");
+    for (const unsigned char *c = (const unsigned char *)val; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            put(j, "\\%c", *c);
+        else if (*c < 0x20)
+            put(j, "\\u%04x", *c);
+        else
+            put(j, "%c", *c);
+    }
+    put(j, "\"");
+}
+
+void json_int(json_line *j, const char *k, int64_t val)
+{
+    key(j, k);
+    put(j, "%lld", (long long)val);
+}
+
+void json_num(json_line *j, const char *k, double val, int decimals)
+{
+    key(j, k);
+    if (isfinite(val))
+        put(j, "%.*f", decimals, val);
+    else
+        put(j, "null");
+}
+
+void json_ratio(json_line *j, const char *k, double val)
+{
+    key(j, k);
+    if (isfinite(val))
+        put(j, "%.4g", val);
+    else
+        put(j, "null");
+}
+
+void json_bool(json_line *j, const char *k, int val)
+{
+    key(j, k);
+    put(j, "%s", val ? "true" : "false");
+}
+
+void json_null(json_line *j, const char *k)
+{
+    key(j, k);
+    put(j, "null");
+}
+
+int json_end(json_line *j)
+{
+    put(j, "}");
+    const int ok = !j->oom;
+    if (ok) {
+        fputs(j->buf, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    free(j->buf);
+    j->buf = NULL;
+    return ok ? 0 : -1;
+}
