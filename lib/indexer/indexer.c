@@ -181,6 +181,9 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                 uint8_t *dst = scratch + (size_t)(seg[e].start - g) * D * p->celem;
                 for (int64_t j = 0; j < seg[e].n; j += CVT_STEP) {
                     const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
+                    const uint8_t *next = seg[e].rows + (size_t)(j + CVT_STEP) * p->src->row_bytes;
+                    for (size_t off = 0; off < CVT_STEP * p->src->row_bytes; off += 64)
+                        __builtin_prefetch(next + off); /* the next step's keys, during this one */
                     p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
                            n * D);
                     score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,
@@ -295,7 +298,7 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
         if (merge_bytes) {
 #pragma omp for schedule(static)
             for (int32_t t = 0; t < T; t++)
-                skv_topk_parts_finish(&p.parts, t, ws, out_idx + (size_t)t * k,
+                skv_topk_parts_finish(&p.parts, t, out_idx + (size_t)t * k,
                                       out_score ? out_score + (size_t)t * k : NULL);
         }
     }

@@ -32,7 +32,8 @@ void skv_topk_init(skv_topk_state *st, void *mem, int32_t k)
 /* Histogram of the keys in [lo, hi] (all of them when `all`) by the top 11 bits in which lo
  * and hi differ; narrows [lo, hi] to the bin holding the need-th largest and makes need the
  * rank inside it. */
-static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32_t *hi, int64_t *need)
+static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32_t *hi, int64_t *need,
+                   int64_t *in_bin)
 {
     uint32_t hist[2048];
     const int bits = 32 - __builtin_clz(*lo ^ *hi);
@@ -54,6 +55,7 @@ static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32
     while (above + hist[b] < *need)
         above += hist[b--];
     *need -= above;
+    *in_bin = hist[b];
     const uint32_t blo = (base + b) << sh, bhi = blo + ((1u << sh) - 1);
     *lo = blo > *lo ? blo : *lo;
     *hi = bhi < *hi ? bhi : *hi;
@@ -71,9 +73,10 @@ static uint32_t select_keep(uint32_t *key, int32_t *idx, int32_t n, int32_t k)
         lo = key[i] < lo ? key[i] : lo;
         hi = key[i] > hi ? key[i] : hi;
     }
-    int64_t need = k; /* rank of the k-th key among those in [lo, hi] */
+    int64_t need = k;   /* rank of the k-th key among those in [lo, hi] */
+    int64_t in_bin = n; /* keys in [lo, hi] */
     if (lo != hi)
-        narrow(key, n, 1, &lo, &hi, &need);
+        narrow(key, n, 1, &lo, &hi, &need, &in_bin);
     uint32_t few[1024];
     int32_t m = 0;
     const uint32_t span = hi - lo;
@@ -83,14 +86,24 @@ static uint32_t select_keep(uint32_t *key, int32_t *idx, int32_t n, int32_t k)
     }
     const int fits = m < 1024;
     while (lo != hi)
-        narrow(fits ? few : key, fits ? m : n, 0, &lo, &hi, &need);
+        narrow(fits ? few : key, fits ? m : n, 0, &lo, &hi, &need, &in_bin);
 
     const uint32_t kth = lo;
     int32_t out = 0;
-    for (int32_t i = 0; i < n; i++) {
+    if (need == in_bin) { /* every key equal to the k-th is kept: no tie to break */
+        for (int32_t i = 0; i < n; i++) {
+            const uint32_t kv = key[i];
+            key[out] = kv;
+            idx[out] = idx[i];
+            out += kv >= kth;
+        }
+        return kth;
+    }
+    for (int32_t i = 0; i < n; i++) { /* bitwise, not ||: the branch would be a coin toss */
         const uint32_t kv = key[i];
-        const int keep = kv > kth || (kv == kth && need > 0);
-        need -= kv == kth;
+        const int eq = kv == kth;
+        const int keep = (kv > kth) | (eq & (need > 0));
+        need -= eq;
         key[out] = kv;
         idx[out] = idx[i];
         out += keep;
@@ -114,59 +127,41 @@ void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, 
         const int32_t piece = n - off < SKV_TOPK_PIECE ? n - off : SKV_TOPK_PIECE;
         if (st->n + piece > st->limit)
             skv_topk_compact(st);
-        if (st->have_thr) {
-            st->n += kern->filter(s + off, piece, base + off, st->thr, st->key + st->n,
-                                  st->idx + st->n);
-        } else {
-            for (int32_t j = 0; j < piece; j++) {
-                st->key[st->n + j] = skv_score_key(s[off + j]);
-                st->idx[st->n + j] = base + off + j;
-            }
-            st->n += piece;
-        }
+        st->n += kern->filter(s + off, piece, base + off, st->thr, !st->have_thr,
+                              st->key + st->n, st->idx + st->n);
     }
 }
 
-void skv_topk_push_keys(skv_topk_state *st, const uint32_t *key, const int32_t *idx, int32_t n)
-{
-    for (int32_t j = 0; j < n; j++) {
-        if (st->have_thr && key[j] <= st->thr)
-            continue;
-        if (st->n == st->limit)
-            skv_topk_compact(st);
-        if (st->have_thr && key[j] <= st->thr)
-            continue;
-        st->key[st->n] = key[j];
-        st->idx[st->n] = idx[j];
-        st->n++;
-    }
-}
-
-/* Stable LSD radix sort by descending key of n <= limit/2 candidates; the second half of the
- * buffer is the scratch. Index order among equal keys is kept (ties to the lower index). */
+/* Stable LSD radix sort by descending key of n <= k candidates; the second half of the buffer
+ * is the scratch. Index order among equal keys is kept (ties to the lower index). One pass
+ * counts all three digits; digits every key shares are skipped. */
 static void sort_desc(skv_topk_state *st)
 {
-    static const int shifts[3] = {0, 11, 22}, widths[3] = {11, 11, 10};
-    uint32_t hist[2048];
+    static const int shifts[3] = {0, 11, 22};
+    uint32_t hist[3][2048];
     const int32_t n = st->n;
     uint32_t *k0 = st->key, *k1 = st->key + st->k;
     int32_t *i0 = st->idx, *i1 = st->idx + st->k;
+    memset(hist, 0, sizeof hist);
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t v = ~k0[i];
+        hist[0][v & 2047]++;
+        hist[1][(v >> 11) & 2047]++;
+        hist[2][v >> 22]++;
+    }
     for (int p = 0; p < 3; p++) {
         const int sh = shifts[p];
-        const uint32_t nb = 1u << widths[p], dm = nb - 1;
-        memset(hist, 0, nb * sizeof hist[0]);
-        for (int32_t i = 0; i < n; i++)
-            hist[(~k0[i] >> sh) & dm]++;
-        if (hist[(~k0[0] >> sh) & dm] == (uint32_t)n)
+        uint32_t *h = hist[p];
+        if (h[(~k0[0] >> sh) & 2047] == (uint32_t)n)
             continue; /* digit constant: order unchanged */
         uint32_t sum = 0;
-        for (uint32_t b = 0; b < nb; b++) {
-            const uint32_t c = hist[b];
-            hist[b] = sum;
+        for (uint32_t b = 0; b < 2048; b++) {
+            const uint32_t c = h[b];
+            h[b] = sum;
             sum += c;
         }
         for (int32_t i = 0; i < n; i++) {
-            const uint32_t pos = hist[(~k0[i] >> sh) & dm]++;
+            const uint32_t pos = h[(~k0[i] >> sh) & 2047]++;
             k1[pos] = k0[i];
             i1[pos] = i0[i];
         }
@@ -183,17 +178,29 @@ static void sort_desc(skv_topk_state *st)
     }
 }
 
-void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score)
+/* The state cut to its best k, in rank order. */
+static void rank(skv_topk_state *st)
 {
     skv_topk_compact(st);
-    if (st->n > 0)
+    if (st->n > 1)
         sort_desc(st);
-    for (int32_t i = 0; i < st->k; i++) {
-        const int have = i < st->n;
-        out_idx[i] = have ? st->idx[i] : -1;
+}
+
+static void write_out(const uint32_t *key, const int32_t *idx, int32_t n, int32_t k,
+                      int32_t *out_idx, float *out_score)
+{
+    for (int32_t i = 0; i < k; i++) {
+        const int have = i < n;
+        out_idx[i] = have ? idx[i] : -1;
         if (out_score)
-            out_score[i] = have ? skv_score_from_key(st->key[i]) : -INFINITY;
+            out_score[i] = have ? skv_score_from_key(key[i]) : -INFINITY;
     }
+}
+
+void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score)
+{
+    rank(st);
+    write_out(st->key, st->idx, st->n, st->k, out_idx, out_score);
 }
 
 int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int64_t min_keys)
@@ -202,7 +209,8 @@ int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int
         return 1;
     const int64_t by_threads = (n_threads + n_rows - 1) / n_rows;
     const int64_t by_keys = row_len / min_keys > 1 ? row_len / min_keys : 1;
-    return (int32_t)(by_threads < by_keys ? by_threads : by_keys);
+    const int64_t n = by_threads < by_keys ? by_threads : by_keys;
+    return (int32_t)(n < 64 ? n : 64); /* skv_topk_parts_finish merges at most 64 */
 }
 
 int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out)
@@ -227,22 +235,44 @@ void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t spl
 void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
                           skv_topk_state *st)
 {
-    skv_topk_compact(st);
+    rank(st);
     const size_t slot = (size_t)row * (size_t)m->splits + (size_t)split;
     memcpy(m->key + slot * (size_t)m->k, st->key, (size_t)st->n * 4);
     memcpy(m->idx + slot * (size_t)m->k, st->idx, (size_t)st->n * 4);
     m->n[slot] = st->n;
 }
 
-void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, void *state_mem,
-                           int32_t *out_idx, float *out_score)
+/* Each split's list is ranked and the splits cover disjoint index ranges, so the best k of
+ * the row come from merging the lists head by head (key descending, lower index first). */
+void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
+                           float *out_score)
 {
-    skv_topk_state st;
-    skv_topk_init(&st, state_mem, m->k);
-    for (int32_t sp = 0; sp < m->splits; sp++) {
-        const size_t slot = (size_t)row * (size_t)m->splits + (size_t)sp;
-        skv_topk_push_keys(&st, m->key + slot * (size_t)m->k, m->idx + slot * (size_t)m->k,
-                           m->n[slot]);
+    enum { MAX_SPLITS = 64 };
+    int32_t head[MAX_SPLITS] = {0};
+    const size_t base = (size_t)row * (size_t)m->splits;
+    int32_t i = 0;
+    for (; i < m->k; i++) {
+        int32_t best = -1;
+        uint32_t bk = 0;
+        int32_t bi = 0;
+        for (int32_t sp = 0; sp < m->splits; sp++) {
+            if (head[sp] >= m->n[base + sp])
+                continue;
+            const size_t at = (base + sp) * (size_t)m->k + (size_t)head[sp];
+            const uint32_t kv = m->key[at];
+            const int32_t iv = m->idx[at];
+            if (best < 0 || kv > bk || (kv == bk && iv < bi)) {
+                best = sp;
+                bk = kv;
+                bi = iv;
+            }
+        }
+        if (best < 0)
+            break;
+        head[best]++;
+        out_idx[i] = bi;
+        if (out_score)
+            out_score[i] = skv_score_from_key(bk);
     }
-    skv_topk_finish(&st, out_idx, out_score);
+    write_out(NULL, NULL, 0, m->k - i, out_idx + i, out_score ? out_score + i : NULL);
 }

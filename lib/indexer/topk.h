@@ -23,15 +23,14 @@ void skv_topk_init(skv_topk_state *st, void *mem, int32_t k);
 /* Scores s[0..n) of indices base + 0..n. */
 void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, int32_t n,
                    int32_t base);
-/* Already-encoded candidates (merging states). */
-void skv_topk_push_keys(skv_topk_state *st, const uint32_t *key, const int32_t *idx, int32_t n);
 /* Cuts the state to its best min(n, k), still in index order. */
 void skv_topk_compact(skv_topk_state *st);
 /* Writes k results in rank order, padded with -1 / -INFINITY. out_score may be NULL. */
 void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score);
 
 /* Candidates of rows whose keys were split into ranges selected separately: each split's
- * compacted state is stored, then merged in split order (ranges must increase with split). */
+ * best k are stored in rank order, then the splits are merged (their index ranges must not
+ * overlap). */
 typedef struct skv_topk_parts {
     uint32_t *key; /* [rows][splits][k] */
     int32_t *idx;
@@ -46,8 +45,8 @@ int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out);
 void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t splits, int32_t k);
 void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
                           skv_topk_state *st);
-/* Merges a row's splits using state_mem (skv_topk_state_bytes(k)) and writes its results. */
-void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, void *state_mem,
-                           int32_t *out_idx, float *out_score);
+/* Merges a row's splits and writes its results (at most 64 splits). */
+void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
+                           float *out_score);
 
 #endif

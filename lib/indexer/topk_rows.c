@@ -69,7 +69,7 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
         if (splits > 1) {
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < n_rows; r++)
-                skv_topk_parts_finish(&parts, r, mine, out_idx + r * k,
+                skv_topk_parts_finish(&parts, r, out_idx + r * k,
                                       out_val ? out_val + r * k : NULL);
         }
     }

@@ -66,9 +66,9 @@ typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
 
 /* ---- top-k filter ------------------------------------------------------------------------
  * Scores are ranked through a monotone u32 key: larger key = better; NaN -> 0; -0 == +0.
- * filter appends (key, base + j) for every j with key(s[j]) > thr, in order, and returns the
- * count. encode appends all n. */
-typedef int32_t (*skv_filter_fn)(const float *s, int32_t n, int32_t base, uint32_t thr,
+ * filter appends (key, base + j) for every j with key(s[j]) > thr (every j when `all`), in
+ * order, and returns the count. It may write up to 16 entries past the count. */
+typedef int32_t (*skv_filter_fn)(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                                  uint32_t *keys, int32_t *idx);
 
 typedef struct skv_kernels {

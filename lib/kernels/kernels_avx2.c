@@ -48,9 +48,16 @@ static void pack_avx2(void *dst, const skv_qpack_args *a)
 }
 
 /* Signed compare of (key ^ 0x80000000) orders like the unsigned keys. */
-static int32_t filter_avx2(const float *s, int32_t n, int32_t base, uint32_t thr,
+static int32_t filter_avx2(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                            uint32_t *keys, int32_t *idx)
 {
+    if (all) { /* before any threshold: every score, in order */
+        for (int32_t j = 0; j < n; j++) {
+            keys[j] = skv_score_key(s[j]);
+            idx[j] = base + j;
+        }
+        return n;
+    }
     const __m256i vthr = _mm256_set1_epi32((int)(thr ^ 0x80000000u));
     int32_t m = 0, j = 0;
     for (; j + 8 <= n; j += 8) {

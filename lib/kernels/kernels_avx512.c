@@ -47,7 +47,7 @@ static inline __m512i score_keys(__m512 s, __mmask16 *nan)
 
 /* Appends with full-vector stores (callers leave 16 slots of slack): vpcompressd to memory
  * is microcoded on some cores, the register form is not. */
-static int32_t filter_avx512(const float *s, int32_t n, int32_t base, uint32_t thr,
+static int32_t filter_avx512(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                              uint32_t *keys, int32_t *idx)
 {
     const __m512i vthr = _mm512_set1_epi32((int)thr);
@@ -56,8 +56,9 @@ static int32_t filter_avx512(const float *s, int32_t n, int32_t base, uint32_t t
     for (int32_t j = 0; j < n; j += 16) {
         const __mmask16 valid = n - j >= 16 ? (__mmask16)0xffff : lane_mask(n - j);
         __mmask16 nan;
-        const __m512i key = score_keys(_mm512_maskz_loadu_ps(valid, s + j), &nan);
-        const __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid & ~nan, key, vthr);
+        __m512i key = score_keys(_mm512_maskz_loadu_ps(valid, s + j), &nan);
+        key = _mm512_maskz_mov_epi32(~nan, key); /* NaN ranks lowest: key 0 */
+        const __mmask16 take = all ? valid : _mm512_mask_cmpgt_epu32_mask(valid, key, vthr);
         if (take) {
             const __m512i ix = _mm512_add_epi32(iota, _mm512_set1_epi32(base + j));
             _mm512_storeu_si512(keys + m, _mm512_maskz_compress_epi32(take, key));

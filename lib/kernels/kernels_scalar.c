@@ -64,13 +64,13 @@ static void fp8_to_bf16_scalar(const void *src, void *dst, int64_t n)
         d[i] = skv_fp8_bf16_lut[s[i]];
 }
 
-static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t thr,
+static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                              uint32_t *keys, int32_t *idx)
 {
     int32_t m = 0;
     for (int32_t j = 0; j < n; j++) {
         const uint32_t key = skv_score_key(s[j]);
-        if (key > thr) {
+        if (all || key > thr) {
             keys[m] = key;
             idx[m] = base + j;
             m++;

@@ -80,8 +80,15 @@ SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int N, c
                                         int64_t n, int scaled, int accumulate, float *out)    \
     {                                                                                         \
         const int N = N_FOR_HV(hv);                                                           \
+        const size_t row_bytes = (size_t)D * sizeof(ELEM);                                    \
         for (int64_t j = 0; j < n; j += N) {                                                  \
             const int64_t left = n - j;                                                       \
+            /* keys stream from memory once: ask for the rows a few tiles ahead while this \
+               one computes (prefetches past the end are harmless) */                       \
+            if (!accumulate)                                                                  \
+                for (int r_ = 0; r_ < N; r_++)                                                \
+                    for (size_t b_ = 0; b_ < row_bytes; b_ += 64)                             \
+                        __builtin_prefetch((const char *)(k + (size_t)(j + 4 * N + r_) * kst) + b_); \
             TILE(c, D, hv, N, k + (size_t)j * kst, kst, scaled ? ks + j : NULL,               \
                  left < N ? left : N, scaled, accumulate, out + j);                           \
         }                                                                                     \
