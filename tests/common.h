@@ -182,7 +182,7 @@ static double deepgemm_diff(const float *x, const double *y, int64_t n)
 
 /* ---- indexer data ------------------------------------------------------------------------- */
 
-typedef enum { FILL_RANDOM, FILL_EQUAL_KEYS, FILL_NEG_INF, FILL_NAN_INF } fill_kind;
+typedef enum { FILL_RANDOM, FILL_EQUAL_KEYS, FILL_NEG_INF, FILL_NAN_INF, FILL_ODD_SCALES } fill_kind;
 
 typedef struct idx_data {
     int32_t T, H, D;
@@ -250,6 +250,12 @@ static void idx_data_make(idx_data *d, rng *r, int32_t T, int32_t H, int32_t D, 
     }
     narrow(qt, d->q32, (int64_t)T * H, D, &d->qd, &d->qs);
     narrow(kt, d->k32, L, D, &d->kd, &d->ks);
+    if (fill == FILL_ODD_SCALES) { /* fp8 scales a quantiser never makes: negative and zero */
+        for (int64_t i = 0; d->qs && i < (int64_t)T * H; i++)
+            d->qs[i] *= rng_int(r, 0, 3) == 0 ? -1.0f : rng_int(r, 0, 5) == 0 ? 0.0f : 1.0f;
+        for (int64_t i = 0; d->ks && i < L; i++)
+            d->ks[i] *= rng_int(r, 0, 3) == 0 ? -1.0f : rng_int(r, 0, 5) == 0 ? 0.0f : 1.0f;
+    }
     if (pos_mode) {
         d->pos = xmalloc((size_t)T * 4);
         for (int32_t t = 0; t < T; t++)
@@ -321,7 +327,7 @@ static void idx_reference(const idx_data *d, double *ref, double *mag)
                     }
                     const double relu = dot > 0 || isnan(dot) ? dot : 0;
                     r += d->w[t * H + h] * relu;
-                    m += fabs(d->w[t * H + h]) * adot;
+                    m += fabs(d->w[t * H + h]) * adot; /* adot holds |q k| with scales */
                 }
             }
             ref[t * d->L + s] = r;

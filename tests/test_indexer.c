@@ -292,6 +292,7 @@ int main(int argc, char **argv)
         run_case(&(shape){2, 16, 32, 3000, 16, 2, FILL_NEG_INF}, all_dtypes[t], seed++);
         run_case(&(shape){2, 16, 32, 3000, 16, 2, FILL_NAN_INF}, all_dtypes[t], seed++);
         run_case(&(shape){2, 8, 16, 3000, 40, 0, FILL_EQUAL_KEYS}, all_dtypes[t], seed++);
+        run_case(&(shape){3, 16, 32, 2000, 64, 2, FILL_ODD_SCALES}, all_dtypes[t], seed++);
     }
     run_in_host_region();
     printf("%ld cases (shape x dtype x level)\n", cases_run);

@@ -42,12 +42,15 @@ static void make_case(score_case *c, rng *r, int32_t H, int32_t D, int32_t n, in
     c->kf = xmalloc((size_t)n * c->stride * 4);
     for (int64_t i = 0; i < (int64_t)H * D; i++)
         c->q32[i] = (float)rng_uniform(r, -1, 1);
+    /* scales are positive (the folded form) except in some cases: negative, zero, infinite */
+    const int odd_scales = rng_int(r, 0, 3) == 0;
+    static const float odd[] = {-0.5f, 0.0f, INFINITY, -2.0f};
     for (int32_t h = 0; h < H; h++) {
         c->w[h] = (float)rng_uniform(r, -1, 1);
-        c->qs[h] = (float)rng_uniform(r, 0.001, 2);
+        c->qs[h] = odd_scales && rng_int(r, 0, 3) == 0 ? odd[rng_int(r, 0, 3)] : (float)rng_uniform(r, 0.001, 2);
     }
     for (int32_t j = 0; j < n; j++) {
-        c->ks[j] = (float)rng_uniform(r, 0.001, 2);
+        c->ks[j] = odd_scales && rng_int(r, 0, 3) == 0 ? odd[rng_int(r, 0, 3)] : (float)rng_uniform(r, 0.001, 2);
         for (int32_t d = 0; d < c->stride; d++) {
             const float v = d < D ? (float)rng_uniform(r, -1, 1) : NAN; /* pad: must never be read */
             c->kb[(size_t)j * c->stride + d] = skv_f32_to_bf16(v);
@@ -104,7 +107,7 @@ static double case_mag(const score_case *c, int32_t j)
                                                   : skv_fp8_to_f32(((uint8_t *)c->q)[h * c->D + d]);
             a += fabs(qv * c->kf[(size_t)j * c->stride + d]);
         }
-        m += fabs(c->w[h]) * a * (c->scaled ? c->qs[h] * c->ks[j] : 1);
+        m += fabs(c->w[h]) * a * (c->scaled ? fabs((double)c->qs[h] * c->ks[j]) : 1);
     }
     return m;
 }

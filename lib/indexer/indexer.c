@@ -181,9 +181,6 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                 uint8_t *dst = scratch + (size_t)(seg[e].start - g) * D * p->celem;
                 for (int64_t j = 0; j < seg[e].n; j += CVT_STEP) {
                     const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
-                    const uint8_t *next = seg[e].rows + (size_t)(j + CVT_STEP) * p->src->row_bytes;
-                    for (size_t off = 0; off < CVT_STEP * p->src->row_bytes; off += 64)
-                        __builtin_prefetch(next + off); /* the next step's keys, during this one */
                     p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
                            n * D);
                     score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,

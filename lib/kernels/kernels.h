@@ -15,6 +15,9 @@
  * for the vector width, padded), with its weights and optional per-head fp8 scales. The score
  * kernel then computes, for n consecutive keys rows `k_stride` elements apart,
  *   out[j] = sum_h w[h] * relu(s_h * (q[h] . k[j]))     s_h = qs[h] * ks[j] when scaled, else 1
+ * When every q scale is positive and finite the pack also holds w[h] * qs[h] ("folded"), and
+ * keys with a positive finite scale take DeepSeek's form ks[j] * sum_h (w qs)[h] relu(q . k):
+ * equal in exact arithmetic (relu(a x) = a relu(x) for a > 0), two multiplies fewer per head.
  * Each key's result depends only on that key (never on n or j): tiling cannot change it. */
 typedef struct skv_qpack_args {
     const void *q;       /* [H][D] of one token */
@@ -32,7 +35,8 @@ typedef struct skv_qpack_args {
  *   w: [hv*lanes] weights,  s: [hv*lanes] q scales (1 when absent)
  * with padded lanes zero in q and w. The scalar kernel uses lanes = 1, hv_max = H. */
 typedef struct skv_qpack_hdr {
-    int32_t H, D, scaled, lanes, hv_max, n_chunks;
+    int32_t H, D, lanes, hv_max, n_chunks;
+    int32_t scaled; /* 0 none, 1 scales inside the ReLU, 2 folded (see above) */
     skv_dtype compute;
     size_t chunk_bytes; /* bytes of a full chunk; chunk c starts at hdr + c * chunk_bytes */
 } skv_qpack_hdr;
@@ -45,7 +49,7 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
 /* Pointers into chunk c of a pack. */
 typedef struct skv_qchunk {
     const void *q;
-    const float *w, *s;
+    const float *w, *s, *wf; /* weights, q scales, weights * q scales */
     int32_t hv, heads; /* vectors, and real heads in them */
 } skv_qchunk;
 

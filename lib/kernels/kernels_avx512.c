@@ -8,7 +8,7 @@
 #define VEC __m512
 #define LANES 16
 #define HV_MAX 4
-#define N_FOR_HV(hv) ((hv) == 4 ? 4 : (hv) == 3 ? 5 : 8)
+#define N_FOR_HV(hv) ((hv) == 4 ? 4 : 8) /* multiples of 4: REDUCE4 */
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VBCAST(p) _mm512_set1_ps(*(p))
@@ -21,6 +21,7 @@
 
 static inline __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 
+#include "kernels/reduce4_avx512.h"
 #include "kernels/score_simd.h"
 
 DEFINE_SCORE_KERNEL(score_f32_avx512, tile_f32, float)
@@ -88,6 +89,7 @@ static void fp8_to_f32_avx512(const void *src, void *dst, int64_t n)
     float *d = dst;
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
+        _mm_prefetch((const char *)(s + i) + 4096, _MM_HINT_T0); /* see fp8_to_bf16_vbmi */
         const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, s + i));
         const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
         __m512i bits = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));

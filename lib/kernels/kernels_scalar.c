@@ -27,16 +27,21 @@ static void score_scalar(const void *pack, const void *keys, size_t k_stride, co
     const int32_t H = hdr->H, D = hdr->D;
     for (int64_t j = 0; j < n; j++) {
         const float *k = (const float *)keys + j * (int64_t)k_stride;
+        /* folded (kernels.h): the key scale after the head sum, q scales in the weights */
+        const int folded = hdr->scaled == 2 && ks[j] > 0 && ks[j] <= 3.4028235e38f;
         float sum = 0;
         for (int32_t h = 0; h < H; h++) {
             float dot = 0;
             for (int32_t d = 0; d < D; d++)
                 dot += q[(size_t)d * H + h] * k[d];
-            if (hdr->scaled)
-                dot *= c.s[h] * ks[j];
-            sum += c.w[h] * relu(dot);
+            if (folded)
+                sum += c.wf[h] * relu(dot);
+            else if (hdr->scaled)
+                sum += c.w[h] * relu(dot * (c.s[h] * ks[j]));
+            else
+                sum += c.w[h] * relu(dot);
         }
-        out[j] = sum;
+        out[j] = folded ? sum * ks[j] : sum;
     }
 }
 

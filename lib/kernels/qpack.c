@@ -13,7 +13,7 @@ static size_t q_bytes(int32_t D, int hv, int lanes, skv_dtype compute)
 
 static size_t chunk_bytes(int32_t D, int hv, int lanes, skv_dtype compute)
 {
-    return q_bytes(D, hv, lanes, compute) + 2 * skv_round_up((size_t)hv * lanes * 4, SKV_ALIGN);
+    return q_bytes(D, hv, lanes, compute) + 3 * skv_round_up((size_t)hv * lanes * 4, SKV_ALIGN);
 }
 
 size_t skv_qpack_size(int32_t H, int32_t D, int lanes, int hv_max, skv_dtype compute)
@@ -31,7 +31,8 @@ skv_qchunk skv_qpack_chunk(const skv_qpack_hdr *h, int32_t c)
     const char *base = (const char *)h + SKV_QPACK_HDR_BYTES + (size_t)c * h->chunk_bytes;
     const size_t qb = q_bytes(h->D, hv, h->lanes, h->compute);
     const size_t vb = skv_round_up((size_t)hv * h->lanes * 4, SKV_ALIGN);
-    skv_qchunk r = {base, (const float *)(base + qb), (const float *)(base + qb + vb), hv, heads};
+    skv_qchunk r = {base, (const float *)(base + qb), (const float *)(base + qb + vb),
+                    (const float *)(base + qb + 2 * vb), hv, heads};
     return r;
 }
 
@@ -62,6 +63,14 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
     h->H = a->H;
     h->D = a->D;
     h->scaled = a->scaled;
+    if (a->scaled && a->qscale) { /* fold when every q scale is positive and finite */
+        int fold = 1;
+        for (int32_t i = 0; i < a->H; i++)
+            fold &= a->qscale[i] > 0 && a->qscale[i] <= 3.4028235e38f;
+        h->scaled = fold ? 2 : 1;
+    } else if (a->scaled) {
+        h->scaled = 2; /* no q scales (1 each): folding is the identity */
+    }
     h->lanes = lanes;
     h->hv_max = hv_max;
     h->n_chunks = (a->H + hv_max * lanes - 1) / (hv_max * lanes);
@@ -70,11 +79,12 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
     for (int32_t c = 0; c < h->n_chunks; c++) {
         skv_qchunk ch = skv_qpack_chunk(h, c);
         const int32_t h0 = c * hv_max * lanes, width = ch.hv * lanes;
-        float *w = (float *)ch.w, *s = (float *)ch.s;
+        float *w = (float *)ch.w, *s = (float *)ch.s, *wf = (float *)ch.wf;
         for (int32_t l = 0; l < width; l++) {
             const int real = l < ch.heads;
             w[l] = real ? a->w[h0 + l] : 0.0f;
             s[l] = real && a->qscale ? a->qscale[h0 + l] : 1.0f;
+            wf[l] = w[l] * s[l];
         }
         /* Zero first: padded lanes, and the odd-D pad of the last bf16 pair. */
         const int32_t dims = compute == SKV_BF16 ? (a->D + 1) / 2 * 2 : a->D;

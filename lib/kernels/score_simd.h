@@ -21,26 +21,65 @@
     _Pragma("GCC unroll 16") for (int j_ = 0; j_ < (N); j_++) row[j_] =                      \
         (k) + (size_t)(j_ < (n_valid) ? j_ : (n_valid) - 1) * (kst)
 
+/* sum_v w_v * relu(acc_v * mul_v), lane-wise: the scale, ReLU and weight of one key, its
+ * heads still spread over the lanes. */
+SKV_ALWAYS_INLINE VEC head_terms(const skv_qchunk *c, int hv, VEC acc[HV_MAX][16], int j,
+                                 const float *w, int scale_in, float ks)
+{
+    VEC sum = VZERO();
+#pragma GCC unroll 16
+    for (int v = 0; v < hv; v++) {
+        VEC x = acc[v][j];
+        if (scale_in)
+            x = VMUL(x, VMUL(VLOAD(c->s + v * LANES), VSET1(ks)));
+        x = VRELU(x, v, c->heads);
+        sum = v == 0 ? VMUL(x, VLOAD(w)) : VFMA(x, VLOAD(w + v * LANES), sum);
+    }
+    return sum;
+}
+
+/* Key j's lane vector and the factor its head sum is multiplied by. scaled: 0 none, 1 scales
+ * inside the ReLU, 2 folded (a key whose scale is not positive and finite takes form 1). */
+SKV_ALWAYS_INLINE VEC key_terms(const skv_qchunk *c, int hv, VEC acc[HV_MAX][16], int j,
+                                const float *ks, int scaled, float *mul)
+{
+    *mul = 1.0f;
+    if (scaled == 2 && ks[j] > 0 && ks[j] <= 3.4028235e38f) {
+        *mul = ks[j];
+        return head_terms(c, hv, acc, j, c->wf, 0, 0.0f);
+    }
+    if (scaled)
+        return head_terms(c, hv, acc, j, c->w, 1, ks[j]);
+    return head_terms(c, hv, acc, j, c->w, 0, 0.0f);
+}
+
 SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int N, VEC acc[HV_MAX][16],
                                      const float *ks, int64_t n_valid, int scaled,
                                      int accumulate, float *out)
 {
+#ifdef REDUCE4
+    /* four keys at a time: their horizontal sums share shuffles (N is a multiple of 4) */
+#pragma GCC unroll 4
+    for (int g = 0; g < N; g += 4) {
+        if (g >= n_valid)
+            break;
+        VEC v[4];
+        float mul[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            v[i] = key_terms(c, hv, acc, g + i, ks, scaled, &mul[i]);
+        REDUCE4(v, scaled ? mul : NULL, accumulate, out + g, n_valid - g);
+    }
+#else
 #pragma GCC unroll 16
     for (int j = 0; j < N; j++) {
         if (j >= n_valid)
             break;
-        VEC sum = VZERO();
-#pragma GCC unroll 16
-        for (int v = 0; v < hv; v++) {
-            VEC x = acc[v][j];
-            if (scaled)
-                x = VMUL(x, VMUL(VLOAD(c->s + v * LANES), VSET1(ks[j])));
-            x = VRELU(x, v, c->heads);
-            sum = v == 0 ? VMUL(x, VLOAD(c->w)) : VFMA(x, VLOAD(c->w + v * LANES), sum);
-        }
-        const float r = VHSUM(sum);
+        float mul;
+        const float r = VHSUM(key_terms(c, hv, acc, j, ks, scaled, &mul)) * mul;
         out[j] = accumulate ? out[j] + r : r;
     }
+#endif
 }
 
 SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int N, const float *k,
@@ -100,15 +139,19 @@ SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int N, c
         for (int32_t ci = 0; ci < hdr->n_chunks; ci++) {                                      \
             const skv_qchunk c = skv_qpack_chunk(hdr, ci);                                    \
             const int acc_ = ci > 0;                                                          \
-            switch (c.hv * 2 + (hdr->scaled != 0)) {                                          \
-            case 2: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 0, acc_, out); break;          \
-            case 3: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 1, acc_, out); break;          \
-            case 4: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 0, acc_, out); break;          \
-            case 5: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 1, acc_, out); break;          \
-            case 6: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 0, acc_, out); break; \
-            case 7: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 1, acc_, out); break; \
-            case 8: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 0, acc_, out); break; \
-            case 9: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 1, acc_, out); break; \
+            switch (c.hv * 3 + hdr->scaled) {                                                 \
+            case 3: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 0, acc_, out); break;          \
+            case 4: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 1, acc_, out); break;          \
+            case 5: NAME##_chunk(&c, hdr->D, 1, k, kst, ks, n, 2, acc_, out); break;          \
+            case 6: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 0, acc_, out); break;          \
+            case 7: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 1, acc_, out); break;          \
+            case 8: NAME##_chunk(&c, hdr->D, 2, k, kst, ks, n, 2, acc_, out); break;          \
+            case 9: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 0, acc_, out); break; \
+            case 10: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 1, acc_, out); break; \
+            case 11: NAME##_chunk(&c, hdr->D, HV_CLAMP(3), k, kst, ks, n, 2, acc_, out); break; \
+            case 12: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 0, acc_, out); break; \
+            case 13: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 1, acc_, out); break; \
+            case 14: NAME##_chunk(&c, hdr->D, HV_CLAMP(4), k, kst, ks, n, 2, acc_, out); break; \
             default: break;                                                                   \
             }                                                                                 \
         }                                                                                     \
