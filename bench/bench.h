@@ -79,6 +79,10 @@ void json_int(json_line *j, const char *key, int64_t val);
 void json_num(json_line *j, const char *key, double val, int decimals); /* fixed notation */
 void json_ratio(json_line *j, const char *key, double val);            /* 4 significant digits */
 void json_bool(json_line *j, const char *key, int val);
+/* Arrays of numbers, nestable: key NULL for an array inside an array. */
+void json_begin_array(json_line *j, const char *key);
+void json_array_num(json_line *j, double val, int decimals);
+void json_end_array(json_line *j);
 void json_null(json_line *j, const char *key);
 /* Closes the object, prints it and a newline to stdout, flushes, frees the buffer.
  * Returns -1 if the line could not be built (out of memory). */

@@ -201,3 +201,30 @@ int json_end(json_line *j)
     j->buf = NULL;
     return ok ? 0 : -1;
 }
+
+/* Arrays of numbers, nestable: inside an array the key is NULL. */
+static void array_sep(json_line *j)
+{
+    if (!j->oom && j->len > 0 && j->buf[j->len - 1] != '[')
+        put(j, ", ");
+}
+
+void json_begin_array(json_line *j, const char *k)
+{
+    if (k)
+        key(j, k);
+    else
+        array_sep(j);
+    put(j, "[");
+}
+
+void json_array_num(json_line *j, double val, int decimals)
+{
+    array_sep(j);
+    if (isfinite(val))
+        put(j, "%.*f", decimals, val);
+    else
+        put(j, "null");
+}
+
+void json_end_array(json_line *j) { put(j, "]"); }

@@ -20,6 +20,7 @@
 #define KEY_GROUP 256
 #define SPLIT_MIN_KEYS 1024 /* below this a split costs more than it saves */
 #define CVT_STEP 32         /* keys converted per step */
+#define PREFETCH_NEXT 16    /* keys of the next segment asked for ahead */
 
 #define ONE4 1.0f, 1.0f, 1.0f, 1.0f
 #define ONE16 ONE4, ONE4, ONE4, ONE4
@@ -122,6 +123,22 @@ static void pack_token(const plan *p, int32_t t, void *dst)
     p->sk->pack(dst, &a);
 }
 
+/* Asks for keys [s, min(s + n, end)) wherever they live (pages included), so that the next
+ * step's keys stream in while this one computes. */
+static void prefetch_keys(const skv_key_src *src, int64_t s, int64_t n, int64_t end)
+{
+    end = s + n < end ? s + n : end;
+    while (s < end) {
+        const segment g = segment_at(src, s, end);
+        const size_t bytes = (size_t)g.n * src->row_bytes;
+        for (size_t off = 0; off < bytes; off += 64)
+            __builtin_prefetch(g.rows + off);
+        if (g.scale)
+            __builtin_prefetch(g.scale);
+        s += g.n;
+    }
+}
+
 static inline void score_range(const plan *p, const uint8_t *pack, const uint8_t *rows,
                                const float *scale, int64_t n, float *out)
 {
@@ -181,6 +198,7 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                 uint8_t *dst = scratch + (size_t)(seg[e].start - g) * D * p->celem;
                 for (int64_t j = 0; j < seg[e].n; j += CVT_STEP) {
                     const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
+                    prefetch_keys(p->src, seg[e].start + j + CVT_STEP, CVT_STEP, hi);
                     p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
                            n * D);
                     score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,
@@ -198,6 +216,8 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
             if (!(p->cvt && i == lead))
                 for (int e = 0; e < nseg && seg[e].start < end; e++) {
                     const int64_t n = seg[e].n < end - seg[e].start ? seg[e].n : end - seg[e].start;
+                    if (i == lead) /* the kernel prefetches within a segment; here the next one */
+                        prefetch_keys(p->src, seg[e].start + seg[e].n, PREFETCH_NEXT, hi);
                     score_range(p, packs + (size_t)i * p->pack_bytes, seg[e].rows, seg[e].scale, n,
                                 dst + (seg[e].start - g));
                 }

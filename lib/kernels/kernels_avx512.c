@@ -89,7 +89,6 @@ static void fp8_to_f32_avx512(const void *src, void *dst, int64_t n)
     float *d = dst;
     for (int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
-        _mm_prefetch((const char *)(s + i) + 4096, _MM_HINT_T0); /* see fp8_to_bf16_vbmi */
         const __m512i x = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, s + i));
         const __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
         __m512i bits = _mm512_add_epi32(_mm512_slli_epi32(mag, 20), _mm512_set1_epi32(120 << 23));

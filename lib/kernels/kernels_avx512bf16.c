@@ -115,9 +115,6 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
     for (int64_t i = 0; i < n; i += 64) {
         const int64_t left = n - i;
         const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
-        /* The indexer converts a few KB, computes, converts the next few KB: fetch one step
-           ahead so the next step's keys arrive during this step's arithmetic. */
-        _mm_prefetch((const char *)(s + i) + 4096, _MM_HINT_T0);
         const __m512i x = _mm512_maskz_loadu_epi8(m, s + i);
         const __m512i lo = _mm512_permutex2var_epi8(lo_t[0], x, lo_t[1]);
         const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi_t[0], x, hi_t[1]),
