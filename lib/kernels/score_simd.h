@@ -41,16 +41,17 @@ SKV_ALWAYS_INLINE VEC head_terms(const skv_qchunk *c, int hv, VEC acc[HV_MAX][16
 /* Key j's lane vector and the factor its head sum is multiplied by. scaled: 0 none, 1 scales
  * inside the ReLU, 2 folded (a key whose scale is not positive and finite takes form 1). */
 SKV_ALWAYS_INLINE VEC key_terms(const skv_qchunk *c, int hv, VEC acc[HV_MAX][16], int j,
-                                const float *ks, int scaled, float *mul)
+                                const float *ks, int64_t n_valid, int scaled, float *mul)
 {
     *mul = 1.0f;
-    if (scaled == 2 && ks[j] > 0 && ks[j] <= 3.4028235e38f) {
-        *mul = ks[j];
+    if (!scaled)
+        return head_terms(c, hv, acc, j, c->w, 0, 0.0f);
+    const float kj = ks[j < n_valid ? j : n_valid - 1]; /* spare columns repeat the last key */
+    if (scaled == 2 && kj > 0 && kj <= 3.4028235e38f) {
+        *mul = kj;
         return head_terms(c, hv, acc, j, c->wf, 0, 0.0f);
     }
-    if (scaled)
-        return head_terms(c, hv, acc, j, c->w, 1, ks[j]);
-    return head_terms(c, hv, acc, j, c->w, 0, 0.0f);
+    return head_terms(c, hv, acc, j, c->w, 1, kj);
 }
 
 SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int N, VEC acc[HV_MAX][16],
@@ -67,7 +68,7 @@ SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int N, VEC acc
         float mul[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
-            v[i] = key_terms(c, hv, acc, g + i, ks, scaled, &mul[i]);
+            v[i] = key_terms(c, hv, acc, g + i, ks, n_valid, scaled, &mul[i]);
         REDUCE4(v, scaled ? mul : NULL, accumulate, out + g, n_valid - g);
     }
 #else
@@ -76,7 +77,7 @@ SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int N, VEC acc
         if (j >= n_valid)
             break;
         float mul;
-        const float r = VHSUM(key_terms(c, hv, acc, j, ks, scaled, &mul)) * mul;
+        const float r = VHSUM(key_terms(c, hv, acc, j, ks, n_valid, scaled, &mul)) * mul;
         out[j] = accumulate ? out[j] + r : r;
     }
 #endif
