@@ -7,5 +7,8 @@
 #include "common.h"
 #include "indexer.h"
 #include "reuse.h"
+#include "router.h"
+#include "store.h"
+#include "attention.h"
 
 #endif
