@@ -117,9 +117,12 @@ static void check_score_kernels(const skv_kernels *ref, const skv_kernels *kn, c
     rng r = {1234};
     long bad = 0, tiling = 0, trials = 0;
     static const int32_t Hs[] = {1, 7, 16, 17, 32, 33, 48, 63, 64, 65, 100, 128};
-    for (int t = 0; t < 400; t++) {
-        const int32_t H = t < 48 ? Hs[t % 12] : (int32_t)rng_int(&r, 1, 140);
-        const int32_t D = t < 48 ? (t % 4 == 0 ? 128 : 16 + t % 7) : (int32_t)rng_int(&r, 1, 140);
+    /* few heads with dims that lane groups divide (g = 2 .. 16), then anything */
+    static const int32_t Hg[] = {1, 2, 3, 4, 5, 8}, Dg[] = {32, 64, 96, 128, 48, 16, 8, 2};
+    for (int t = 0; t < 496; t++) {
+        const int32_t H = t < 48 ? Hs[t % 12] : t < 96 ? Hg[t % 6] : (int32_t)rng_int(&r, 1, 140);
+        const int32_t D = t < 48 ? (t % 4 == 0 ? 128 : 16 + t % 7)
+                          : t < 96 ? Dg[(t / 6) % 8] : (int32_t)rng_int(&r, 1, 140);
         const int32_t n = (int32_t)rng_int(&r, 1, 41);
         score_case c;
         make_case(&c, &r, H, D, n, t % 5 == 4);

@@ -29,13 +29,16 @@ typedef struct skv_qpack_args {
 } skv_qpack_args;
 
 /* The pack layout every kernel shares: a header, then chunks of up to hv_max vectors of
- * `lanes` heads. Chunk c (heads [c*hv_max*lanes, ...)) holds hv vectors:
- *   q: f32  [D][hv*lanes]                       (compute F32)
- *      bf16 [ceil(D/2)][hv*lanes][2]            (compute BF16; pairs of dims, odd D padded)
- *   w: [hv*lanes] weights,  s: [hv*lanes] q scales (1 when absent)
- * with padded lanes zero in q and w. The scalar kernel uses lanes = 1, hv_max = H. */
+ * `lanes` lanes. A "unit" is one dim (compute F32) or one pair of dims (BF16; odd D padded).
+ * Lane groups: with few heads, each head takes g lanes (g a power of two, heads * g <= lanes,
+ * g dividing the units) holding g consecutive units, so one broadcast of g units of a key
+ * feeds g lanes; g = 1 otherwise. A chunk holds width = hv * lanes lanes, heads = width / g:
+ *   q: [units / g][width] units; lane l holds unit (step * g + l % g) of head l / g
+ *   w, wf: [width] weights (and weights * q scales) on each group's first lane, 0 elsewhere
+ *   s: [width] q scales (1 when absent)
+ * Padded lanes are zero in q and w. The scalar kernel uses lanes = 1, hv_max = H. */
 typedef struct skv_qpack_hdr {
-    int32_t H, D, lanes, hv_max, n_chunks;
+    int32_t H, D, lanes, hv_max, n_chunks, g;
     int32_t scaled; /* 0 none, 1 scales inside the ReLU, 2 folded (see above) */
     skv_dtype compute;
     size_t chunk_bytes; /* bytes of a full chunk; chunk c starts at hdr + c * chunk_bytes */
@@ -51,6 +54,7 @@ typedef struct skv_qchunk {
     const void *q;
     const float *w, *s, *wf; /* weights, q scales, weights * q scales */
     int32_t hv, heads; /* vectors, and real heads in them */
+    int32_t g, active; /* lane group, and lanes in use (heads * g) */
 } skv_qchunk;
 
 skv_qchunk skv_qpack_chunk(const skv_qpack_hdr *h, int32_t c);

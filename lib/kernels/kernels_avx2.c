@@ -8,21 +8,49 @@
 #define VEC __m256
 #define LANES 8
 #define HV_MAX 2
+#define G_MAX 8
 #define N_FOR_HV(hv) ((hv) == 2 ? 6 : 8)
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
-#define VBCAST(p) _mm256_broadcast_ss(p)
 #define VSET1(x) _mm256_set1_ps(x)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VBCASTG(p, g) bcast_g(p, g)
+#define VGROUP(x, g) group_sum(x, g)
 /* vmaxps returns its second source when either is NaN: max(0, NaN) = NaN. */
-#define VRELU(x, v, heads) _mm256_and_ps(_mm256_max_ps(_mm256_setzero_ps(), x), lane_mask((heads) - (v) * LANES))
+#define VRELU(x, v, active, g) _mm256_and_ps(_mm256_max_ps(_mm256_setzero_ps(), x), lead_mask((active) - (v) * LANES, g))
 #define VHSUM(v) hsum256(v)
 
-static inline __m256 lane_mask(int n)
+/* All-ones on the first lane of each group of g among the first n lanes. */
+static inline __m256 lead_mask(int n, int g)
 {
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), iota));
+    const __m256i in = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), iota);
+    const __m256i lead = _mm256_cmpeq_epi32(_mm256_and_si256(iota, _mm256_set1_epi32(g - 1)),
+                                            _mm256_setzero_si256());
+    return _mm256_castsi256_ps(_mm256_and_si256(in, lead));
+}
+
+
+static inline __attribute__((always_inline)) __m256 bcast_g(const float *p, int g)
+{
+    switch (g) {
+    case 1: return _mm256_broadcast_ss(p);
+    case 2: { double x; memcpy(&x, p, 8); return _mm256_castpd_ps(_mm256_set1_pd(x)); }
+    case 4: return _mm256_broadcast_ps((const __m128 *)p);
+    default: return _mm256_loadu_ps(p);
+    }
+}
+
+static inline __attribute__((always_inline)) __m256 group_sum(__m256 x, int g)
+{
+    if (g >= 2)
+        x = _mm256_add_ps(x, _mm256_permute_ps(x, 0xB1));
+    if (g >= 4)
+        x = _mm256_add_ps(x, _mm256_permute_ps(x, 0x4E));
+    if (g >= 8)
+        x = _mm256_add_ps(x, _mm256_permute2f128_ps(x, x, 0x01));
+    return x;
 }
 
 static inline float hsum256(__m256 v)

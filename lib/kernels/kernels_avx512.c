@@ -5,19 +5,7 @@
 
 #include "core/core.h"
 
-#define VEC __m512
-#define LANES 16
-#define HV_MAX 4
-#define N_FOR_HV(hv) ((hv) == 4 ? 4 : 8) /* multiples of 4: REDUCE4 */
-#define VZERO() _mm512_setzero_ps()
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VBCAST(p) _mm512_set1_ps(*(p))
-#define VSET1(x) _mm512_set1_ps(x)
-#define VMUL(a, b) _mm512_mul_ps(a, b)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-/* vmaxps returns its second source when either is NaN: max(0, NaN) = NaN. */
-#define VRELU(x, v, heads) _mm512_maskz_max_ps(lane_mask((heads) - (v) * LANES), _mm512_setzero_ps(), x)
-#define VHSUM(v) _mm512_reduce_add_ps(v)
+#include "kernels/vec_avx512.h"
 
 static inline __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
 

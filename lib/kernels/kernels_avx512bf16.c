@@ -7,32 +7,14 @@
 
 #include "core/core.h"
 
-#define VEC __m512
-#define LANES 16
-#define HV_MAX 4
-#define N_FOR_HV(hv) ((hv) == 4 ? 4 : 8) /* multiples of 4: REDUCE4 */
-#define VZERO() _mm512_setzero_ps()
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VBCAST(p) _mm512_set1_ps(*(p))
-#define VSET1(x) _mm512_set1_ps(x)
-#define VMUL(a, b) _mm512_mul_ps(a, b)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VRELU(x, v, heads) _mm512_maskz_max_ps(lane_mask((heads) - (v) * LANES), _mm512_setzero_ps(), x)
-#define VHSUM(v) _mm512_reduce_add_ps(v)
-
-static inline __mmask16 lane_mask(int n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1); }
+#include "kernels/vec_avx512.h"
 
 #include "kernels/reduce4_avx512.h"
 #include "kernels/score_simd.h"
 
-static inline uint32_t load_u32(const uint16_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int N,
+/* bf16 keys: (D / 2) / g steps, each a broadcast of g pairs of dims per key; with g = 1 an odd
+ * D ends with a single dim (lane groups need even D). */
+SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int g, int N,
                                  const uint16_t *k, size_t kst, const float *ks, int64_t n_valid,
                                  int scaled, int accumulate, float *out)
 {
@@ -45,21 +27,21 @@ SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int N,
             acc[v][j] = VZERO();
 
     const uint16_t *q = c->q;
-    const int32_t D2 = D / 2;
-    for (int32_t d2 = 0; d2 < D2; d2++) {
+    const int32_t D2 = D / 2, steps = D2 / g;
+    for (int32_t d2 = 0; d2 < steps; d2++) {
         __m512bh qv[HV_MAX];
 #pragma GCC unroll 16
         for (int v = 0; v < hv; v++)
             qv[v] = (__m512bh)_mm512_loadu_si512(q + ((size_t)d2 * hv + v) * 2 * LANES);
 #pragma GCC unroll 16
         for (int j = 0; j < N; j++) {
-            const __m512bh b = (__m512bh)_mm512_set1_epi32((int)load_u32(row[j] + 2 * d2));
+            const __m512bh b = (__m512bh)_mm512_castps_si512(bcast_g(row[j] + 2 * (size_t)d2 * g, g));
 #pragma GCC unroll 16
             for (int v = 0; v < hv; v++)
                 acc[v][j] = _mm512_dpbf16_ps(acc[v][j], qv[v], b);
         }
     }
-    if (D & 1) { /* last dim pairs with zero: q's pad is 0, the key's pad lane is 0 too */
+    if (g == 1 && (D & 1)) { /* last dim pairs with zero: q's pad is 0, the key's too */
         __m512bh qv[HV_MAX];
 #pragma GCC unroll 16
         for (int v = 0; v < hv; v++)
@@ -72,7 +54,7 @@ SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int N,
                 acc[v][j] = _mm512_dpbf16_ps(acc[v][j], qv[v], b);
         }
     }
-    tile_epilogue(c, hv, N, acc, ks, n_valid, scaled, accumulate, out);
+    tile_epilogue(c, hv, g, N, acc, ks, n_valid, scaled, accumulate, out);
 }
 
 DEFINE_SCORE_KERNEL(score_bf16_avx512, tile_bf16, uint16_t)

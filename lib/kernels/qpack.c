@@ -4,35 +4,53 @@
 
 #include "core/core.h"
 
-static size_t q_bytes(int32_t D, int hv, int lanes, skv_dtype compute)
+/* Units: dims (F32) or pairs of dims (BF16, odd D padded). */
+static int32_t units_of(int32_t D, skv_dtype compute)
 {
-    const size_t per_dim = (size_t)hv * (size_t)lanes * 4; /* f32, or a bf16 pair */
-    const size_t dims = compute == SKV_BF16 ? (size_t)(D + 1) / 2 : (size_t)D;
-    return skv_round_up(dims * per_dim, SKV_ALIGN);
+    return compute == SKV_BF16 ? (D + 1) / 2 : D;
 }
 
-static size_t chunk_bytes(int32_t D, int hv, int lanes, skv_dtype compute)
+/* The lane group for H heads: the largest power of two g with H * g <= lanes that divides the
+ * units (bf16 with odd D: 1, the last pair is padded). */
+static int group_of(int32_t H, int32_t D, int lanes, skv_dtype compute)
 {
-    return q_bytes(D, hv, lanes, compute) + 3 * skv_round_up((size_t)hv * lanes * 4, SKV_ALIGN);
+    const int32_t units = units_of(D, compute);
+    int g = 1;
+    if (compute == SKV_BF16 && D % 2)
+        return 1;
+    while ((int64_t)H * g * 2 <= lanes && units % (g * 2) == 0)
+        g *= 2;
+    return g;
+}
+
+static size_t q_bytes(int32_t D, int width, int g, skv_dtype compute)
+{
+    return skv_round_up((size_t)(units_of(D, compute) / g) * (size_t)width * 4, SKV_ALIGN);
+}
+
+static size_t chunk_bytes(int32_t D, int width, int g, skv_dtype compute)
+{
+    return q_bytes(D, width, g, compute) + 3 * skv_round_up((size_t)width * 4, SKV_ALIGN);
 }
 
 size_t skv_qpack_size(int32_t H, int32_t D, int lanes, int hv_max, skv_dtype compute)
 {
-    const int32_t per_chunk = hv_max * lanes;
+    const int g = group_of(H, D, lanes, compute);
+    const int32_t per_chunk = hv_max * lanes / g;
     const int32_t n_chunks = (H + per_chunk - 1) / per_chunk;
-    return SKV_QPACK_HDR_BYTES + (size_t)n_chunks * chunk_bytes(D, hv_max, lanes, compute);
+    return SKV_QPACK_HDR_BYTES + (size_t)n_chunks * chunk_bytes(D, hv_max * lanes, g, compute);
 }
 
 skv_qchunk skv_qpack_chunk(const skv_qpack_hdr *h, int32_t c)
 {
-    const int32_t per_chunk = h->hv_max * h->lanes;
+    const int32_t per_chunk = h->hv_max * h->lanes / h->g;
     const int32_t heads = h->H - c * per_chunk < per_chunk ? h->H - c * per_chunk : per_chunk;
-    const int32_t hv = (heads + h->lanes - 1) / h->lanes;
+    const int32_t hv = (heads * h->g + h->lanes - 1) / h->lanes, width = hv * h->lanes;
     const char *base = (const char *)h + SKV_QPACK_HDR_BYTES + (size_t)c * h->chunk_bytes;
-    const size_t qb = q_bytes(h->D, hv, h->lanes, h->compute);
-    const size_t vb = skv_round_up((size_t)hv * h->lanes * 4, SKV_ALIGN);
+    const size_t qb = q_bytes(h->D, width, h->g, h->compute);
+    const size_t vb = skv_round_up((size_t)width * 4, SKV_ALIGN);
     skv_qchunk r = {base, (const float *)(base + qb), (const float *)(base + qb + vb),
-                    (const float *)(base + qb + 2 * vb), hv, heads};
+                    (const float *)(base + qb + 2 * vb), hv, heads, h->g, heads * h->g};
     return r;
 }
 
@@ -73,34 +91,39 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
     }
     h->lanes = lanes;
     h->hv_max = hv_max;
-    h->n_chunks = (a->H + hv_max * lanes - 1) / (hv_max * lanes);
+    h->g = group_of(a->H, a->D, lanes, compute);
+    const int32_t per_chunk = hv_max * lanes / h->g;
+    h->n_chunks = (a->H + per_chunk - 1) / per_chunk;
     h->compute = compute;
-    h->chunk_bytes = chunk_bytes(a->D, hv_max, lanes, compute);
+    h->chunk_bytes = chunk_bytes(a->D, hv_max * lanes, h->g, compute);
+    const int g = h->g;
     for (int32_t c = 0; c < h->n_chunks; c++) {
         skv_qchunk ch = skv_qpack_chunk(h, c);
-        const int32_t h0 = c * hv_max * lanes, width = ch.hv * lanes;
+        const int32_t h0 = c * per_chunk, width = ch.hv * lanes;
         float *w = (float *)ch.w, *s = (float *)ch.s, *wf = (float *)ch.wf;
         for (int32_t l = 0; l < width; l++) {
-            const int real = l < ch.heads;
-            w[l] = real ? a->w[h0 + l] : 0.0f;
-            s[l] = real && a->qscale ? a->qscale[h0 + l] : 1.0f;
-            wf[l] = w[l] * s[l];
+            const int32_t hh = h0 + l / g;
+            const int real = l < ch.active, leader = real && l % g == 0;
+            w[l] = leader ? a->w[hh] : 0.0f;
+            s[l] = real && a->qscale ? a->qscale[hh] : 1.0f;
+            wf[l] = leader ? a->w[hh] * s[l] : 0.0f;
         }
         /* Zero first: padded lanes, and the odd-D pad of the last bf16 pair. */
-        const int32_t dims = compute == SKV_BF16 ? (a->D + 1) / 2 * 2 : a->D;
-        const size_t esize = compute == SKV_BF16 ? 2 : 4;
-        memset((void *)ch.q, 0, (size_t)dims * width * esize);
-        for (int32_t l = 0; l < ch.heads; l++) {
+        const int32_t units = units_of(a->D, compute);
+        memset((void *)ch.q, 0, (size_t)(units / g) * width * 4);
+        for (int32_t hl = 0; hl < ch.heads; hl++) {
             if (compute == SKV_BF16) {
                 uint16_t *q = (uint16_t *)ch.q, *row = (uint16_t *)scratch;
-                q_row_bf16(a, h0 + l, row);
-                for (int32_t d = 0; d < a->D; d++) /* [d/2][lane][d%2] */
-                    q[((size_t)(d >> 1) * width + l) * 2 + (d & 1)] = row[d];
+                q_row_bf16(a, h0 + hl, row);
+                for (int32_t d = 0; d < a->D; d++) { /* unit u = d / 2 at [u / g][lane][d % 2] */
+                    const int32_t u = d >> 1, lane = hl * g + u % g;
+                    q[((size_t)(u / g) * width + lane) * 2 + (d & 1)] = row[d];
+                }
             } else {
                 float *q = (float *)ch.q, *row = (float *)scratch;
-                q_row_f32(a, h0 + l, row);
+                q_row_f32(a, h0 + hl, row);
                 for (int32_t d = 0; d < a->D; d++)
-                    q[(size_t)d * width + l] = row[d];
+                    q[(size_t)(d / g) * width + hl * g + d % g] = row[d];
             }
         }
     }
