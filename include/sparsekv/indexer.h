@@ -80,7 +80,7 @@ SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_row
 /* Keys of many sequences for n_layers layers, in pages of page_tokens tokens. A page id serves
  * every layer (one block table per sequence); each (page, layer) slot stores page_tokens rows
  * of head_dim values and, for FP8, then page_tokens f32 scales (132 bytes per token for
- * head_dim 128, DeepGEMM's paged layout). Sequences are numbered by the cache. Forked
+ * head_dim 128, DeepGEMM's paged layout), then the pooled chunk sums when pool_chunk > 0. Sequences are numbered by the cache. Forked
  * sequences share pages by reference count; a shared page is copied on its first write. Each
  * layer has its own length (layers append one after another during a step). Page memory is
  * returned as soon as no sequence references it; the small bookkeeping arrays (sequence slots,
@@ -98,6 +98,10 @@ typedef struct skv_kcache_params {
     int32_t max_seqs;     /* live sequences; default 0 = no limit (ids below 2^30) */
     uint32_t quant_flags; /* skv_quantize_fp8 flags used when F32 keys are appended to an FP8
                              cache; default 0 */
+    int32_t pool_chunk;   /* pooled block keys for MISA/HISA routing (router.h): running f32 sums
+                             of every chunk of this many tokens, a divisor of page_tokens, kept in
+                             the page (head_dim * 4 bytes per chunk and layer), updated on every
+                             append and removal; 0 = none; default 0 */
 } skv_kcache_params;
 
 typedef struct skv_kcache_stats {

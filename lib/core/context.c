@@ -54,19 +54,26 @@ void skv_free(skv_context *ctx, void *p, size_t size)
     ctx->alloc.free(ctx->alloc.user, p, size);
 }
 
-void *skv_workspace(skv_context *ctx, size_t size)
+static void *grow(skv_context *ctx, void **buf, size_t *have, size_t size)
 {
-    if (size <= ctx->ws_size)
-        return ctx->ws;
+    if (size <= *have)
+        return *buf;
     /* Grow geometrically so a slowly growing context does not reallocate every call. */
     size_t want = skv_round_up(size + size / 4, 4096);
     void *p = skv_alloc(ctx, want);
     if (!p)
         return NULL;
-    skv_free(ctx, ctx->ws, ctx->ws_size);
-    ctx->ws = p;
-    ctx->ws_size = want;
+    skv_free(ctx, *buf, *have);
+    *buf = p;
+    *have = want;
     return p;
+}
+
+void *skv_workspace(skv_context *ctx, size_t size) { return grow(ctx, &ctx->ws, &ctx->ws_size, size); }
+
+void *skv_workspace_aux(skv_context *ctx, int slot, size_t size)
+{
+    return grow(ctx, &ctx->aux[slot], &ctx->aux_size[slot], size);
 }
 
 void skv_log(skv_context *ctx, skv_log_level level, const char *fmt, ...)
@@ -169,6 +176,8 @@ void skv_context_destroy(skv_context *ctx)
     if (!ctx)
         return;
     skv_free(ctx, ctx->ws, ctx->ws_size);
+    for (int i = 0; i < 3; i++)
+        skv_free(ctx, ctx->aux[i], ctx->aux_size[i]);
     skv_allocator a = ctx->alloc;
     a.free(a.user, ctx, sizeof *ctx);
 }

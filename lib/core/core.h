@@ -21,6 +21,8 @@ struct skv_context {
     skv_kernels kern;
     void *ws; /* workspace shared by kernel calls, grown on demand */
     size_t ws_size;
+    void *aux[3]; /* workspaces of callers of kernels (routing, gathers), likewise */
+    size_t aux_size[3];
     size_t bytes_live; /* everything allocated through this context, workspace included */
 };
 
@@ -34,6 +36,9 @@ void skv_free(skv_context *ctx, void *p, size_t size);
  * for workspace. Growing discards the old contents. NULL on allocation failure (the old
  * workspace is kept). */
 void *skv_workspace(skv_context *ctx, size_t size);
+/* The same for code that calls kernels between uses: auxiliary slots 0..2, never touched by
+ * the kernels' own workspace. */
+void *skv_workspace_aux(skv_context *ctx, int slot, size_t size);
 
 void skv_log(skv_context *ctx, skv_log_level level, const char *fmt, ...)
 #ifdef __GNUC__

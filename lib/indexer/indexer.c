@@ -123,6 +123,36 @@ static void pack_token(const plan *p, int32_t t, void *dst)
     p->sk->pack(dst, &a);
 }
 
+const uint8_t *skv_key_row(const skv_key_src *src, int64_t s, const float **scale)
+{
+    const segment g = segment_at(src, s, s + 1);
+    if (scale)
+        *scale = g.scale;
+    return g.rows;
+}
+
+void skv_key_row_f32(const skv_key_src *src, int64_t s, float *out)
+{
+    const segment g = segment_at(src, s, s + 1);
+    const int32_t D = src->head_dim;
+    if (src->dtype == SKV_FP8_E4M3) {
+        for (int32_t d = 0; d < D; d++)
+            out[d] = skv_fp8_to_f32(g.rows[d]) * g.scale[0];
+    } else {
+        skv_convert(SKV_F32, out, src->dtype, g.rows, D);
+    }
+}
+
+const float *skv_key_chunk_sum(const skv_key_src *src, int64_t i)
+{
+    const size_t D = (size_t)src->head_dim;
+    if (!src->table)
+        return src->pool_sums + (size_t)i * D;
+    const int64_t per_page = src->page_tokens / src->pool_chunk;
+    const uint8_t *page = src->pages[src->table[i / per_page]];
+    return (const float *)(page + src->pool_offset) + (size_t)(i % per_page) * D;
+}
+
 /* Asks for keys [s, min(s + n, end)) wherever they live (pages included), so that the next
  * step's keys stream in while this one computes. */
 static void prefetch_keys(const skv_key_src *src, int64_t s, int64_t n, int64_t end)
@@ -322,6 +352,22 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
     return SKV_OK;
 }
 
+skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, skv_key_src *out)
+{
+    SKV_CHECK(ctx, keys != NULL);
+    SKV_CHECK(ctx, keys->head_dim >= 1 && keys->head_dim <= 4096);
+    SKV_CHECK(ctx, keys->n_keys >= 0 && keys->n_keys <= INT32_MAX);
+    SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
+    SKV_TRY(check_dtype(keys->dtype));
+    SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    *out = (skv_key_src){
+        .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
+        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
+        .base = keys->k, .scale = keys->k_scale,
+    };
+    return SKV_OK;
+}
+
 skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
                               const skv_key_block *keys, float *out)
 {
@@ -329,15 +375,9 @@ skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, keys != NULL);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
-    SKV_CHECK(ctx, keys->n_keys >= 0 && keys->n_keys <= INT32_MAX);
-    SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
-    SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    skv_key_src src;
+    SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
     SKV_CHECK(ctx, out != NULL || q->n_tokens == 0 || keys->n_keys == 0);
-    const skv_key_src src = {
-        .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
-        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
-        .base = keys->k, .scale = keys->k_scale,
-    };
     if (keys->n_keys == 0)
         return SKV_OK;
     return skv_indexer_run(ctx, q, &src, 0, out, NULL, NULL);
@@ -351,15 +391,9 @@ skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, keys != NULL);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
-    SKV_CHECK(ctx, keys->n_keys >= 0 && keys->n_keys <= INT32_MAX);
-    SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
-    SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    skv_key_src src;
+    SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
     SKV_CHECK(ctx, k >= 1);
     SKV_CHECK(ctx, out_idx != NULL || q->n_tokens == 0);
-    const skv_key_src src = {
-        .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
-        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
-        .base = keys->k, .scale = keys->k_scale,
-    };
     return skv_indexer_run(ctx, q, &src, k, NULL, out_idx, out_score);
 }

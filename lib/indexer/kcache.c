@@ -20,7 +20,7 @@ typedef struct kseq {
 struct skv_kcache {
     skv_context *ctx;
     skv_kcache_params p;
-    size_t row_bytes, scale_offset, slot_bytes, page_bytes;
+    size_t row_bytes, scale_offset, pool_offset, slot_bytes, page_bytes;
     uint8_t **pages; /* [id_cap]; NULL for a free id */
     int32_t *refcnt; /* [id_cap] */
     int32_t *free_ids, n_free, id_cap, ids_used;
@@ -54,6 +54,7 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     SKV_CHECK(ctx, p->page_tokens >= 1 && p->page_tokens <= 65536);
     SKV_CHECK(ctx, p->max_pages >= 0 && p->max_pages <= INT32_MAX && p->max_seqs >= 0);
     SKV_CHECK(ctx, (p->quant_flags & ~(uint32_t)SKV_QUANT_POW2_SCALE) == 0);
+    SKV_CHECK(ctx, p->pool_chunk >= 0 && (p->pool_chunk == 0 || p->page_tokens % p->pool_chunk == 0));
     if (p->dtype == SKV_F16)
         return SKV_ERR_UNSUPPORTED;
     SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_FP8_E4M3);
@@ -65,7 +66,10 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     c->p = *p;
     c->row_bytes = (size_t)p->head_dim * skv_dtype_size(p->dtype);
     c->scale_offset = skv_round_up((size_t)p->page_tokens * c->row_bytes, 4);
-    c->slot_bytes = c->scale_offset + (p->dtype == SKV_FP8_E4M3 ? (size_t)p->page_tokens * 4 : 0);
+    c->pool_offset = c->scale_offset + (p->dtype == SKV_FP8_E4M3 ? (size_t)p->page_tokens * 4 : 0);
+    c->slot_bytes = p->pool_chunk ? c->pool_offset + (size_t)(p->page_tokens / p->pool_chunk) *
+                                                         (size_t)p->head_dim * 4
+                                  : c->pool_offset;
     c->page_bytes = c->slot_bytes * (size_t)p->n_layers;
     *out = c;
     return SKV_OK;
@@ -332,6 +336,35 @@ static float *scale_at(const skv_kcache *c, const kseq *s, int32_t layer, int64_
     return (float *)(slot(c, s->table[pos / P], layer) + c->scale_offset) + pos % P;
 }
 
+/* Key at pos as f32 (dequantised): the values the pooled sums add up. */
+static void row_f32(const skv_kcache *c, const kseq *s, int32_t layer, int64_t pos, float *out)
+{
+    const uint8_t *row = row_at(c, s, layer, pos);
+    const int32_t D = c->p.head_dim;
+    if (c->p.dtype == SKV_FP8_E4M3) {
+        const float sc = *scale_at(c, s, layer, pos);
+        for (int32_t d = 0; d < D; d++)
+            out[d] = skv_fp8_to_f32(row[d]) * sc;
+    } else {
+        skv_convert(SKV_F32, out, c->p.dtype, row, D);
+    }
+}
+
+/* Adds the key at pos to its chunk's pooled sum; the chunk's first key sets it. Keys enter in
+ * position order, so a sum is the same whether built by appends or rebuilt after a removal. */
+static void pool_add(skv_kcache *c, kseq *s, int32_t layer, int64_t pos)
+{
+    const int32_t P = c->p.page_tokens, C = c->p.pool_chunk, D = c->p.head_dim;
+    float *sum = (float *)(slot(c, s->table[pos / P], layer) + c->pool_offset) + (size_t)((pos % P) / C) * D;
+    float x[4096];
+    row_f32(c, s, layer, pos, x);
+    if (pos % C == 0)
+        memcpy(sum, x, (size_t)D * 4);
+    else
+        for (int32_t d = 0; d < D; d++)
+            sum[d] += x[d];
+}
+
 /* Writes one key row (already validated) at pos. */
 static void write_row(skv_kcache *c, kseq *s, int32_t layer, int64_t pos,
                       const skv_key_block *keys, int64_t i)
@@ -368,8 +401,11 @@ skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer, const sk
     if (end == start)
         return SKV_OK;
     SKV_TRY(prepare_pages(c, s, start / P, (end + P - 1) / P));
-    for (int64_t i = 0; i < keys->n_keys; i++)
+    for (int64_t i = 0; i < keys->n_keys; i++) {
         write_row(c, s, layer, start + i, keys, i);
+        if (c->p.pool_chunk)
+            pool_add(c, s, layer, start + i);
+    }
     s->len[layer] = end;
     return SKV_OK;
 }
@@ -405,6 +441,9 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
                 *scale_at(c, s, l, a + i - b) = *scale_at(c, s, l, i);
         }
         s->len[l] = len - (b - a);
+        if (c->p.pool_chunk && b > a) /* rebuild the chunks the rows moved into */
+            for (int64_t i = a / c->p.pool_chunk * c->p.pool_chunk; i < s->len[l]; i++)
+                pool_add(c, s, l, i);
     }
     while (s->n_pages > keep_pages)
         unref_page(c, s->table[--s->n_pages]);
@@ -430,20 +469,29 @@ skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int6
     return SKV_OK;
 }
 
-static skv_status paged_src(skv_kcache *c, int32_t seq, int32_t layer,
-                            const skv_indexer_query *q, skv_key_src *src)
+skv_context *skv_kcache_context(const skv_kcache *c) { return c->ctx; }
+
+skv_status skv_kcache_src(const skv_kcache *c, int32_t seq, int32_t layer, skv_key_src *src)
 {
     const kseq *s = get_seq(c, seq);
     SKV_CHECK(c->ctx, s && layer >= 0 && layer < c->p.n_layers);
-    SKV_TRY(skv_indexer_check_query(c->ctx, q, c->p.head_dim, c->p.dtype));
     *src = (skv_key_src){
         .n_keys = s->len[layer], .head_dim = c->p.head_dim, .dtype = c->p.dtype,
         .row_bytes = c->row_bytes, .table = s->table, .pages = c->pages,
         .slot_offset = (size_t)layer * c->slot_bytes,
         .scale_offset = (size_t)layer * c->slot_bytes + c->scale_offset,
         .page_tokens = c->p.page_tokens,
+        .pool_chunk = c->p.pool_chunk,
+        .pool_offset = (size_t)layer * c->slot_bytes + c->pool_offset,
     };
     return SKV_OK;
+}
+
+static skv_status paged_src(skv_kcache *c, int32_t seq, int32_t layer,
+                            const skv_indexer_query *q, skv_key_src *src)
+{
+    SKV_TRY(skv_kcache_src(c, seq, layer, src));
+    return skv_indexer_check_query(c->ctx, q, c->p.head_dim, c->p.dtype);
 }
 
 skv_status skv_kcache_scores(skv_kcache *c, int32_t seq, int32_t layer,

@@ -20,7 +20,26 @@ typedef struct skv_key_src {
     uint8_t *const *pages;
     size_t slot_offset, scale_offset;
     int32_t page_tokens;
+    /* pooled chunk sums (router.h), when pool_chunk > 0: contiguous at pool_sums
+       [n_chunks][head_dim], or paged: chunk c of a page at page + pool_offset + c * head_dim */
+    int32_t pool_chunk;
+    const float *pool_sums;
+    size_t pool_offset;
 } skv_key_src;
+
+/* Key s as stored (row_bytes bytes) and, for FP8, its scale. */
+const uint8_t *skv_key_row(const skv_key_src *src, int64_t s, const float **scale);
+/* Key s as f32 (dequantised). */
+void skv_key_row_f32(const skv_key_src *src, int64_t s, float *out);
+/* The pooled sum of chunk i (keys [i * pool_chunk, ...)); src->pool_chunk must be > 0. */
+const float *skv_key_chunk_sum(const skv_key_src *src, int64_t i);
+
+/* A contiguous key block as a source, validated (pointers, sizes, dtype, scales). */
+skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, skv_key_src *out);
+
+/* The keys of (seq, layer) in a key cache as a source, and the cache's context. */
+skv_status skv_kcache_src(const skv_kcache *c, int32_t seq, int32_t layer, skv_key_src *out);
+skv_context *skv_kcache_context(const skv_kcache *c);
 
 /* Validates the query against the keys (dims, dtypes, pointers). */
 skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,

@@ -1,0 +1,251 @@
+/* MISA (routed heads), MISA-dagger (routed candidates re-ranked densely) and HISA (pooled
+ * blocks, then their tokens exactly). Each reuses the dense indexer: the routed pass is the
+ * dense driver on a query of the routed heads, and re-ranking runs it on gathered rows. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "router/router_impl.h"
+
+skv_indexer_query skv_query_token(const skv_indexer_query *q, int32_t t)
+{
+    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
+    skv_indexer_query r = *q;
+    r.n_tokens = 1;
+    r.q = (const uint8_t *)q->q + (size_t)t * hd * skv_dtype_size(q->dtype);
+    r.q_scale = q->q_scale ? q->q_scale + (size_t)t * q->n_heads : NULL;
+    r.weights = q->weights + (size_t)t * q->n_heads;
+    r.positions = NULL;
+    return r;
+}
+
+skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, int32_t t,
+                      const skv_key_src *src, const int32_t *list, int32_t n, int32_t k,
+                      int32_t *out_idx, float *out_score)
+{
+    const int fp8 = src->dtype == SKV_FP8_E4M3;
+    const size_t rows_bytes = skv_round_up((size_t)n * src->row_bytes, 64);
+    uint8_t *buf = skv_workspace_aux(ctx, 2, rows_bytes + (size_t)n * 4 + 64);
+    if (!buf)
+        return SKV_ERR_NOMEM;
+    float *scales = (float *)(buf + rows_bytes);
+    for (int32_t i = 0; i < n; i++) {
+        const float *sc;
+        memcpy(buf + (size_t)i * src->row_bytes, skv_key_row(src, list[i], &sc), src->row_bytes);
+        if (fp8)
+            scales[i] = *sc;
+    }
+    const skv_key_block kb = {n, src->head_dim, src->dtype, buf, fp8 ? scales : NULL};
+    const skv_indexer_query qt = skv_query_token(q, t);
+    SKV_TRY(skv_indexer_topk(ctx, &qt, &kb, k, out_idx, out_score));
+    for (int32_t i = 0; i < k; i++)
+        if (out_idx[i] >= 0)
+            out_idx[i] = list[out_idx[i]];
+    return SKV_OK;
+}
+
+static int64_t max_visible(const skv_indexer_query *q, int64_t n_keys)
+{
+    int64_t m = 0;
+    for (int32_t t = 0; t < q->n_tokens; t++) {
+        const int64_t v = skv_visible(q, t, n_keys);
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The query of each token's routed heads (in ascending head order, so that routing every head
+ * gives back the query itself). */
+static void routed_query(const skv_indexer_query *q, const int32_t *heads, int32_t h,
+                         uint8_t *qr, float *wr, float *sr, int32_t *sorted)
+{
+    const size_t row = (size_t)q->head_dim * skv_dtype_size(q->dtype);
+    for (int32_t t = 0; t < q->n_tokens; t++) {
+        memcpy(sorted, heads + (size_t)t * h, (size_t)h * 4);
+        qsort(sorted, (size_t)h, 4, cmp_i32);
+        for (int32_t i = 0; i < h; i++) {
+            const size_t from = (size_t)t * q->n_heads + sorted[i], to = (size_t)t * h + i;
+            memcpy(qr + to * row, (const uint8_t *)q->q + from * row, row);
+            wr[to] = q->weights[from];
+            if (sr)
+                sr[to] = q->q_scale[from];
+        }
+    }
+}
+
+static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+{
+    SKV_TRY(skv_misa_check(ctx, q, src, p));
+    SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, p->candidates == 0 || p->candidates >= k);
+    const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads, C = p->candidates;
+    const int64_t vis = max_visible(q, src->n_keys);
+    /* the dials and the length gate: the dense indexer itself */
+    if (h == H || vis < p->min_length || (C > 0 && C >= vis) || T == 0)
+        return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
+
+    const size_t qrow = (size_t)q->head_dim * skv_dtype_size(q->dtype);
+    const size_t n_heads_b = skv_round_up((size_t)T * h * 4, 64);
+    const size_t qr_b = skv_round_up((size_t)T * h * qrow, 64), wr_b = n_heads_b;
+    const size_t cand_b = C ? skv_round_up((size_t)T * C * 4, 64) : 0;
+    uint8_t *buf = skv_workspace_aux(ctx, 1, 3 * n_heads_b + qr_b + wr_b + cand_b + (size_t)h * 4);
+    if (!buf)
+        return SKV_ERR_NOMEM;
+    int32_t *heads = (int32_t *)buf;
+    uint8_t *qr = buf + n_heads_b;
+    float *wr = (float *)(qr + qr_b), *sr = (float *)((uint8_t *)wr + wr_b);
+    int32_t *cand = (int32_t *)((uint8_t *)sr + n_heads_b);
+    int32_t *sorted = (int32_t *)((uint8_t *)cand + cand_b);
+
+    SKV_TRY(skv_route_src(ctx, q, src, p, heads, NULL));
+    routed_query(q, heads, h, qr, wr, q->q_scale ? sr : NULL, sorted);
+    const skv_indexer_query rq = {T, h, q->head_dim, q->dtype, qr, q->q_scale ? sr : NULL, wr, q->positions};
+    if (!C)
+        return skv_indexer_run(ctx, &rq, src, k, NULL, out_idx, out_score);
+
+    /* MISA-dagger: C routed candidates per token, re-ranked by the dense score */
+    SKV_TRY(skv_indexer_run(ctx, &rq, src, C, NULL, cand, NULL));
+    for (int32_t t = 0; t < T; t++) {
+        int32_t *list = cand + (size_t)t * C, n = 0;
+        while (n < C && list[n] >= 0)
+            n++;
+        qsort(list, (size_t)n, 4, cmp_i32);
+        SKV_TRY(skv_rerank(ctx, q, t, src, list, n, k, out_idx + (size_t)t * k,
+                           out_score ? out_score + (size_t)t * k : NULL));
+    }
+    return SKV_OK;
+}
+
+skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
+                         const skv_pooled_keys *pooled, const skv_misa_params *p, int32_t k,
+                         int32_t *out_idx, float *out_score)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    skv_key_src src;
+    SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
+    return misa_src(ctx, q, &src, p, k, out_idx, out_score);
+}
+
+skv_status skv_kcache_misa_topk(skv_kcache *c, int32_t seq, int32_t layer,
+                                const skv_indexer_query *q, const skv_misa_params *p, int32_t k,
+                                int32_t *out_idx, float *out_score)
+{
+    if (!c)
+        return SKV_ERR_INVALID_ARG;
+    skv_key_src src;
+    SKV_TRY(skv_kcache_src(c, seq, layer, &src));
+    return misa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
+}
+
+/* ---- HISA ---------------------------------------------------------------------------------- */
+
+void skv_hisa_params_init(skv_hisa_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->block = 128;
+    p->blocks = 32;
+    p->min_length = SKV_HISA_MIN_LENGTH;
+}
+
+static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+{
+    SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
+    SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
+    SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, p->block >= 1 && p->blocks >= 2 && p->min_length >= 0);
+    const int32_t T = q->n_tokens, D = q->head_dim, B = p->block, m = p->blocks;
+    const int64_t vis = max_visible(q, src->n_keys);
+    if (vis < p->min_length || (int64_t)m * B >= vis || T == 0)
+        return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
+    if (src->pool_chunk < 1)
+        return SKV_ERR_STATE;
+    SKV_CHECK(ctx, B % src->pool_chunk == 0);
+
+    /* block means over every key, and each token's last visible block as its position */
+    const int64_t nb = (src->n_keys + B - 1) / B;
+    const size_t means_b = skv_round_up((size_t)nb * D * 4, 64), pos_b = skv_round_up((size_t)T * 4, 64);
+    const size_t scores_b = skv_round_up((size_t)T * nb * 4, 64), sel_b = skv_round_up((size_t)m * 4, 64);
+    const size_t list_b = skv_round_up((size_t)m * B * 4, 64);
+    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + pos_b + scores_b + sel_b + list_b + (size_t)D * 4);
+    if (!buf)
+        return SKV_ERR_NOMEM;
+    float *means = (float *)buf, *scores = (float *)(buf + means_b + pos_b);
+    int32_t *bpos = (int32_t *)(buf + means_b), *sel = (int32_t *)((uint8_t *)scores + scores_b);
+    int32_t *list = (int32_t *)((uint8_t *)sel + sel_b);
+    float *tmp = (float *)((uint8_t *)list + list_b);
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t b0 = b * B, end = b0 + B < src->n_keys ? b0 + B : src->n_keys;
+        skv_pool_range_sum(src, b0, end, means + (size_t)b * D, tmp);
+        for (int32_t d = 0; d < D; d++)
+            means[(size_t)b * D + d] /= (float)(end - b0);
+    }
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t v = skv_visible(q, t, src->n_keys);
+        bpos[t] = v > 0 ? (int32_t)((v - 1) / B) : -1;
+    }
+    skv_indexer_query bq = *q;
+    bq.positions = bpos;
+    const skv_key_src bsrc = {.n_keys = nb, .head_dim = D, .dtype = SKV_F32,
+                              .row_bytes = (size_t)D * 4, .base = (const uint8_t *)means};
+    SKV_TRY(skv_indexer_run(ctx, &bq, &bsrc, 0, scores, NULL, NULL));
+
+    for (int32_t t = 0; t < T; t++) {
+        const int64_t v = skv_visible(q, t, src->n_keys);
+        const int32_t last = bpos[t];
+        int32_t n_sel = 0;
+        if (last >= 0) { /* the first and last blocks, and the best m - 2 between them */
+            sel[n_sel++] = 0;
+            const int32_t inner = last - 1, want = m - 2 < inner ? m - 2 : inner;
+            if (want > 0) {
+                SKV_TRY(skv_topk_rows(ctx, scores + (size_t)t * nb + 1, 1, inner, inner, NULL, want,
+                                      sel + 1, NULL));
+                for (int32_t i = 1; i <= want; i++)
+                    sel[i] += 1;
+                n_sel += want;
+            }
+            if (last > 0)
+                sel[n_sel++] = last;
+            qsort(sel, (size_t)n_sel, 4, cmp_i32);
+        }
+        int32_t n = 0;
+        for (int32_t i = 0; i < n_sel; i++)
+            for (int64_t s = (int64_t)sel[i] * B; s < (int64_t)(sel[i] + 1) * B && s < v; s++)
+                list[n++] = (int32_t)s;
+        SKV_TRY(skv_rerank(ctx, q, t, src, list, n, k, out_idx + (size_t)t * k,
+                           out_score ? out_score + (size_t)t * k : NULL));
+    }
+    return SKV_OK;
+}
+
+skv_status skv_hisa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
+                         const skv_pooled_keys *pooled, const skv_hisa_params *p, int32_t k,
+                         int32_t *out_idx, float *out_score)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    skv_key_src src;
+    SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
+    return hisa_src(ctx, q, &src, p, k, out_idx, out_score);
+}
+
+skv_status skv_kcache_hisa_topk(skv_kcache *c, int32_t seq, int32_t layer,
+                                const skv_indexer_query *q, const skv_hisa_params *p, int32_t k,
+                                int32_t *out_idx, float *out_score)
+{
+    if (!c)
+        return SKV_ERR_INVALID_ARG;
+    skv_key_src src;
+    SKV_TRY(skv_kcache_src(c, seq, layer, &src));
+    return hisa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
+}

@@ -1,0 +1,118 @@
+/* Pooled block keys: chunk sums of contiguous keys, block means from chunk sums (contiguous or
+ * in the key cache's pages), and range sums for partly visible blocks. */
+#include <string.h>
+
+#include "router/router_impl.h"
+
+void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *sum, float *tmp)
+{
+    const int32_t D = src->head_dim, C = src->pool_chunk;
+    int first = 1;
+    int64_t s = b0;
+    /* whole chunks, and a last chunk that ends where the keys end (its sum holds exactly
+       those keys) */
+    for (; s < end && (s + C <= end || end == src->n_keys); s += C) {
+        const float *cs = skv_key_chunk_sum(src, s / C);
+        if (first)
+            memcpy(sum, cs, (size_t)D * 4);
+        else
+            for (int32_t d = 0; d < D; d++)
+                sum[d] += cs[d];
+        first = 0;
+    }
+    /* a partial chunk: its keys summed the way the chunk sum is built, then added */
+    if (s < end) {
+        float part[4096];
+        for (int64_t i = s; i < end; i++) {
+            skv_key_row_f32(src, i, i == s ? part : tmp);
+            if (i > s)
+                for (int32_t d = 0; d < D; d++)
+                    part[d] += tmp[d];
+        }
+        if (first)
+            memcpy(sum, part, (size_t)D * 4);
+        else
+            for (int32_t d = 0; d < D; d++)
+                sum[d] += part[d];
+        first = 0;
+    }
+    if (first)
+        memset(sum, 0, (size_t)D * 4);
+}
+
+skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float *sums)
+{
+    skv_key_src src;
+    if (!keys || chunk < 1)
+        return SKV_ERR_INVALID_ARG;
+    SKV_TRY(skv_key_src_from_block(NULL, keys, &src));
+    if (keys->n_keys > 0 && !sums)
+        return SKV_ERR_INVALID_ARG;
+    float tmp[4096];
+    const int32_t D = keys->head_dim;
+    for (int64_t c = 0; c * chunk < keys->n_keys; c++) {
+        float *out = sums + (size_t)c * D;
+        const int64_t end = (c + 1) * chunk < keys->n_keys ? (c + 1) * chunk : keys->n_keys;
+        for (int64_t i = c * chunk; i < end; i++) {
+            skv_key_row_f32(&src, i, i == c * chunk ? out : tmp);
+            if (i > c * chunk)
+                for (int32_t d = 0; d < D; d++)
+                    out[d] += tmp[d];
+        }
+    }
+    return SKV_OK;
+}
+
+skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
+                             const skv_pooled_keys *pooled, skv_key_src *out)
+{
+    SKV_TRY(skv_key_src_from_block(ctx, keys, out));
+    if (pooled) {
+        SKV_CHECK(ctx, pooled->chunk >= 1 && (pooled->sums != NULL || keys->n_keys == 0));
+        out->pool_chunk = pooled->chunk;
+        out->pool_sums = pooled->sums;
+    }
+    return SKV_OK;
+}
+
+static skv_status block_means(const skv_key_src *src, int32_t block, float *means, int32_t *counts)
+{
+    if (src->pool_chunk < 1)
+        return SKV_ERR_STATE;
+    if (block < 1 || block % src->pool_chunk)
+        return SKV_ERR_INVALID_ARG;
+    if (src->n_keys > 0 && !means)
+        return SKV_ERR_INVALID_ARG;
+    float tmp[4096];
+    const int32_t D = src->head_dim;
+    for (int64_t b = 0; b * block < src->n_keys; b++) {
+        const int64_t b0 = b * block, end = b0 + block < src->n_keys ? b0 + block : src->n_keys;
+        float *m = means + (size_t)b * D;
+        skv_pool_range_sum(src, b0, end, m, tmp);
+        for (int32_t d = 0; d < D; d++)
+            m[d] /= (float)(end - b0);
+        if (counts)
+            counts[b] = (int32_t)(end - b0);
+    }
+    return SKV_OK;
+}
+
+skv_status skv_block_means(const skv_key_block *keys, const skv_pooled_keys *pooled,
+                           int32_t block, float *means, int32_t *counts)
+{
+    skv_key_src src;
+    if (!pooled)
+        return SKV_ERR_INVALID_ARG;
+    SKV_TRY(skv_src_with_pool(NULL, keys, pooled, &src));
+    return block_means(&src, block, means, counts);
+}
+
+skv_status skv_kcache_block_means(const skv_kcache *c, int32_t seq, int32_t layer,
+                                  int32_t block, float *means, int32_t *counts)
+{
+    skv_key_src src;
+    if (!c)
+        return SKV_ERR_INVALID_ARG;
+    SKV_TRY(skv_kcache_src(c, seq, layer, &src));
+    return block_means(&src, block, means, counts);
+}

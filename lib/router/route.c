@@ -1,0 +1,164 @@
+/* The MISA router: a score per indexer head for each query token (pooled block keys, query
+ * norm, or the token's own key), and the top-h heads. Plain C: its cost is H * D per block
+ * per token, against H * D per key for the indexer it steers. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "router/router_impl.h"
+
+void skv_misa_params_init(skv_misa_params *p)
+{
+    if (!p)
+        return;
+    memset(p, 0, sizeof *p);
+    p->struct_size = sizeof *p;
+    p->route = SKV_ROUTE_POOLED;
+    p->heads = 8;
+    p->block = 1024;
+    p->candidates = 0;
+    p->min_length = SKV_MISA_MIN_LENGTH;
+}
+
+/* Dequantised q of token t, head h. */
+static void q_row(const skv_indexer_query *q, int32_t t, int32_t h, float *out)
+{
+    const size_t i0 = ((size_t)t * q->n_heads + h) * q->head_dim;
+    switch (q->dtype) {
+    case SKV_F32: memcpy(out, (const float *)q->q + i0, (size_t)q->head_dim * 4); break;
+    case SKV_BF16: skv_convert(SKV_F32, out, SKV_BF16, (const uint16_t *)q->q + i0, q->head_dim); break;
+    default: {
+        const float s = q->q_scale[(size_t)t * q->n_heads + h];
+        for (int32_t d = 0; d < q->head_dim; d++)
+            out[d] = skv_fp8_to_f32(((const uint8_t *)q->q)[i0 + d]) * s;
+    }
+    }
+}
+
+static float dot(const float *a, const float *b, int32_t n)
+{
+    float s = 0;
+    for (int32_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
+
+/* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim. */
+static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
+                         skv_route_mode mode, int32_t block, float *qbuf, float *tmp, float *E)
+{
+    const int32_t H = q->n_heads, D = q->head_dim;
+    for (int32_t h = 0; h < H; h++)
+        q_row(q, t, h, qbuf + (size_t)h * D);
+    const float *w = q->weights + (size_t)t * H;
+    if (mode == SKV_ROUTE_QNORM) {
+        for (int32_t h = 0; h < H; h++)
+            E[h] = sqrtf(dot(qbuf + (size_t)h * D, qbuf + (size_t)h * D, D));
+        return;
+    }
+    memset(E, 0, (size_t)H * 4);
+    if (mode == SKV_ROUTE_OWN_KEY) {
+        const int64_t p = q->positions ? q->positions[t] : src->n_keys - 1;
+        if (p < 0 || p >= src->n_keys)
+            return;
+        skv_key_row_f32(src, p, tmp);
+        for (int32_t h = 0; h < H; h++)
+            E[h] = w[h] * relu(dot(qbuf + (size_t)h * D, tmp, D));
+        return;
+    }
+    const int64_t vis = skv_visible(q, t, src->n_keys);
+    float *mean = tmp, *scratch = tmp + D;
+    for (int64_t b0 = 0; b0 < vis; b0 += block) {
+        const int64_t end = b0 + block < vis ? b0 + block : vis;
+        skv_pool_range_sum(src, b0, end, mean, scratch);
+        for (int32_t d = 0; d < D; d++)
+            mean[d] /= (float)(end - b0);
+        for (int32_t h = 0; h < H; h++)
+            E[h] += fabsf(w[h]) * relu(dot(qbuf + (size_t)h * D, mean, D));
+    }
+}
+
+typedef struct ranked_head { uint32_t key; int32_t h; } ranked_head;
+
+static int head_cmp(const void *a, const void *b)
+{
+    const ranked_head *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key > y->key ? -1 : 1;
+    return x->h < y->h ? -1 : x->h > y->h;
+}
+
+/* The top h of E[0..H) (descending, ties to the lower head, NaN last) into heads. */
+static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *tmp, int32_t *heads)
+{
+    for (int32_t i = 0; i < H; i++)
+        tmp[i] = (ranked_head){skv_score_key(E[i]), i};
+    qsort(tmp, (size_t)H, sizeof *tmp, head_cmp);
+    for (int32_t i = 0; i < h; i++)
+        heads[i] = tmp[i].h;
+}
+
+skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                         const skv_misa_params *p, int32_t *out_heads, float *out_scores)
+{
+    const int32_t T = q->n_tokens, H = q->n_heads, D = q->head_dim, h = p->heads;
+    if (p->route == SKV_ROUTE_POOLED && src->pool_chunk < 1)
+        return SKV_ERR_STATE;
+    const int nth = skv_threads(ctx);
+    const size_t per_thread = ((size_t)H * D + 2 * (size_t)D + H) * 4 + (size_t)H * sizeof(ranked_head);
+    uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth);
+    if (!ws)
+        return SKV_ERR_NOMEM;
+#pragma omp parallel num_threads(nth) if (nth > 1 && T > 1)
+    {
+#ifdef _OPENMP
+        uint8_t *mine = ws + per_thread * (size_t)omp_get_thread_num();
+#else
+        uint8_t *mine = ws;
+#endif
+        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + 2 * (size_t)D;
+        ranked_head *rk = (ranked_head *)(E + H);
+#pragma omp for schedule(dynamic, 1)
+        for (int32_t t = 0; t < T; t++) {
+            route_scores(q, t, src, p->route, p->block, qbuf, tmp, E);
+            if (out_scores)
+                memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
+            top_heads(E, H, h, rk, out_heads + (size_t)t * h);
+        }
+    }
+    return SKV_OK;
+}
+
+skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                          const skv_misa_params *p)
+{
+    SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
+    SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
+    SKV_CHECK(ctx, p->heads >= 1 && p->heads <= q->n_heads);
+    SKV_CHECK(ctx, p->route == SKV_ROUTE_POOLED || p->route == SKV_ROUTE_QNORM ||
+                       p->route == SKV_ROUTE_OWN_KEY);
+    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= 0 && p->min_length >= 0);
+    if (p->route == SKV_ROUTE_POOLED && src->pool_chunk >= 1)
+        SKV_CHECK(ctx, p->block % src->pool_chunk == 0);
+    return SKV_OK;
+}
+
+skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
+                           const skv_key_block *keys, const skv_pooled_keys *pooled,
+                           const skv_misa_params *p, int32_t *out_heads, float *out_scores)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    skv_key_src src;
+    SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
+    SKV_TRY(skv_misa_check(ctx, q, &src, p));
+    SKV_CHECK(ctx, p->route != SKV_ROUTE_POOLED || pooled != NULL);
+    SKV_CHECK(ctx, out_heads != NULL || q->n_tokens == 0);
+    return skv_route_src(ctx, q, &src, p, out_heads, out_scores);
+}

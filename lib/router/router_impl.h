@@ -1,0 +1,43 @@
+/* Internal: pooled sums, gathering and re-ranking shared by the router, MISA and HISA. */
+#ifndef SKV_ROUTER_IMPL_H
+#define SKV_ROUTER_IMPL_H
+
+#include "indexer/run.h"
+#include "sparsekv/router.h"
+
+/* sum[D] = the f32 sum of keys [b0, end), b0 a multiple of the pooled chunk: whole chunks from
+ * their pooled sums, the rest from the keys, always in position order (so the same value
+ * whichever way it is built). tmp: D floats. */
+void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *sum, float *tmp);
+
+/* The source with contiguous pooled sums attached (pooled may be NULL: none). */
+skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
+                             const skv_pooled_keys *pooled, skv_key_src *out);
+
+/* The query of token t alone (positions dropped: the keys it is given are all visible). */
+skv_indexer_query skv_query_token(const skv_indexer_query *q, int32_t t);
+
+/* Top-k of token t over the listed keys only (ascending indices into src), ranked by the
+ * dense score: the rows are gathered and run through the dense indexer, so for a list of
+ * every visible key the result is skv_indexer_topk's. Writes k indices (into src) and scores.
+ * Uses auxiliary workspace 1. */
+skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, int32_t t,
+                      const skv_key_src *src, const int32_t *list, int32_t n, int32_t k,
+                      int32_t *out_idx, float *out_score);
+
+/* Keys visible to token t. */
+static inline int64_t skv_visible(const skv_indexer_query *q, int32_t t, int64_t n_keys)
+{
+    if (!q->positions)
+        return n_keys;
+    const int64_t v = (int64_t)q->positions[t] + 1;
+    return v < 0 ? 0 : v > n_keys ? n_keys : v;
+}
+
+/* Validates MISA parameters against the query and keys. */
+skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                          const skv_misa_params *p);
+/* The routed heads of every token on a source (STATE when the pooled router has no sums). */
+skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                         const skv_misa_params *p, int32_t *out_heads, float *out_scores);
+#endif
