@@ -165,12 +165,12 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
     SKV_CHECK(ctx, p->block >= 1 && p->blocks >= 2 && p->min_length >= 0);
     const int32_t T = q->n_tokens, D = q->head_dim, B = p->block, m = p->blocks;
+    SKV_CHECK(ctx, src->pool_chunk < 1 || B % src->pool_chunk == 0);
     const int64_t vis = max_visible(q, src->n_keys);
     if (vis < p->min_length || (int64_t)m * B >= vis || T == 0)
         return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
     if (src->pool_chunk < 1)
         return SKV_ERR_STATE;
-    SKV_CHECK(ctx, B % src->pool_chunk == 0);
 
     /* block means over every key, and each token's last visible block as its position */
     const int64_t nb = (src->n_keys + B - 1) / B;

@@ -1,0 +1,556 @@
+/* MISA / HISA: pooled block keys against recomputation (also through random appends, removes
+ * and forks of the key cache), the router formula against a double-precision computation, the
+ * exactness dials at every CPU level and dtype, recall monotone in h, C and m, bad parameters,
+ * the quality metrics against a direct computation, and the real activations against
+ * reference.json. */
+#include "common.h"
+#include "data.h"
+
+static skv_context *ctx;
+
+/* ---- pooled sums ---------------------------------------------------------------------------- */
+
+/* The f32 value of key s as the library sees it. */
+static float key_f32(const idx_data *d, int64_t s, int32_t i)
+{
+    return (float)elem(d->kt, d->kd, d->ks, s * d->D + i, d->D);
+}
+
+static void test_pool(void)
+{
+    rng r = {31};
+    static const int32_t chunks[] = {1, 7, 16, 64};
+    static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    for (int c = 0; c < 4; c++)
+        for (int t = 0; t < 3; t++) {
+            idx_data d;
+            idx_data_make(&d, &r, 1, 2, 12, 300 + c, SKV_F32, dts[t], FILL_RANDOM, 0);
+            const skv_key_block kb = idx_keys(&d);
+            const int32_t C = chunks[c], nc = (int32_t)((d.L + C - 1) / C);
+            float *sums = xmalloc((size_t)nc * d.D * 4);
+            CHECK_OK(skv_pool_keys(&kb, C, sums));
+            long bad = 0;
+            for (int32_t i = 0; i < nc; i++)
+                for (int32_t x = 0; x < d.D; x++) {
+                    float want = 0;
+                    for (int64_t s = (int64_t)i * C; s < (int64_t)(i + 1) * C && s < d.L; s++)
+                        want = s == (int64_t)i * C ? key_f32(&d, s, x) : want + key_f32(&d, s, x);
+                    bad += sums[(size_t)i * d.D + x] != want;
+                }
+            CHECK(bad == 0, "chunk %d dtype %d: %ld pooled sums differ from summing in order", C, t, bad);
+            /* block means: chunk sums in order over the block, divided by its true length */
+            const skv_pooled_keys pk = {C, sums};
+            const int32_t B = C * 3, nb = (int32_t)((d.L + B - 1) / B);
+            float *means = xmalloc((size_t)nb * d.D * 4);
+            int32_t *counts = xmalloc((size_t)nb * 4);
+            CHECK_OK(skv_block_means(&kb, &pk, B, means, counts));
+            bad = 0;
+            for (int32_t b = 0; b < nb; b++) {
+                const int64_t n = d.L - (int64_t)b * B < B ? d.L - (int64_t)b * B : B;
+                bad += counts[b] != n;
+                for (int32_t x = 0; x < d.D; x++) {
+                    float s = 0;
+                    for (int32_t i = b * 3; i < b * 3 + 3 && i < nc; i++)
+                        s = i == b * 3 ? sums[(size_t)i * d.D + x] : s + sums[(size_t)i * d.D + x];
+                    bad += means[(size_t)b * d.D + x] != s / (float)n;
+                }
+            }
+            CHECK(bad == 0, "chunk %d: %ld block means differ", C, bad);
+            if (C > 1)
+                CHECK_STATUS(skv_block_means(&kb, &pk, C + 1, means, counts), SKV_ERR_INVALID_ARG);
+            free(sums), free(means), free(counts);
+            idx_data_free(&d);
+        }
+}
+
+/* The key cache's pooled sums after random appends, removes and forks equal pooling its keys
+ * afresh. */
+static void check_kcache_pool(skv_kcache *c, int32_t seq, int32_t layer, skv_dtype dt, int32_t D,
+                              int32_t chunk, const char *what)
+{
+    int64_t len;
+    CHECK_OK(skv_kcache_seq_length(c, seq, layer, &len));
+    if (len == 0)
+        return;
+    void *keys = xmalloc((size_t)len * D * 4);
+    float *scales = dt == SKV_FP8_E4M3 ? xmalloc((size_t)len * 4) : NULL;
+    CHECK_OK(skv_kcache_read(c, seq, layer, 0, len, keys, scales));
+    const skv_key_block kb = {len, D, dt, keys, scales};
+    const int32_t nc = (int32_t)((len + chunk - 1) / chunk), B = 2 * chunk, nb = (int32_t)((len + B - 1) / B);
+    float *sums = xmalloc((size_t)nc * D * 4), *want = xmalloc((size_t)nb * D * 4), *got = xmalloc((size_t)nb * D * 4);
+    CHECK_OK(skv_pool_keys(&kb, chunk, sums));
+    const skv_pooled_keys pk = {chunk, sums};
+    CHECK_OK(skv_block_means(&kb, &pk, B, want, NULL));
+    CHECK_OK(skv_kcache_block_means(c, seq, layer, B, got, NULL));
+    CHECK(memcmp(want, got, (size_t)nb * D * 4) == 0, "%s: the cache's pooled means differ from pooling its keys", what);
+    free(keys), free(scales), free(sums), free(want), free(got);
+}
+
+static void test_kcache_pool(void)
+{
+    rng r = {5};
+    static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    for (int t = 0; t < 3; t++) {
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.n_layers = 2, kp.head_dim = 8, kp.dtype = dts[t], kp.page_tokens = 16, kp.pool_chunk = 4;
+        skv_kcache *c;
+        CHECK_OK(skv_kcache_create(ctx, &kp, &c));
+        int32_t seqs[4], n_seqs = 1;
+        CHECK_OK(skv_kcache_seq_create(c, &seqs[0]));
+        float buf[200 * 8];
+        for (int op = 0; op < 300; op++) {
+            const int32_t s = seqs[rng_int(&r, 0, n_seqs - 1)], layer = (int32_t)rng_int(&r, 0, 1);
+            const int64_t u = rng_int(&r, 0, 9);
+            if (u < 6) {
+                const int64_t n = rng_int(&r, 0, 40);
+                for (int64_t i = 0; i < n * 8; i++)
+                    buf[i] = (float)rng_uniform(&r, -2, 2);
+                const skv_key_block kb = {n, 8, SKV_F32, buf, NULL};
+                CHECK_OK(skv_kcache_append(c, s, layer, &kb));
+            } else if (u < 8) {
+                int64_t len;
+                skv_kcache_seq_length(c, s, layer, &len);
+                const int64_t p0 = rng_int(&r, 0, len + 2), p1 = rng_int(&r, -1, len + 5);
+                skv_kcache_seq_remove(c, s, p0, p1 < p0 && p1 >= 0 ? p0 : p1);
+            } else if (n_seqs < 4) {
+                CHECK_OK(skv_kcache_seq_fork(c, s, &seqs[n_seqs++]));
+            }
+            for (int i = 0; i < n_seqs; i++)
+                for (int32_t l = 0; l < 2; l++) {
+                    char what[64];
+                    snprintf(what, sizeof what, "dtype %d op %d seq %d layer %d", t, op, i, l);
+                    check_kcache_pool(c, seqs[i], l, dts[t], 8, 4, what);
+                }
+        }
+        skv_kcache_destroy(c);
+    }
+}
+
+/* ---- the router formula -------------------------------------------------------------------- */
+
+static double ddot(const double *a, const double *b, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void test_router_formula(void)
+{
+    rng r = {9};
+    static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    for (int trial = 0; trial < 12; trial++) {
+        const int32_t H = trial % 3 == 0 ? 4 : trial % 3 == 1 ? 16 : 64, D = trial % 2 ? 16 : 32;
+        const int64_t L = 250 + 37 * trial;
+        idx_data d;
+        idx_data_make(&d, &r, 5, H, D, L, dts[trial % 3], dts[(trial / 3) % 3], FILL_RANDOM, 2);
+        d.pos[0] = 63, d.pos[1] = 64; /* the visible range ending at a chunk boundary, and one past */
+        const skv_indexer_query q = idx_query(&d);
+        const skv_key_block kb = idx_keys(&d);
+        const int32_t chunk = 16, B = 32;
+        float *sums = xmalloc((size_t)((L + chunk - 1) / chunk) * D * 4);
+        CHECK_OK(skv_pool_keys(&kb, chunk, sums));
+        const skv_pooled_keys pk = {chunk, sums};
+        double *kv = xmalloc((size_t)L * D * 8), *qv = xmalloc((size_t)D * 8), *mean = xmalloc((size_t)D * 8);
+        for (int64_t i = 0; i < L * D; i++)
+            kv[i] = elem(d.kt, d.kd, d.ks, i, D);
+        for (int mode = 0; mode < 3; mode++) {
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.route = (skv_route_mode)mode, mp.heads = H / 2, mp.block = B;
+            int32_t *heads = xmalloc((size_t)d.T * mp.heads * 4);
+            float *E = xmalloc((size_t)d.T * H * 4);
+            CHECK_OK(skv_route_heads(ctx, &q, &kb, &pk, &mp, heads, E));
+            long bad = 0;
+            for (int32_t t = 0; t < d.T; t++) {
+                const int64_t vis = idx_visible(&d, t);
+                for (int32_t h = 0; h < H; h++) {
+                    for (int32_t x = 0; x < D; x++)
+                        qv[x] = elem(d.qt, d.qd, d.qs, ((int64_t)t * H + h) * D + x, D);
+                    const double w = d.w[t * H + h];
+                    double e = 0, mag = 0;
+                    if (mode == SKV_ROUTE_QNORM) {
+                        e = sqrt(ddot(qv, qv, D));
+                        mag = e;
+                    } else if (mode == SKV_ROUTE_OWN_KEY) {
+                        const int64_t p = d.pos[t];
+                        if (p >= 0 && p < L) {
+                            const double x = ddot(qv, kv + p * D, D);
+                            e = w * (x > 0 ? x : 0);
+                            for (int32_t i = 0; i < D; i++)
+                                mag += fabs(w * qv[i] * kv[p * D + i]);
+                        }
+                    } else {
+                        for (int64_t b0 = 0; b0 < vis; b0 += B) {
+                            const int64_t end = b0 + B < vis ? b0 + B : vis;
+                            for (int32_t x = 0; x < D; x++) {
+                                mean[x] = 0;
+                                for (int64_t s = b0; s < end; s++)
+                                    mean[x] += kv[s * D + x];
+                                mean[x] /= (double)(end - b0);
+                            }
+                            const double x = ddot(qv, mean, D);
+                            e += fabs(w) * (x > 0 ? x : 0);
+                            for (int32_t i = 0; i < D; i++)
+                                mag += fabs(w * qv[i] * mean[i]);
+                        }
+                    }
+                    const double tol = 8.0 * (D + B + 8) * 0x1p-24 * (mag + fabs(e)) + 1e-30;
+                    const int ok = fabs(E[t * H + h] - e) <= tol;
+                    if (!ok && bad++ < 3)
+                        CHECK(ok, "mode %d trial %d t=%d h=%d: E %.9g, reference %.9g", mode, trial, t, h, E[t * H + h], e);
+                }
+                /* the heads are the top h of the library's own scores, ties to the lower head */
+                for (int32_t i = 0; i < mp.heads; i++) {
+                    const int32_t hh = heads[t * mp.heads + i];
+                    CHECK(hh >= 0 && hh < H, "head index");
+                    if (i > 0) {
+                        const int32_t hp = heads[t * mp.heads + i - 1];
+                        const int c = score_cmp(E[t * H + hp], E[t * H + hh]);
+                        CHECK(c > 0 || (c == 0 && hp < hh), "mode %d: heads out of order", mode);
+                    }
+                }
+                for (int32_t h = 0; h < H; h++) { /* nothing outside beats the last one inside */
+                    int in = 0;
+                    for (int32_t i = 0; i < mp.heads; i++)
+                        in |= heads[t * mp.heads + i] == h;
+                    const int32_t last = heads[t * mp.heads + mp.heads - 1];
+                    if (!in)
+                        CHECK(score_cmp(E[t * H + h], E[t * H + last]) < 0 ||
+                                  (score_cmp(E[t * H + h], E[t * H + last]) == 0 && h > last),
+                              "mode %d: head %d left out but ranks above %d", mode, h, last);
+                }
+            }
+            CHECK(bad == 0, "mode %d trial %d: %ld router scores off", mode, trial, bad);
+            free(heads), free(E);
+        }
+        free(sums), free(kv), free(qv), free(mean);
+        idx_data_free(&d);
+    }
+}
+
+/* ---- dials ------------------------------------------------------------------------------------ */
+
+static const struct { skv_dtype q, k; } dial_dtypes[] = {
+    {SKV_F32, SKV_F32}, {SKV_BF16, SKV_BF16}, {SKV_FP8_E4M3, SKV_FP8_E4M3}, {SKV_F32, SKV_FP8_E4M3}};
+
+static void test_dials(void)
+{
+    rng r = {77};
+    for (int dt = 0; dt < 4; dt++) {
+        /* prefill chunk: tokens at positions 200..1199 sample both sides of C and m * B */
+        idx_data d;
+        idx_data_make(&d, &r, 6, 16, 32, 1200, dial_dtypes[dt].q, dial_dtypes[dt].k, FILL_RANDOM, 0);
+        d.pos = xmalloc(6 * 4);
+        static const int32_t P[6] = {200, 300, 511, 700, 1000, 1199};
+        memcpy(d.pos, P, sizeof P);
+        const skv_indexer_query q = idx_query(&d);
+        const skv_key_block kb = idx_keys(&d);
+        const int32_t k = 50, chunk = 16;
+        float *sums = xmalloc((size_t)(1200 / chunk + 1) * 32 * 4);
+        CHECK_OK(skv_pool_keys(&kb, chunk, sums));
+        const skv_pooled_keys pk = {chunk, sums};
+        int32_t want[6 * 50], got[6 * 50];
+        float wantv[6 * 50], gotv[6 * 50];
+
+        /* a key cache holding the same keys, with pooled sums */
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = 32, kp.dtype = dial_dtypes[dt].k, kp.page_tokens = 64, kp.pool_chunk = chunk;
+        skv_kcache *kc;
+        int32_t seq;
+        CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+        CHECK_OK(skv_kcache_seq_create(kc, &seq));
+        CHECK_OK(skv_kcache_append(kc, seq, 0, &kb));
+
+        for (int lv = 0; lv < N_LEVELS; lv++) {
+            if (!level_available(&all_levels[lv]))
+                continue;
+            skv_context *c = ctx_new(all_levels[lv].mask, 2);
+            CHECK_OK(skv_indexer_topk(c, &q, &kb, k, want, wantv));
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.block = 32, mp.min_length = 0;
+            /* h = H */
+            mp.heads = 16;
+            CHECK_OK(skv_misa_topk(c, &q, &kb, &pk, &mp, k, got, gotv));
+            CHECK(!memcmp(got, want, sizeof got) && !memcmp(gotv, wantv, sizeof gotv), "%s dt %d: h = H differs from dense", all_levels[lv].name, dt);
+            /* C >= visible: tokens that see at most C keys get the dense result */
+            mp.heads = 4, mp.candidates = 512;
+            CHECK_OK(skv_misa_topk(c, &q, &kb, &pk, &mp, k, got, gotv));
+            for (int t = 0; t < 6; t++)
+                if (P[t] + 1 <= 512)
+                    CHECK(!memcmp(got + t * k, want + t * k, k * 4) && !memcmp(gotv + t * k, wantv + t * k, k * 4),
+                          "%s dt %d t %d: C >= visible differs from dense", all_levels[lv].name, dt, t);
+            /* m * B >= visible: tokens that see at most m * B keys get the dense result */
+            skv_hisa_params hp;
+            skv_hisa_params_init(&hp);
+            hp.block = 32, hp.blocks = 12, hp.min_length = 0; /* 384 keys */
+            CHECK_OK(skv_hisa_topk(c, &q, &kb, &pk, &hp, k, got, gotv));
+            for (int t = 0; t < 6; t++)
+                if (P[t] + 1 <= 384)
+                    CHECK(!memcmp(got + t * k, want + t * k, k * 4) && !memcmp(gotv + t * k, wantv + t * k, k * 4),
+                          "%s dt %d t %d: m * B >= visible differs from dense", all_levels[lv].name, dt, t);
+            /* the length gate */
+            mp.candidates = 0, mp.min_length = 5000;
+            CHECK_OK(skv_misa_topk(c, &q, &kb, &pk, &mp, k, got, gotv));
+            CHECK(!memcmp(got, want, sizeof got) && !memcmp(gotv, wantv, sizeof gotv), "%s: MISA length gate", all_levels[lv].name);
+            hp.min_length = 5000;
+            CHECK_OK(skv_hisa_topk(c, &q, &kb, &pk, &hp, k, got, gotv));
+            CHECK(!memcmp(got, want, sizeof got) && !memcmp(gotv, wantv, sizeof gotv), "%s: HISA length gate", all_levels[lv].name);
+            skv_context_destroy(c);
+        }
+        /* key cache paths equal the contiguous ones (same pooled sums, same keys) */
+        {
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.block = 32, mp.min_length = 0, mp.heads = 4;
+            int32_t a[6 * 50], b[6 * 50];
+            for (int v = 0; v < 2; v++) {
+                mp.candidates = v ? 200 : 0;
+                CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, a, NULL));
+                CHECK_OK(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, k, b, NULL));
+                CHECK(!memcmp(a, b, sizeof a), "dt %d: key-cache MISA%s differs from contiguous", dt, v ? "-dagger" : "");
+            }
+            skv_hisa_params hp;
+            skv_hisa_params_init(&hp);
+            hp.block = 32, hp.blocks = 6, hp.min_length = 0;
+            CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, k, a, NULL));
+            CHECK_OK(skv_kcache_hisa_topk(kc, seq, 0, &q, &hp, k, b, NULL));
+            CHECK(!memcmp(a, b, sizeof a), "dt %d: key-cache HISA differs from contiguous", dt);
+        }
+        skv_kcache_destroy(kc);
+        free(sums);
+        idx_data_free(&d);
+    }
+}
+
+/* ---- monotonicity ----------------------------------------------------------------------------- */
+
+static double mean_recall(const skv_indexer_query *q, const skv_key_block *kb, const int32_t *sel,
+                          int32_t k, double *per_token)
+{
+    CHECK_OK(skv_selection_quality(ctx, q, kb, sel, k, per_token, NULL));
+    double m = 0;
+    for (int32_t t = 0; t < q->n_tokens; t++)
+        m += per_token[t];
+    return m / q->n_tokens;
+}
+
+static void test_monotone(void)
+{
+    rng r = {12};
+    idx_data d;
+    idx_data_make(&d, &r, 16, 32, 32, 4000, SKV_F32, SKV_F32, FILL_RANDOM, 1);
+    for (int64_t i = 0; i < (int64_t)d.T * d.H; i++) /* positive gates: adding heads adds evidence */
+        d.w[i] = fabsf(d.w[i]);
+    const skv_indexer_query q = idx_query(&d);
+    const skv_key_block kb = idx_keys(&d);
+    const int32_t k = 64;
+    float *sums = xmalloc((size_t)(4000 / 16 + 1) * 32 * 4);
+    CHECK_OK(skv_pool_keys(&kb, 16, sums));
+    const skv_pooled_keys pk = {16, sums};
+    int32_t *sel = xmalloc((size_t)d.T * k * 4);
+    double *rec = xmalloc(d.T * 8), *prev = xmalloc(d.T * 8);
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.block = 64, mp.min_length = 0;
+    double last = -1;
+    static const int32_t hs[] = {1, 2, 4, 8, 16, 32};
+    for (int i = 0; i < 6; i++) {
+        mp.heads = hs[i];
+        CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
+        const double m = mean_recall(&q, &kb, sel, k, rec);
+        CHECK(m >= last - 1e-12, "recall falls from %.4f to %.4f at h = %d", last, m, hs[i]);
+        last = m;
+    }
+    CHECK(last == 1.0, "h = H recall %.4f", last);
+    /* C: nested candidate sets, so per token */
+    mp.heads = 4;
+    static const int32_t cs[] = {64, 128, 256, 1024, 4000};
+    for (int i = 0; i < 5; i++) {
+        mp.candidates = cs[i];
+        CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
+        mean_recall(&q, &kb, sel, k, rec);
+        for (int32_t t = 0; i > 0 && t < d.T; t++)
+            CHECK(rec[t] >= prev[t] - 1e-12, "C = %d: token %d recall %.4f < %.4f", cs[i], t, rec[t], prev[t]);
+        memcpy(prev, rec, d.T * 8);
+    }
+    for (int32_t t = 0; t < d.T; t++)
+        CHECK(rec[t] == 1.0, "C = all: recall %.4f", rec[t]);
+    /* m: nested block sets, so per token */
+    skv_hisa_params hp;
+    skv_hisa_params_init(&hp);
+    hp.block = 64, hp.min_length = 0;
+    static const int32_t ms[] = {2, 4, 8, 16, 32, 63};
+    for (int i = 0; i < 6; i++) {
+        hp.blocks = ms[i];
+        CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, k, sel, NULL));
+        mean_recall(&q, &kb, sel, k, rec);
+        for (int32_t t = 0; i > 0 && t < d.T; t++)
+            CHECK(rec[t] >= prev[t] - 1e-12, "m = %d: token %d recall %.4f < %.4f", ms[i], t, rec[t], prev[t]);
+        memcpy(prev, rec, d.T * 8);
+    }
+    for (int32_t t = 0; t < d.T; t++)
+        CHECK(rec[t] == 1.0, "m * B >= visible: recall %.4f", rec[t]);
+    free(sums), free(sel), free(rec), free(prev);
+    idx_data_free(&d);
+}
+
+/* ---- parameters, metrics ---------------------------------------------------------------------- */
+
+static void test_params_and_metrics(void)
+{
+    rng r = {4};
+    idx_data d;
+    idx_data_make(&d, &r, 2, 8, 16, 600, SKV_F32, SKV_F32, FILL_RANDOM, 0);
+    const skv_indexer_query q = idx_query(&d);
+    const skv_key_block kb = idx_keys(&d);
+    float sums[(600 / 16 + 1) * 16];
+    CHECK_OK(skv_pool_keys(&kb, 16, sums));
+    const skv_pooled_keys pk = {16, sums};
+    int32_t sel[2 * 20], heads[2 * 8];
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.block = 64, mp.min_length = 0;
+    mp.heads = 0;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.heads = 9;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.heads = 4, mp.candidates = 10; /* C < k */
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.candidates = 0, mp.block = 40; /* not a multiple of the chunk */
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.block = 64;
+    CHECK_STATUS(skv_route_heads(ctx, &q, &kb, NULL, &mp, heads, NULL), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 0, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.struct_size = 3;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.struct_size = sizeof mp;
+    skv_hisa_params hp;
+    skv_hisa_params_init(&hp);
+    hp.min_length = 0, hp.block = 24;
+    CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    hp.block = 32, hp.blocks = 1;
+    CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    hp.blocks = 4;
+    CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, NULL, &hp, 20, sel, NULL), SKV_ERR_STATE);
+    /* a key cache without pooled sums: the pooled router has nothing to read */
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    kp.head_dim = 16, kp.dtype = SKV_F32;
+    skv_kcache *kc;
+    int32_t seq;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+    CHECK_OK(skv_kcache_seq_create(kc, &seq));
+    CHECK_OK(skv_kcache_append(kc, seq, 0, &kb));
+    CHECK_STATUS(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, 20, sel, NULL), SKV_ERR_STATE);
+    mp.route = SKV_ROUTE_QNORM; /* needs no pooled keys */
+    CHECK_OK(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, 20, sel, NULL));
+    skv_kcache_destroy(kc);
+
+    /* metrics against a direct computation */
+    float *sc = xmalloc((size_t)2 * 600 * 4);
+    CHECK_OK(skv_indexer_scores(ctx, &q, &kb, sc));
+    int32_t dense[2 * 20];
+    float dv[2 * 20];
+    CHECK_OK(skv_indexer_topk(ctx, &q, &kb, 20, dense, dv));
+    for (int i = 0; i < 2 * 20; i++) /* a selection: the dense one with every 4th entry swapped out */
+        sel[i] = i % 4 == 0 ? (dense[i] + 300) % 600 : dense[i];
+    double rec[2], mass[2];
+    CHECK_OK(skv_selection_quality(ctx, &q, &kb, sel, 20, rec, mass));
+    for (int t = 0; t < 2; t++) {
+        int hits = 0;
+        double mx = -INFINITY, ms = 0, md = 0;
+        for (int s = 0; s < 600; s++)
+            mx = sc[t * 600 + s] > mx ? sc[t * 600 + s] : mx;
+        for (int i = 0; i < 20; i++) {
+            hits += sc[t * 600 + sel[t * 20 + i]] >= dv[t * 20 + 19];
+            ms += exp(sc[t * 600 + sel[t * 20 + i]] - mx);
+            md += exp(sc[t * 600 + dense[t * 20 + i]] - mx);
+        }
+        CHECK(fabs(rec[t] - hits / 20.0) < 1e-12 && fabs(mass[t] - ms / md) < 1e-9,
+              "t %d: recall %g (direct %g), mass %g (direct %g)", t, rec[t], hits / 20.0, mass[t], ms / md);
+        CHECK(rec[t] < 1, "the swapped selection loses recall");
+    }
+    CHECK_OK(skv_selection_quality(ctx, &q, &kb, dense, 20, rec, mass));
+    CHECK(rec[0] == 1 && rec[1] == 1 && mass[0] == 1 && mass[1] == 1, "dense against itself");
+    free(sc);
+    idx_data_free(&d);
+}
+
+/* ---- the real activations ------------------------------------------------------------------------ */
+
+static void test_real(void)
+{
+    char *ref = data_reference();
+    if (!ref) {
+        printf("skip: ../shared/data/dev not found (set SKV_TEST_DATA): real-data recalls not checked\n");
+        return;
+    }
+    enum { K = 128, T0 = 1024, TQ = 1024 };
+    int32_t pos[TQ];
+    for (int t = 0; t < TQ; t++)
+        pos[t] = T0 + t;
+    int32_t *sel = xmalloc((size_t)TQ * K * 4);
+    double *rec = xmalloc(TQ * 8);
+    float *sums = xmalloc((size_t)(DATA_T / 64) * DATA_ID * 4);
+    double worst = 0;
+    for (int l = 0; l < DATA_LAYERS; l++) {
+        layer_inputs in;
+        if (!data_layer(l, &in)) {
+            CHECK(0, "layer %d data unreadable", l);
+            continue;
+        }
+        const skv_indexer_query q = {TQ, DATA_IH, DATA_ID, SKV_F32, in.iq + (size_t)T0 * DATA_IH * DATA_ID,
+                                     NULL, in.iw + (size_t)T0 * DATA_IH, pos};
+        const skv_key_block kb = {DATA_T, DATA_ID, SKV_F32, in.ik, NULL};
+        CHECK_OK(skv_pool_keys(&kb, 64, sums));
+        const skv_pooled_keys pk = {64, sums};
+        char sec[8], key[64];
+        snprintf(sec, sizeof sec, "L%d", l);
+        printf("L%d:", l);
+        for (int v = 0; v < 5; v++) {
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8, mp.candidates = v == 3 ? 4 * K : 0;
+            if (v < 4) {
+                CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, sel, NULL));
+                if (v < 3)
+                    snprintf(key, sizeof key, "misa_h%d_recall", mp.heads);
+                else
+                    snprintf(key, sizeof key, "misa_dagger_h8_c4k_recall");
+            } else {
+                skv_hisa_params hp;
+                skv_hisa_params_init(&hp);
+                hp.block = 64, hp.blocks = 4 * K / 64, hp.min_length = 0;
+                CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, K, sel, NULL));
+                snprintf(key, sizeof key, "hisa_b64_c4k_recall");
+            }
+            const double got = mean_recall(&q, &kb, sel, K, rec), want = json_number(ref, sec, key);
+            worst = fabs(got - want) > worst ? fabs(got - want) : worst;
+            CHECK(fabs(got - want) <= 0.0006, "L%d %s: %.4f, reference %.4f", l, key, got, want);
+            printf(" %s %.4f (ref %.4f)", key, got, want);
+        }
+        printf("\n");
+        data_layer_free(&in);
+    }
+    printf("real data: max |recall - reference| %.5f\n", worst);
+    free(sel), free(rec), free(sums), free(ref);
+}
+
+int main(void)
+{
+    ctx = ctx_new(SKV_CPU_ALL, 2);
+    test_pool();
+    test_kcache_pool();
+    test_router_formula();
+    test_dials();
+    test_monotone();
+    test_params_and_metrics();
+    test_real();
+    skv_context_destroy(ctx);
+    return test_summary("test_router");
+}
