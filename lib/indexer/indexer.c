@@ -79,6 +79,8 @@ typedef struct plan {
 
 static int64_t visible(const plan *p, int32_t t)
 {
+    if (p->src->lists)
+        return p->src->list_len[t];
     const int64_t L = p->src->n_keys;
     if (!p->q->positions)
         return L;
@@ -195,6 +197,7 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
     uint8_t *scratch = packs + (size_t)p->tb * p->pack_bytes;
     float *tile = (float *)(scratch + p->scratch_bytes);
     uint8_t *states_mem = (uint8_t *)(tile + (size_t)p->tb * KEY_GROUP);
+    uint8_t *gathered = states_mem + (size_t)p->tb * p->state_bytes; /* key lists only */
     skv_topk_state st[TOKEN_BLOCK];
 
     int64_t vis[TOKEN_BLOCK], lb = 0;
@@ -216,11 +219,23 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
         const int64_t ge = g + KEY_GROUP < hi ? g + KEY_GROUP : hi;
         segment seg[KEY_GROUP];
         int nseg = 0;
-        for (int64_t s = g; s < ge; s += seg[nseg++].n) {
-            seg[nseg] = segment_at(p->src, s, ge);
-            if (p->scaled && !seg[nseg].scale)
-                seg[nseg].scale = ones;
+        if (p->src->lists) { /* one token: its listed keys, gathered (list positions g..ge) */
+            const int32_t *list = p->src->lists + (size_t)t0 * p->src->list_stride;
+            float *gscale = (float *)(gathered + (size_t)KEY_GROUP * p->src->row_bytes);
+            for (int64_t s = g; s < ge; s++) {
+                const segment r = segment_at(p->src, list[s], list[s] + 1);
+                memcpy(gathered + (size_t)(s - g) * p->src->row_bytes, r.rows, p->src->row_bytes);
+                if (r.scale)
+                    gscale[s - g] = r.scale[0];
+            }
+            seg[nseg++] = (segment){gathered, p->src->dtype == SKV_FP8_E4M3 ? gscale : NULL, g, ge - g};
+        } else {
+            for (int64_t s = g; s < ge; s += seg[nseg++].n)
+                seg[nseg] = segment_at(p->src, s, ge);
         }
+        for (int e = 0; e < nseg; e++)
+            if (p->scaled && !seg[e].scale)
+                seg[e].scale = ones;
         if (p->cvt) {
             /* Convert in small steps, scoring the lead token on each while the next one
                streams in: the conversion's memory reads overlap that token's arithmetic. */
@@ -228,7 +243,8 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                 uint8_t *dst = scratch + (size_t)(seg[e].start - g) * D * p->celem;
                 for (int64_t j = 0; j < seg[e].n; j += CVT_STEP) {
                     const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
-                    prefetch_keys(p->src, seg[e].start + j + CVT_STEP, CVT_STEP, hi);
+                    if (!p->src->lists)
+                        prefetch_keys(p->src, seg[e].start + j + CVT_STEP, CVT_STEP, hi);
                     p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
                            n * D);
                     score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,
@@ -246,7 +262,7 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
             if (!(p->cvt && i == lead))
                 for (int e = 0; e < nseg && seg[e].start < end; e++) {
                     const int64_t n = seg[e].n < end - seg[e].start ? seg[e].n : end - seg[e].start;
-                    if (i == lead) /* the kernel prefetches within a segment; here the next one */
+                    if (i == lead && !p->src->lists) /* the kernel prefetches within a segment */
                         prefetch_keys(p->src, seg[e].start + seg[e].n, PREFETCH_NEXT, hi);
                     score_range(p, packs + (size_t)i * p->pack_bytes, seg[e].rows, seg[e].scale, n,
                                 dst + (seg[e].start - g));
@@ -303,7 +319,7 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
 
     const int nth = skv_threads(ctx);
     const int topk = out_idx != NULL;
-    p.tb = topk && k > 16384 ? 1 : TOKEN_BLOCK;
+    p.tb = (topk && k > 16384) || src->lists ? 1 : TOKEN_BLOCK;
     p.n_blocks = (T + p.tb - 1) / p.tb;
     int64_t lmax = 0;
     for (int32_t t = 0; t < T; t++) {
@@ -315,9 +331,10 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
     p.pack_bytes = p.sk->pack_size(q->n_heads, q->head_dim);
     p.scratch_bytes = p.cvt ? skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN) : 0;
     p.state_bytes = topk ? skv_topk_state_bytes(k) : 0;
+    const size_t gather_bytes = src->lists ? (size_t)KEY_GROUP * (src->row_bytes + 4) : 0;
     p.thread_bytes = skv_round_up((size_t)p.tb * p.pack_bytes + p.scratch_bytes +
                                       (size_t)p.tb * KEY_GROUP * sizeof(float) +
-                                      (size_t)p.tb * p.state_bytes,
+                                      (size_t)p.tb * p.state_bytes + gather_bytes,
                                   SKV_ALIGN);
     size_t merge_bytes = 0, ws_bytes;
     if (topk && p.splits > 1 && !skv_topk_parts_bytes(T, p.splits, k, &merge_bytes))
@@ -349,6 +366,13 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
                                       out_score ? out_score + (size_t)t * k : NULL);
         }
     }
+    if (src->lists) /* list positions to keys; lists ascend, so ties stayed lowest-key-first */
+        for (int32_t t = 0; t < T; t++)
+            for (int32_t j = 0; j < k; j++) {
+                int32_t *x = out_idx + (size_t)t * k + j;
+                if (*x >= 0)
+                    *x = src->lists[(size_t)t * src->list_stride + *x];
+            }
     return SKV_OK;
 }
 

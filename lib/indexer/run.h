@@ -25,6 +25,10 @@ typedef struct skv_key_src {
     int32_t pool_chunk;
     const float *pool_sums;
     size_t pool_offset;
+    /* per-token key lists (top-k only): token t sees exactly keys lists[t * list_stride + i],
+       i < list_len[t], ascending; positions are ignored and results are keys of src */
+    const int32_t *lists, *list_len;
+    int64_t list_stride;
 } skv_key_src;
 
 /* Key s as stored (row_bytes bytes) and, for FP8, its scale. */

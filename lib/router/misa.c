@@ -6,41 +6,15 @@
 
 #include "router/router_impl.h"
 
-skv_indexer_query skv_query_token(const skv_indexer_query *q, int32_t t)
-{
-    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
-    skv_indexer_query r = *q;
-    r.n_tokens = 1;
-    r.q = (const uint8_t *)q->q + (size_t)t * hd * skv_dtype_size(q->dtype);
-    r.q_scale = q->q_scale ? q->q_scale + (size_t)t * q->n_heads : NULL;
-    r.weights = q->weights + (size_t)t * q->n_heads;
-    r.positions = NULL;
-    return r;
-}
-
-skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, int32_t t,
-                      const skv_key_src *src, const int32_t *list, int32_t n, int32_t k,
+skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                      const int32_t *lists, const int32_t *list_len, int64_t stride, int32_t k,
                       int32_t *out_idx, float *out_score)
 {
-    const int fp8 = src->dtype == SKV_FP8_E4M3;
-    const size_t rows_bytes = skv_round_up((size_t)n * src->row_bytes, 64);
-    uint8_t *buf = skv_workspace_aux(ctx, 2, rows_bytes + (size_t)n * 4 + 64);
-    if (!buf)
-        return SKV_ERR_NOMEM;
-    float *scales = (float *)(buf + rows_bytes);
-    for (int32_t i = 0; i < n; i++) {
-        const float *sc;
-        memcpy(buf + (size_t)i * src->row_bytes, skv_key_row(src, list[i], &sc), src->row_bytes);
-        if (fp8)
-            scales[i] = *sc;
-    }
-    const skv_key_block kb = {n, src->head_dim, src->dtype, buf, fp8 ? scales : NULL};
-    const skv_indexer_query qt = skv_query_token(q, t);
-    SKV_TRY(skv_indexer_topk(ctx, &qt, &kb, k, out_idx, out_score));
-    for (int32_t i = 0; i < k; i++)
-        if (out_idx[i] >= 0)
-            out_idx[i] = list[out_idx[i]];
-    return SKV_OK;
+    skv_key_src ls = *src;
+    ls.lists = lists;
+    ls.list_len = list_len;
+    ls.list_stride = stride;
+    return skv_indexer_run(ctx, q, &ls, k, NULL, out_idx, out_score);
 }
 
 static int64_t max_visible(const skv_indexer_query *q, int64_t n_keys)
@@ -94,7 +68,8 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     const size_t n_heads_b = skv_round_up((size_t)T * h * 4, 64);
     const size_t qr_b = skv_round_up((size_t)T * h * qrow, 64), wr_b = n_heads_b;
     const size_t cand_b = C ? skv_round_up((size_t)T * C * 4, 64) : 0;
-    uint8_t *buf = skv_workspace_aux(ctx, 1, 3 * n_heads_b + qr_b + wr_b + cand_b + (size_t)h * 4);
+    uint8_t *buf = skv_workspace_aux(ctx, 1, 3 * n_heads_b + qr_b + wr_b + cand_b + (size_t)h * 4 +
+                                                 (size_t)T * 4);
     if (!buf)
         return SKV_ERR_NOMEM;
     int32_t *heads = (int32_t *)buf;
@@ -111,15 +86,15 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
 
     /* MISA-dagger: C routed candidates per token, re-ranked by the dense score */
     SKV_TRY(skv_indexer_run(ctx, &rq, src, C, NULL, cand, NULL));
+    int32_t *len = sorted + h;
     for (int32_t t = 0; t < T; t++) {
         int32_t *list = cand + (size_t)t * C, n = 0;
         while (n < C && list[n] >= 0)
             n++;
         qsort(list, (size_t)n, 4, cmp_i32);
-        SKV_TRY(skv_rerank(ctx, q, t, src, list, n, k, out_idx + (size_t)t * k,
-                           out_score ? out_score + (size_t)t * k : NULL));
+        len[t] = n;
     }
-    return SKV_OK;
+    return skv_rerank(ctx, q, src, cand, len, C, k, out_idx, out_score);
 }
 
 skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
@@ -176,14 +151,15 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     const int64_t nb = (src->n_keys + B - 1) / B;
     const size_t means_b = skv_round_up((size_t)nb * D * 4, 64), pos_b = skv_round_up((size_t)T * 4, 64);
     const size_t scores_b = skv_round_up((size_t)T * nb * 4, 64), sel_b = skv_round_up((size_t)m * 4, 64);
-    const size_t list_b = skv_round_up((size_t)m * B * 4, 64);
-    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + pos_b + scores_b + sel_b + list_b + (size_t)D * 4);
+    const size_t list_b = skv_round_up((size_t)T * m * B * 4, 64);
+    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + 2 * pos_b + scores_b + sel_b + list_b + (size_t)D * 4);
     if (!buf)
         return SKV_ERR_NOMEM;
     float *means = (float *)buf, *scores = (float *)(buf + means_b + pos_b);
     int32_t *bpos = (int32_t *)(buf + means_b), *sel = (int32_t *)((uint8_t *)scores + scores_b);
     int32_t *list = (int32_t *)((uint8_t *)sel + sel_b);
-    float *tmp = (float *)((uint8_t *)list + list_b);
+    int32_t *len = (int32_t *)((uint8_t *)list + list_b);
+    float *tmp = (float *)((uint8_t *)len + pos_b);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t b0 = b * B, end = b0 + B < src->n_keys ? b0 + B : src->n_keys;
         skv_pool_range_sum(src, b0, end, means + (size_t)b * D, tmp);
@@ -218,14 +194,13 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
                 sel[n_sel++] = last;
             qsort(sel, (size_t)n_sel, 4, cmp_i32);
         }
-        int32_t n = 0;
+        int32_t n = 0, *lt = list + (size_t)t * m * B;
         for (int32_t i = 0; i < n_sel; i++)
             for (int64_t s = (int64_t)sel[i] * B; s < (int64_t)(sel[i] + 1) * B && s < v; s++)
-                list[n++] = (int32_t)s;
-        SKV_TRY(skv_rerank(ctx, q, t, src, list, n, k, out_idx + (size_t)t * k,
-                           out_score ? out_score + (size_t)t * k : NULL));
+                lt[n++] = (int32_t)s;
+        len[t] = n;
     }
-    return SKV_OK;
+    return skv_rerank(ctx, q, src, list, len, (int64_t)m * B, k, out_idx, out_score);
 }
 
 skv_status skv_hisa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,

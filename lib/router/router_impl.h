@@ -14,15 +14,11 @@ void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *
 skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
                              const skv_pooled_keys *pooled, skv_key_src *out);
 
-/* The query of token t alone (positions dropped: the keys it is given are all visible). */
-skv_indexer_query skv_query_token(const skv_indexer_query *q, int32_t t);
-
-/* Top-k of token t over the listed keys only (ascending indices into src), ranked by the
- * dense score: the rows are gathered and run through the dense indexer, so for a list of
- * every visible key the result is skv_indexer_topk's. Writes k indices (into src) and scores.
- * Uses auxiliary workspace 1. */
-skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, int32_t t,
-                      const skv_key_src *src, const int32_t *list, int32_t n, int32_t k,
+/* Top-k of every token t over its listed keys only (lists + t * stride, list_len[t] ascending
+ * indices into src), ranked by the dense score: the dense driver run over the listed keys, so
+ * a list of every visible key gives skv_indexer_topk's result. */
+skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                      const int32_t *lists, const int32_t *list_len, int64_t stride, int32_t k,
                       int32_t *out_idx, float *out_score);
 
 /* Keys visible to token t. */

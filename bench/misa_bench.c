@@ -1,0 +1,401 @@
+/* sparsekv-bench-misa: MISA (h = 8), MISA-dagger (C = 8192) and HISA against the dense indexer
+ * on a DeepSeek-shaped indexer (H = 64, D = 128, k = 2048, fp8 keys in a paged key cache with
+ * pooled sums): time relative to dense and recall, decoding at L = 8K, 32K, 128K and for a
+ * prefill chunk; recall on structured synthetic inputs (keys around cluster centres, attention
+ * sinks, a recent window, heads that specialise) and on the real activations in
+ * ../shared/data; and the crossover lengths below which each method is slower than dense.
+ * JSON Lines; the machine's limits come first.
+ *
+ *   sparsekv-bench-misa [--quick] [--threads N] [--min-time S] */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "bench.h"
+
+enum { H = 64, D = 128, K = 2048, CHUNK = 64, PREFILL_T = 64, MAX_T = 64 };
+
+static void check(skv_status st, const char *what)
+{
+    if (st != SKV_OK) {
+        fprintf(stderr, "sparsekv-bench-misa: %s: %s\n", what, skv_status_string(st));
+        exit(1);
+    }
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "sparsekv-bench-misa: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+/* ---- structured inputs ------------------------------------------------------------------- */
+
+static uint64_t rs = 99;
+static double unif(void)
+{
+    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+    return ((rs >> 11) + 0.5) * 0x1p-53;
+}
+static double gauss(void) { return sqrt(-2 * log(unif())) * cos(6.283185307179586 * unif()); }
+
+typedef struct inputs {
+    int64_t L;
+    float *keys;  /* [L][D] f32 */
+    float *q, *w; /* [MAX_T][H][D], [MAX_T][H] */
+} inputs;
+
+/* Keys around 256 cluster centres (each key a centre plus noise), 4 attention sinks sharing a
+ * direction, the last 256 keys sharing a "recent" direction. Heads specialise: most look for a
+ * few clusters each, some for the sinks, some for the recent window; gates are positive with a
+ * few dominant heads. structured = 0: plain uniform random values instead. */
+static void make_inputs(inputs *in, int64_t L, int structured)
+{
+    in->L = L;
+    in->keys = xmalloc((size_t)L * D * 4);
+    in->q = xmalloc((size_t)MAX_T * H * D * 4);
+    in->w = xmalloc((size_t)MAX_T * H * 4);
+    if (!structured) {
+        fill_uniform(in->keys, (size_t)L * D, 31);
+        fill_uniform(in->q, (size_t)MAX_T * H * D, 32);
+        fill_uniform(in->w, (size_t)MAX_T * H, 33);
+        return;
+    }
+    enum { NC = 256 };
+    float *cent = xmalloc((size_t)(NC + 2) * D * 4); /* + sink and recent directions */
+    for (size_t i = 0; i < (size_t)(NC + 2) * D; i++)
+        cent[i] = (float)gauss();
+    const float *sink = cent + (size_t)NC * D, *recent = cent + (size_t)(NC + 1) * D;
+    for (int64_t s = 0; s < L; s++) {
+        const float *c = s < 4 ? sink : s >= L - 256 ? recent : cent + (size_t)(unif() * NC) * D;
+        const double a = s < 4 ? 2.0 : 1.0;
+        for (int d = 0; d < D; d++)
+            in->keys[(size_t)s * D + d] = (float)(a * c[d] + 0.6 * gauss());
+    }
+    for (int t = 0; t < MAX_T; t++)
+        for (int h = 0; h < H; h++) {
+            float *qh = in->q + ((size_t)t * H + h) * D;
+            for (int d = 0; d < D; d++)
+                qh[d] = (float)(0.5 * gauss());
+            if (h < 4) { /* sink heads */
+                for (int d = 0; d < D; d++)
+                    qh[d] += sink[d];
+            } else if (h < 8) { /* recent-window heads */
+                for (int d = 0; d < D; d++)
+                    qh[d] += recent[d];
+            } else { /* each head: 3 clusters of its own, steady over the tokens */
+                for (int j = 0; j < 3; j++) {
+                    const float *c = cent + (size_t)((h * 37 + j * 101) % NC) * D;
+                    for (int d = 0; d < D; d++)
+                        qh[d] += 0.7f * c[d];
+                }
+            }
+            in->w[(size_t)t * H + h] = (float)((h % 13 == 0 ? 1.0 : 0.15) * (0.5 + unif()) / sqrt((double)H * D));
+        }
+    free(cent);
+}
+
+static void free_inputs(inputs *in) { free(in->keys), free(in->q), free(in->w); }
+
+/* ---- one length: a key cache holding the keys, timed calls ---------------------------------- */
+
+typedef enum method { DENSE, MISA, MISA_DAGGER, HISA, N_METHODS } method;
+static const char *method_name[N_METHODS] = {"dense", "misa_h8", "misa_dagger_h8_c8192", "hisa_b128_m32"};
+
+typedef struct call {
+    skv_context *ctx;
+    skv_kcache *cache;
+    int32_t seq;
+    method m;
+    const skv_indexer_query *q;
+    int32_t *idx;
+} call;
+
+static int run_call(void *arg)
+{
+    call *c = arg;
+    skv_status st = SKV_OK;
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.min_length = 0;
+    skv_hisa_params hp;
+    skv_hisa_params_init(&hp);
+    hp.min_length = 0;
+    switch (c->m) {
+    case DENSE: st = skv_kcache_topk(c->cache, c->seq, 0, c->q, K, c->idx, NULL); break;
+    case MISA: st = skv_kcache_misa_topk(c->cache, c->seq, 0, c->q, &mp, K, c->idx, NULL); break;
+    case MISA_DAGGER:
+        mp.candidates = 8192;
+        st = skv_kcache_misa_topk(c->cache, c->seq, 0, c->q, &mp, K, c->idx, NULL);
+        break;
+    case HISA: st = skv_kcache_hisa_topk(c->cache, c->seq, 0, c->q, &hp, K, c->idx, NULL); break;
+    default: break;
+    }
+    return st != SKV_OK;
+}
+
+typedef struct length_setup {
+    skv_kcache *cache;
+    int32_t seq;
+    uint8_t *k8;
+    float *ks;
+    skv_key_block keys; /* the same fp8 keys, contiguous (for recall) */
+} length_setup;
+
+static void setup_length(skv_context *ctx, const inputs *in, length_setup *ls)
+{
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    kp.head_dim = D, kp.dtype = SKV_FP8_E4M3, kp.pool_chunk = CHUNK;
+    check(skv_kcache_create(ctx, &kp, &ls->cache), "kcache");
+    check(skv_kcache_seq_create(ls->cache, &ls->seq), "seq");
+    ls->k8 = xmalloc((size_t)in->L * D);
+    ls->ks = xmalloc((size_t)in->L * 4);
+    check(skv_quantize_fp8(in->keys, in->L, D, D, 0, ls->k8, ls->ks), "quantise");
+    ls->keys = (skv_key_block){in->L, D, SKV_FP8_E4M3, ls->k8, ls->ks};
+    check(skv_kcache_append(ls->cache, ls->seq, 0, &ls->keys), "append");
+}
+
+static void free_length(length_setup *ls)
+{
+    skv_kcache_destroy(ls->cache);
+    free(ls->k8), free(ls->ks);
+}
+
+/* The query of T tokens at the end of the context (fp8, quantised per (token, head)). */
+typedef struct query_buf { uint8_t q8[MAX_T * H * D]; float qs[MAX_T * H]; int32_t pos[MAX_T]; skv_indexer_query q; } query_buf;
+
+static void make_query(const inputs *in, int32_t T, query_buf *qb)
+{
+    check(skv_quantize_fp8(in->q, (int64_t)T * H, D, D, 0, qb->q8, qb->qs), "quantise q");
+    for (int32_t t = 0; t < T; t++)
+        qb->pos[t] = (int32_t)(in->L - T + t);
+    qb->q = (skv_indexer_query){T, H, D, SKV_FP8_E4M3, qb->q8, qb->qs, in->w, qb->pos};
+}
+
+typedef struct measured { double ns[N_METHODS], recall[N_METHODS], mass[N_METHODS]; } measured;
+
+static void measure(skv_context *ctx, const bench_machine *m, const length_setup *ls,
+                    const query_buf *qb, const char *kind, const char *inputs_name, double min_time,
+                    int want_recall, measured *out)
+{
+    const int32_t T = qb->q.n_tokens;
+    int32_t *idx = xmalloc((size_t)T * K * 4);
+    double *rec = xmalloc((size_t)T * 8), *mass = xmalloc((size_t)T * 8);
+    for (int mi = 0; mi < N_METHODS; mi++) {
+        call c = {ctx, ls->cache, ls->seq, (method)mi, &qb->q, idx};
+        bench_timing tm;
+        if (bench_time(run_call, &c, min_time, 3, 1, 2.0, &tm))
+            check(SKV_ERR_STATE, method_name[mi]);
+        out->ns[mi] = tm.median_ns;
+        out->recall[mi] = out->mass[mi] = NAN;
+        if (want_recall) {
+            check(skv_selection_quality(ctx, &qb->q, &ls->keys, idx, K, rec, mass), "quality");
+            double r = 0, ms = 0;
+            for (int32_t t = 0; t < T; t++)
+                r += rec[t], ms += mass[t];
+            out->recall[mi] = r / T, out->mass[mi] = ms / T;
+        }
+        json_line j;
+        json_begin(&j);
+        char name[128];
+        snprintf(name, sizeof name, "misa/%s/%s/L%lld/%s", kind, inputs_name, (long long)ls->keys.n_keys, method_name[mi]);
+        json_str(&j, "name", name);
+        json_int(&j, "iterations", tm.iterations);
+        json_num(&j, "real_time", tm.median_ns, 1);
+        json_num(&j, "cpu_time", tm.cpu_ns, 1);
+        json_str(&j, "time_unit", "ns");
+        json_str(&j, "method", method_name[mi]);
+        json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
+        json_int(&j, "L", ls->keys.n_keys);
+        json_str(&j, "dtype", "fp8");
+        json_str(&j, "inputs", inputs_name);
+        json_ratio(&j, "time_vs_dense", tm.median_ns / out->ns[DENSE]);
+        if (want_recall) {
+            json_num(&j, "recall", out->recall[mi], 4);
+            json_num(&j, "mass_recall", out->mass[mi], 4);
+        }
+        const double dense_flops = 2.0 * H * D * (double)ls->keys.n_keys * T;
+        json_num(&j, "dense_equivalent_gflops", dense_flops / tm.median_ns, 2);
+        json_ratio(&j, "frac_bf16_peak_dense_equivalent", dense_flops / tm.median_ns / m->peak_bf16_gflops);
+        json_num(&j, "peak_fp32_gflops", m->peak_fp32_gflops, 2);
+        json_num(&j, "peak_bf16_gflops", m->peak_bf16_gflops, 2);
+        json_num(&j, "stream_gbps", m->stream_gbps, 2);
+        json_end(&j);
+    }
+    free(idx), free(rec), free(mass);
+}
+
+/* ---- real activations -------------------------------------------------------------------- */
+
+static void real_data(skv_context *ctx)
+{
+    const char *env = getenv("SKV_TEST_DATA");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/dev", env && *env ? env : "../shared/data");
+    enum { T = 2048, IH = 16, ID = 32, RK = 128, T0 = 1024 };
+    int32_t pos[T - T0];
+    for (int t = 0; t < T - T0; t++)
+        pos[t] = T0 + t;
+    for (int l = 0; l < 6; l++) {
+        char path[1200];
+        uint16_t *q16 = xmalloc((size_t)T * IH * ID * 2);
+        float *q = xmalloc((size_t)T * IH * ID * 4), *w = xmalloc((size_t)T * IH * 4), *k = xmalloc((size_t)T * ID * 4);
+        FILE *f;
+        int ok = 1;
+        const char *names[3] = {"iq", "iw", "ik"};
+        void *bufs[3] = {q16, w, k};
+        const size_t sizes[3] = {(size_t)T * IH * ID * 2, (size_t)T * IH * 4, (size_t)T * ID * 4};
+        for (int i = 0; i < 3 && ok; i++) {
+            snprintf(path, sizeof path, "%s/L%d_%s.bin", dir, l, names[i]);
+            ok = (f = fopen(path, "rb")) != NULL && fread(bufs[i], 1, sizes[i], f) == sizes[i];
+            if (f)
+                fclose(f);
+        }
+        if (!ok) {
+            printf("{\"name\": \"misa/real\", \"skipped\": \"../shared/data/dev not found (set SKV_TEST_DATA)\"}\n");
+            free(q16), free(q), free(w), free(k);
+            return;
+        }
+        skv_convert(SKV_F32, q, SKV_F16, q16, (int64_t)T * IH * ID);
+        const skv_indexer_query qq = {T - T0, IH, ID, SKV_F32, q + (size_t)T0 * IH * ID, NULL, w + (size_t)T0 * IH, pos};
+        const skv_key_block kb = {T, ID, SKV_F32, k, NULL};
+        float *sums = xmalloc((size_t)(T / 64) * ID * 4);
+        check(skv_pool_keys(&kb, 64, sums), "pool");
+        const skv_pooled_keys pk = {64, sums};
+        int32_t *idx = xmalloc((size_t)(T - T0) * RK * 4);
+        double *rec = xmalloc((size_t)(T - T0) * 8);
+        json_line j;
+        json_begin(&j);
+        char name[64];
+        snprintf(name, sizeof name, "misa/real/L%d", l);
+        json_str(&j, "name", name);
+        json_int(&j, "k", RK), json_int(&j, "H", IH), json_int(&j, "D", ID), json_int(&j, "block", 64);
+        for (int v = 0; v < 6; v++) {
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8;
+            mp.candidates = v == 3 ? 4 * RK : 0;
+            const char *key = v == 0 ? "misa_h2_recall" : v == 1 ? "misa_h4_recall" : v == 2 ? "misa_h8_recall"
+                              : v == 3 ? "misa_dagger_h8_c4k_recall" : v == 4 ? "hisa_b64_c4k_recall" : "misa_h16_recall";
+            if (v == 5)
+                mp.heads = 16;
+            if (v == 4) {
+                skv_hisa_params hp;
+                skv_hisa_params_init(&hp);
+                hp.block = 64, hp.blocks = 4 * RK / 64, hp.min_length = 0;
+                check(skv_hisa_topk(ctx, &qq, &kb, &pk, &hp, RK, idx, NULL), "hisa");
+            } else {
+                check(skv_misa_topk(ctx, &qq, &kb, &pk, &mp, RK, idx, NULL), "misa");
+            }
+            check(skv_selection_quality(ctx, &qq, &kb, idx, RK, rec, NULL), "quality");
+            double r = 0;
+            for (int t = 0; t < T - T0; t++)
+                r += rec[t];
+            json_num(&j, key, r / (T - T0), 4);
+        }
+        json_end(&j);
+        free(q16), free(q), free(w), free(k), free(sums), free(idx), free(rec);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, threads = 0;
+    double min_time = 0.5;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick"))
+            quick = 1, min_time = 0.1;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--min-time") && i + 1 < argc)
+            min_time = atof(argv[++i]);
+        else {
+            fprintf(stderr, "usage: sparsekv-bench-misa [--quick] [--threads N] [--min-time S]\n");
+            return 2;
+        }
+    }
+#ifdef _OPENMP
+    if (threads <= 0)
+        threads = omp_get_max_threads();
+#else
+    threads = 1;
+#endif
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = threads;
+    skv_context *ctx;
+    check(skv_context_create(&cp, &ctx), "context");
+    bench_machine m;
+    if (machine_measure(threads, quick, &m))
+        check(SKV_ERR_NOMEM, "machine limits");
+    json_line j;
+    json_begin(&j);
+    json_str(&j, "name", "machine");
+    json_num(&j, "peak_fp32_gflops", m.peak_fp32_gflops, 2);
+    json_num(&j, "peak_bf16_gflops", m.peak_bf16_gflops, 2);
+    json_num(&j, "stream_gbps", m.stream_gbps, 2);
+    json_int(&j, "threads", threads);
+    json_str(&j, "isa", skv_cpu_level_name(skv_context_cpu_flags(ctx)));
+    json_end(&j);
+
+    /* decode and a prefill chunk at 8K, 32K, 128K on structured inputs (recall) and uniform
+       random ones (time only: recall on random vectors means little) */
+    static const int64_t Ls[3] = {8192, 32768, 131072};
+    for (int li = 0; li < (quick ? 2 : 3); li++)
+        for (int structured = 1; structured >= 0; structured--) {
+            inputs in;
+            make_inputs(&in, Ls[li], structured);
+            length_setup ls;
+            setup_length(ctx, &in, &ls);
+            query_buf *qb = xmalloc(sizeof *qb);
+            measured r;
+            make_query(&in, 1, qb);
+            measure(ctx, &m, &ls, qb, "decode", structured ? "structured" : "uniform", min_time, structured, &r);
+            make_query(&in, PREFILL_T, qb);
+            measure(ctx, &m, &ls, qb, "prefill", structured ? "structured" : "uniform", min_time, structured, &r);
+            free(qb);
+            free_length(&ls);
+            free_inputs(&in);
+        }
+
+    /* crossover: the shortest context at which each method beats dense (decode) */
+    static const int64_t sweep[] = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
+    int64_t cross[N_METHODS] = {0};
+    for (int si = 0; si < (int)(sizeof sweep / sizeof sweep[0]); si++) {
+        inputs in;
+        make_inputs(&in, sweep[si], 1);
+        length_setup ls;
+        setup_length(ctx, &in, &ls);
+        query_buf *qb = xmalloc(sizeof *qb);
+        make_query(&in, 1, qb);
+        measured r;
+        measure(ctx, &m, &ls, qb, "sweep", "structured", min_time * 0.5, 0, &r);
+        for (int mi = 1; mi < N_METHODS; mi++)
+            if (!cross[mi] && r.ns[mi] < r.ns[DENSE])
+                cross[mi] = sweep[si];
+        free(qb);
+        free_length(&ls);
+        free_inputs(&in);
+    }
+    json_begin(&j);
+    json_str(&j, "name", "misa/crossover");
+    for (int mi = 1; mi < N_METHODS; mi++)
+        json_int(&j, method_name[mi], cross[mi]); /* 0: not faster at any swept length */
+    json_str(&j, "note", "shortest swept decode context at which the method beats dense; the library's "
+                         "default length gates (SKV_MISA_MIN_LENGTH etc.) come from these");
+    json_end(&j);
+
+    real_data(ctx);
+    skv_context_destroy(ctx);
+    return 0;
+}

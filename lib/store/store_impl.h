@@ -1,0 +1,289 @@
+/* Internal interface of the clustered KV store: its objects, the page table, reservations, and
+ * the functions the module's files share. docs/store.md explains the design.
+ *
+ * Ownership, per (sequence, layer, KV head) — an `hidx`:
+ *   leaves   one per page this head references (sink, window or body); a leaf names its page
+ *            and, for body pages of the clustered layout, its parent index node;
+ *   leaf_of  the leaf of every token, in rank (= position) order;
+ *   nodes    the index tree over the body leaves (clustered layout): centroid, radius, count;
+ *   lists    sink leaves and window leaves in position order; body leaves for the positional
+ *            layout in position order.
+ * Pages are store-wide (ids into the page table), reference counted across sequences, and
+ * always belong to one (layer, KV head). Rows inside a page are sorted by position.
+ *
+ * Mutations follow reserve-then-commit: a `resv` is filled first (page buffers and ids, array
+ * room) and the commit phase cannot fail. Page releases during a commit are deferred to the
+ * end so that heads can commit in parallel. */
+#ifndef SKV_STORE_IMPL_H
+#define SKV_STORE_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "sparsekv/store.h"
+#include "store/skern.h"
+
+#define STORE_MAX_SEQ_ID (1 << 30)
+#define LEAF(i) (-1 - (i)) /* a child entry naming a leaf */
+#define IS_LEAF(c) ((c) < 0)
+#define LEAF_IDX(c) (-1 - (c))
+
+/* ---- pages ------------------------------------------------------------------------------ */
+
+/* Host-only part of a page, after its image (slot_bytes): statistics of the valid rows. */
+typedef struct ptail {
+    int32_t n;     /* valid rows */
+    float radius;  /* >= max |k - c| over valid rows, c the stored centroid */
+    float aug;     /* mean augmented coordinate sqrt(M^2 - |k|^2) */
+    float cnorm2;  /* |c|^2 of the stored centroid */
+} ptail;
+
+/* ---- the index ------------------------------------------------------------------------- */
+
+typedef struct snode {
+    int32_t parent; /* -1 for the root; for a free node, the next free node */
+    int32_t n_child;
+    int64_t count;  /* tokens below */
+    float radius;   /* >= max |k - cent| over tokens below */
+    float aug;      /* mean augmented coordinate below */
+} snode;
+
+typedef struct sleaf {
+    int32_t page;   /* page id; -1 when the leaf is free */
+    int32_t parent; /* index node, or -1 (sink, window, positional body) */
+} sleaf;
+
+typedef struct hidx {
+    sleaf *leaf;
+    int32_t n_leaf, cap_leaf; /* high water, capacity */
+    int32_t *leaf_free, n_leaf_free;
+    int32_t *leaf_of; /* [layer cap] */
+    int32_t *sink, n_sinkp, cap_sinkp;
+    int32_t *win, n_winp, cap_winp;
+    int32_t *body, n_body, cap_body; /* positional layout only */
+    snode *node;
+    int32_t *child; /* [cap_node][fanout + 1] */
+    float *cent;    /* [cap_node][k_dim] */
+    int32_t n_node, cap_node;
+    int32_t *node_free, n_node_free;
+    int32_t root; /* -1: empty */
+    float aug_m;  /* M of the augmentation; 0 until the first body token */
+} hidx;
+
+typedef struct slayer {
+    int32_t *pos; /* [cap] positions of every token, ascending */
+    int64_t n, cap;
+    int64_t n_sink, n_win; /* tokens in sink and window pages */
+    uint64_t epoch;        /* store clock value at the last change */
+    hidx *h;               /* [n_kv_heads] */
+} slayer;
+
+typedef struct sseq {
+    int live;
+    slayer *ly; /* [n_layers] */
+} sseq;
+
+/* ---- reservations ---------------------------------------------------------------------- */
+
+/* Pages and array room one head may use during a commit, and the pages it releases. */
+typedef struct hresv {
+    int32_t *ids;    /* reserved page ids */
+    uint8_t **mem;   /* their buffers */
+    int32_t n, used;
+    int32_t *rel;    /* page ids whose reference was dropped (released after the commit) */
+    int32_t n_rel, cap_rel;
+} hresv;
+
+/* ---- the store ------------------------------------------------------------------------- */
+
+struct skv_store {
+    skv_context *ctx;
+    skv_store_params p;
+    skv_store_kern kern;
+    int32_t P, D, VD, H; /* page tokens, k_dim, v_dim, KV heads */
+    size_t esize, k_bytes, row_bytes, rows_offset, slot_bytes;
+    size_t tail_cent, tail_min, tail_max, page_bytes; /* tail offsets from the image's end */
+    int32_t F;                                        /* fanout */
+
+    /* page table */
+    uint8_t **pages;
+    int32_t *refcnt;
+    uint32_t *version;
+    int32_t *page_slot; /* hot slot, or -1 */
+    int32_t *free_ids, n_free, id_cap, ids_used;
+    int64_t pages_in_use;
+    uint8_t **spare; /* page buffers kept for reuse */
+    int32_t n_spare, cap_spare, spare_keep;
+
+    /* sequences */
+    sseq *seqs;
+    int32_t seq_cap, n_seqs;
+    uint64_t clock;
+
+    /* hot tier */
+    skv_store_tier tier;
+    void *hot;
+    int64_t C;
+    int32_t *slot_page; /* page id, -1 free, -2 orphan (freed while pinned) */
+    uint32_t *slot_ver;
+    int32_t *slot_pin;
+    uint8_t *slot_ref, *slot_flight;
+    int32_t *free_slots, n_free_slots;
+    int64_t hand, n_resident, n_pinned_slots;
+    int unfenced;
+    uint8_t *staging;
+    size_t staging_cap;
+    skv_tier_xfer *xfer;
+    int64_t xfer_cap;
+    skv_store_stats ctr; /* counters only */
+
+    /* scratch, grown on demand, kept */
+    void *scratch;
+    size_t scratch_cap;
+    hresv *resv; /* [H] */
+    void *resv_buf;
+    size_t resv_buf_cap;
+};
+
+struct skv_store_sel {
+    skv_store *s;
+    int32_t seq, layer;
+    uint64_t epoch;
+    int64_t *head_off;    /* [H + 1] into the page arrays */
+    int64_t *head_tokens; /* [H] */
+    int32_t *page, *nrow, *slot;
+    uint64_t *mask;
+    int64_t cap;
+    int fetched;
+};
+
+/* ---- store.c: pages and sequences ------------------------------------------------------ */
+
+static inline uint8_t *pg(const skv_store *s, int32_t id) { return s->pages[id]; }
+static inline int32_t *pg_pos(const skv_store *s, int32_t id) { return (int32_t *)s->pages[id]; }
+static inline uint8_t *pg_row(const skv_store *s, int32_t id, int32_t i)
+{
+    return s->pages[id] + s->rows_offset + (size_t)i * s->row_bytes;
+}
+static inline ptail *pg_tail(const skv_store *s, int32_t id)
+{
+    return (ptail *)(s->pages[id] + s->slot_bytes);
+}
+static inline void *pg_cent(const skv_store *s, int32_t id)
+{
+    return s->pages[id] + s->slot_bytes + s->tail_cent;
+}
+static inline float *pg_min(const skv_store *s, int32_t id)
+{
+    return (float *)(s->pages[id] + s->slot_bytes + s->tail_min);
+}
+static inline float *pg_max(const skv_store *s, int32_t id)
+{
+    return (float *)(s->pages[id] + s->slot_bytes + s->tail_max);
+}
+static inline int32_t pg_n(const skv_store *s, int32_t id) { return pg_tail(s, id)->n; }
+
+sseq *store_seq(const skv_store *s, int32_t seq);
+/* The store's clock, advanced: the epoch of a change. */
+static inline uint64_t store_tick(skv_store *s) { return ++s->clock; }
+
+/* Reservation for heads [0, n_heads): `pages[h]` pages for head h (ids and buffers), release
+ * room `rel[h]`. Checks max_pages against the total. All or nothing: CAPACITY, NOMEM. */
+skv_status store_reserve(skv_store *s, const int64_t *pages, const int64_t *rel);
+/* After the commit: returns unused reservations, releases the deferred pages. */
+void store_reserve_end(skv_store *s);
+/* A fresh page (refcount 1, new version, pos all -1, n = 0) from head h's reservation. */
+int32_t resv_page(skv_store *s, int32_t h);
+/* Drops one reference, deferred (see store_reserve_end). */
+void resv_unref(skv_store *s, int32_t h, int32_t id);
+/* A private copy of a shared page (refcount > 1) from the reservation; the old one unref'd. */
+int32_t resv_cow(skv_store *s, int32_t h, int32_t id);
+/* Marks a page's contents changed (its hot copy is stale). */
+static inline void page_changed(skv_store *s, int32_t id) { s->version[id]++; }
+/* Immediate unref (no parallel commit running). */
+void page_unref(skv_store *s, int32_t id);
+
+/* Scratch memory of at least `size` bytes, kept between calls; NULL on failure. */
+void *store_scratch(skv_store *s, size_t size);
+
+/* ---- index.c: leaves, nodes, statistics ------------------------------------------------ */
+
+/* Room for `leaves` more leaves and `nodes` more nodes in head h's arrays. NOMEM. */
+skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes);
+int32_t leaf_new(hidx *x, int32_t page, int32_t parent);
+void leaf_free(hidx *x, int32_t l);
+int32_t node_new(skv_store *s, hidx *x);
+void node_free(hidx *x, int32_t n);
+static inline int32_t *node_child(const skv_store *s, const hidx *x, int32_t n)
+{
+    return x->child + (size_t)n * (size_t)(s->F + 1);
+}
+static inline float *node_cent(const skv_store *s, const hidx *x, int32_t n)
+{
+    return x->cent + (size_t)n * (size_t)s->D;
+}
+/* Recomputes a page's tail (centroid, radius, augmented mean, min/max) from its rows. */
+void page_stats(skv_store *s, int32_t id, float aug_m);
+/* Recomputes node n's count, centroid, radius and augmented mean from its children. */
+void node_stats(skv_store *s, hidx *x, int32_t n);
+/* Walks from node n to the root: statistics, splits of nodes over fanout, removal of empty
+ * nodes, and root collapse. h: the head (for reservations). */
+void node_fixup(skv_store *s, hidx *x, int32_t n);
+/* Adds child c (node or LEAF) to node n at the end. */
+void node_add_child(skv_store *s, hidx *x, int32_t n, int32_t c);
+void node_remove_child(skv_store *s, hidx *x, int32_t n, int32_t c);
+/* Height of the tree (0: empty). */
+int32_t hidx_height(const skv_store *s, const hidx *x);
+/* Releases every page reference and frees the arrays of one head. */
+void hidx_release(skv_store *s, hidx *x, int immediate, int32_t h);
+void hidx_free_arrays(skv_store *s, hidx *x, int64_t layer_cap);
+/* Copies src into dst (fresh arrays; pages gain a reference). NOMEM leaves dst empty. */
+skv_status hidx_clone(skv_store *s, hidx *dst, const hidx *src, int64_t layer_cap);
+/* Bytes of the index structures of one head (nodes, centroids, position map). */
+int64_t hidx_bytes(const skv_store *s, const hidx *x, int64_t layer_cap);
+
+/* ---- cluster.c: clustering ------------------------------------------------------------- */
+
+/* The augmented coordinate sqrt(max(0, M^2 - |k|^2)). */
+static inline float aug_coord(float m, float norm2)
+{
+    const float d = m * m - norm2;
+    return d > 0 ? __builtin_sqrtf(d) : 0.0f;
+}
+/* Row (dtype) to f32. */
+void row_to_f32(const skv_store *s, const void *src, float *dst, int32_t n);
+/* Bulk clustering of f rows (store format, contiguous) with positions at ranks
+ * [rank0, rank0 + f) into a new subtree, grafted under the root. */
+void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *rows, int64_t f,
+                  int64_t rank0, void *scratch);
+size_t cluster_bulk_scratch(const skv_store *s, int64_t f);
+/* Inserts one token (row in store format) at rank `rank` into the index. */
+void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *row,
+                    int64_t rank, void *scratch);
+size_t cluster_insert_scratch(const skv_store *s);
+/* Bounds used by reservations. */
+int64_t cluster_insert_nodes(const skv_store *s, const hidx *x, int64_t f);
+/* Removes the rows of leaf l (a body leaf) whose bits are set in `drop`, then merges it with a
+ * sibling when under a quarter full. */
+void cluster_remove(skv_store *s, int32_t h, hidx *x, slayer *ly, int32_t l, uint64_t drop,
+                    void *scratch);
+/* Rank of a position in the layer (binary search); -1 when absent. */
+int64_t layer_rank(const slayer *ly, int32_t pos);
+
+/* ---- tiers.c --------------------------------------------------------------------------- */
+
+skv_status tier_init(skv_store *s);
+void tier_destroy(skv_store *s);
+/* A page is being freed: its slot is released (or orphaned while pinned). */
+void tier_page_freed(skv_store *s, int32_t id);
+
+/* ---- validate.c (tests) ---------------------------------------------------------------- */
+
+/* Checks every internal invariant; returns 0, or -1 with a message in msg. */
+int skv_store_validate(const skv_store *s, char *msg, size_t msg_len);
+/* Pin count of the slot holding page `id`'s copy, -1 when not resident (tests). */
+int32_t skv_store_page_refcount(const skv_store *s, int32_t id);
+
+#endif
