@@ -89,9 +89,9 @@ static void t_free(void *user, void *p, size_t size)
 
 /* Results of the run without failures; later runs must reproduce them. */
 typedef struct results {
-    int32_t *idx[12];
-    float *val[12];
-    size_t n[12];
+    int32_t *idx[13];
+    float *val[13];
+    size_t n[13];
     uint8_t *cache_state;
     size_t cache_state_bytes;
 } results;
@@ -235,6 +235,20 @@ static void data_free(void)
             CHECK(same_, "N=%ld: %s failed but wrote its output", cur_n, (what));             \
             CHECK(skv_context_memory(ctx) == mem_, "N=%ld: %s failed but memory changed",     \
                   cur_n, (what));                                                             \
+        });                                                                                   \
+    } while (0)
+
+/* A composite call (several workspaces, grown one after another) that may fail: outputs must
+ * stay unwritten; workspace it grew before failing may stay with the context (capacity, not
+ * state). */
+#define COMPOSITE(what, call, outp, outbytes)                                                 \
+    do {                                                                                      \
+        memset((outp), 0x7b, (outbytes));                                                     \
+        ATTEMPT(what, call, {                                                                 \
+            int same_ = 1;                                                                    \
+            for (size_t i_ = 0; i_ < (outbytes); i_++)                                        \
+                same_ &= ((const uint8_t *)(outp))[i_] == 0x7b;                               \
+            CHECK(same_, "N=%ld: %s failed but wrote its output", cur_n, (what));             \
         });                                                                                   \
     } while (0)
 
@@ -451,6 +465,29 @@ static void scenario(tracker *t)
     }
     CHECK_ACCOUNTING(t, ctx);
 
+    /* MISA / HISA: routing scratch, routed queries, candidate lists, block means */
+    {
+        float sums[(5000 / 16 + 1) * 32];
+        CHECK_OK(skv_pool_keys(&kb, 16, sums));
+        const skv_pooled_keys pk = {16, sums};
+        skv_misa_params mp;
+        skv_misa_params_init(&mp);
+        mp.heads = 2, mp.block = 64, mp.min_length = 0;
+        COMPOSITE("misa", skv_misa_topk(ctx, &q, &kb, &pk, &mp, 64, idx, val), idx, T * K * 4);
+        result(10, idx, val, T * K, "misa");
+        mp.candidates = 256;
+        COMPOSITE("misa-dagger", skv_misa_topk(ctx, &q, &kb, &pk, &mp, 64, idx, val), idx, T * K * 4);
+        result(11, idx, val, T * K, "misa-dagger");
+        skv_hisa_params hp;
+        skv_hisa_params_init(&hp);
+        hp.block = 64, hp.blocks = 6, hp.min_length = 0;
+        COMPOSITE("hisa", skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 64, idx, val), idx, T * K * 4);
+        result(12, idx, val, T * K, "hisa");
+        double rec[3];
+        ATTEMPT("quality", skv_selection_quality(ctx, &q, &kb, idx, 64, rec, NULL), (void)0);
+    }
+    CHECK_ACCOUNTING(t, ctx);
+
 out:
     skv_kcache_destroy(c);
     skv_context_destroy(ctx);
@@ -500,7 +537,7 @@ int main(void)
     CHECK(n - 1 == total, "failures injected at %ld points, the clean run made %ld allocations", n - 1, total);
     CHECK(n_nomem == n - 1, "%ld injected failures but %ld NOMEM returns", n - 1, n_nomem);
 
-    for (int i = 0; i < 10; i++)
+    for (int i = 0; i < 13; i++)
         free(ref.idx[i]), free(ref.val[i]);
     free(ref.cache_state);
     free(t.blocks);
