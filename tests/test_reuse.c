@@ -209,12 +209,72 @@ static void test_selector(const char *pattern, int32_t T, int use_kcache)
     CHECK_OK(skv_reuse_selector_create(ctx, plan, &sp, &fresh));
     CHECK_STATUS(skv_reuse_select(fresh, 0, &q0, &k0, &view), SKV_ERR_STATE); /* no step */
     skv_reuse_selector_destroy(fresh);
-    sp.method = (skv_select_method)3;
+    sp.method = (skv_select_method)7;
     CHECK_STATUS(skv_reuse_selector_create(ctx, plan, &sp, &fresh), SKV_ERR_UNSUPPORTED);
 
     free(want);
     skv_kcache_destroy(kc);
     skv_reuse_selector_destroy(sel);
+    skv_reuse_plan_destroy(plan);
+    stack_free(&st);
+}
+
+/* The selector with MISA (and HISA) on Full layers gives each layer what the routed call on its
+ * source layer gives. */
+static void test_selector_routed(void)
+{
+    const char *pattern = "FSSFSF";
+    const int32_t n = 6, T = 2, k = 30;
+    stack st;
+    stack_make(&st, n, T, 900, 41);
+    skv_reuse_plan *plan;
+    CHECK_OK(skv_reuse_plan_from_string(ctx, pattern, NULL, 0, &plan));
+    skv_kcache_params base, kp;
+    skv_kcache_params_init(&base);
+    base.head_dim = 32, base.dtype = SKV_F32, base.pool_chunk = 16;
+    CHECK_OK(skv_reuse_kcache_params(plan, &base, &kp));
+    skv_kcache *kc;
+    int32_t seq;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+    CHECK_OK(skv_kcache_seq_create(kc, &seq));
+    for (int32_t l = 0; l < n; l++) {
+        int32_t slot;
+        skv_layer_role role;
+        skv_reuse_plan_role(plan, l, &role);
+        skv_reuse_plan_full_slot(plan, l, &slot);
+        if (role == SKV_LAYER_FULL) {
+            const skv_key_block kb = idx_keys(&st.layers[l]);
+            CHECK_OK(skv_kcache_append(kc, seq, slot, &kb));
+        }
+    }
+    for (int method = SKV_SELECT_MISA; method <= SKV_SELECT_HISA; method++) {
+        skv_reuse_selector_params sp;
+        skv_reuse_selector_params_init(&sp);
+        sp.k = k, sp.max_tokens = T, sp.method = (skv_select_method)method;
+        sp.misa.heads = 3, sp.misa.block = 64, sp.misa.min_length = 0;
+        sp.hisa.block = 64, sp.hisa.blocks = 4, sp.hisa.min_length = 0;
+        skv_reuse_selector *sel;
+        CHECK_OK(skv_reuse_selector_create(ctx, plan, &sp, &sel));
+        CHECK_OK(skv_reuse_begin_step(sel, T));
+        int32_t want[2 * 30];
+        for (int32_t l = 0; l < n; l++) {
+            const skv_indexer_query q = idx_query(&st.layers[l]);
+            int32_t src, slot;
+            skv_reuse_plan_source(plan, l, &src);
+            skv_reuse_plan_full_slot(plan, l, &slot);
+            const int32_t *view;
+            CHECK_OK(skv_reuse_select_kcache(sel, l, src == l ? &q : NULL, kc, seq, &view));
+            if (src == l) {
+                if (method == SKV_SELECT_MISA)
+                    CHECK_OK(skv_kcache_misa_topk(kc, seq, slot, &q, &sp.misa, k, want, NULL));
+                else
+                    CHECK_OK(skv_kcache_hisa_topk(kc, seq, slot, &q, &sp.hisa, k, want, NULL));
+            }
+            CHECK(view && !memcmp(view, want, sizeof want), "method %d layer %d: selector view differs", method, l);
+        }
+        skv_reuse_selector_destroy(sel);
+    }
+    skv_kcache_destroy(kc);
     skv_reuse_plan_destroy(plan);
     stack_free(&st);
 }
@@ -551,6 +611,7 @@ int main(void)
     test_selector("FSSSFSSS", 5, 0);
     test_selector("FSFSSSF", 3, 1);
     test_selector("FFSSSFSSS", 1, 1);
+    test_selector_routed();
     test_search();
     test_proxies();
     test_real_overlap();

@@ -12,6 +12,7 @@
 
 #include "common.h"
 #include "indexer.h"
+#include "router.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -71,14 +72,22 @@ SKV_API skv_status skv_reuse_kcache_params(const skv_reuse_plan *p, const skv_kc
 
 /* ---- per-step selection -------------------------------------------------------------------- */
 
-/* How Full layers select: the dense indexer. (MISA routing plugs in here.) */
-typedef enum skv_select_method { SKV_SELECT_DENSE = 0 } skv_select_method;
+/* How Full layers select: the dense indexer, MISA (router.h; MISA-dagger with candidates), or
+ * HISA. The routed methods read pooled keys, which only a key cache with pool_chunk keeps: with
+ * contiguous keys (skv_reuse_select) they need a router mode without pooled keys. */
+typedef enum skv_select_method {
+    SKV_SELECT_DENSE = 0,
+    SKV_SELECT_MISA = 1,
+    SKV_SELECT_HISA = 2
+} skv_select_method;
 
 typedef struct skv_reuse_selector_params {
     size_t struct_size;       /* sizeof(skv_reuse_selector_params); set by _params_init */
     int32_t k;                /* top-k per query token; default 2048 */
     int32_t max_tokens;       /* query tokens per step, at most; default 1 (decode) */
     skv_select_method method; /* default SKV_SELECT_DENSE */
+    skv_misa_params misa;     /* for SKV_SELECT_MISA; default skv_misa_params_init's */
+    skv_hisa_params hisa;     /* for SKV_SELECT_HISA; default skv_hisa_params_init's */
 } skv_reuse_selector_params;
 
 typedef struct skv_reuse_selector skv_reuse_selector; /* opaque; one per sequence */

@@ -26,6 +26,8 @@ void skv_reuse_selector_params_init(skv_reuse_selector_params *p)
     p->k = 2048;
     p->max_tokens = 1;
     p->method = SKV_SELECT_DENSE;
+    skv_misa_params_init(&p->misa);
+    skv_hisa_params_init(&p->hisa);
 }
 
 skv_status skv_reuse_selector_create(skv_context *ctx, const skv_reuse_plan *plan,
@@ -36,7 +38,7 @@ skv_status skv_reuse_selector_create(skv_context *ctx, const skv_reuse_plan *pla
     SKV_CHECK(ctx, plan && p && out && p->struct_size == sizeof *p);
     *out = NULL;
     SKV_CHECK(ctx, p->k >= 1 && p->max_tokens >= 1);
-    if (p->method != SKV_SELECT_DENSE)
+    if (p->method != SKV_SELECT_DENSE && p->method != SKV_SELECT_MISA && p->method != SKV_SELECT_HISA)
         return SKV_ERR_UNSUPPORTED;
     size_t bytes;
     if (!skv_mul_ok((size_t)p->k * 4, (size_t)p->max_tokens, &bytes))
@@ -118,7 +120,11 @@ skv_status skv_reuse_select(skv_reuse_selector *s, int32_t layer, const skv_inde
     if (served)
         return SKV_OK;
     SKV_CHECK(s->ctx, keys != NULL);
-    SKV_TRY(skv_indexer_topk(s->ctx, q, keys, s->p.k, s->idx, NULL));
+    switch (s->p.method) {
+    case SKV_SELECT_MISA: SKV_TRY(skv_misa_topk(s->ctx, q, keys, NULL, &s->p.misa, s->p.k, s->idx, NULL)); break;
+    case SKV_SELECT_HISA: SKV_TRY(skv_hisa_topk(s->ctx, q, keys, NULL, &s->p.hisa, s->p.k, s->idx, NULL)); break;
+    default: SKV_TRY(skv_indexer_topk(s->ctx, q, keys, s->p.k, s->idx, NULL)); break;
+    }
     select_done(s, layer, out_idx);
     return SKV_OK;
 }
@@ -134,7 +140,12 @@ skv_status skv_reuse_select_kcache(skv_reuse_selector *s, int32_t layer,
     if (served)
         return SKV_OK;
     SKV_CHECK(s->ctx, cache != NULL);
-    SKV_TRY(skv_kcache_topk(cache, seq, s->plan->slot[layer], q, s->p.k, s->idx, NULL));
+    const int32_t slot = s->plan->slot[layer];
+    switch (s->p.method) {
+    case SKV_SELECT_MISA: SKV_TRY(skv_kcache_misa_topk(cache, seq, slot, q, &s->p.misa, s->p.k, s->idx, NULL)); break;
+    case SKV_SELECT_HISA: SKV_TRY(skv_kcache_hisa_topk(cache, seq, slot, q, &s->p.hisa, s->p.k, s->idx, NULL)); break;
+    default: SKV_TRY(skv_kcache_topk(cache, seq, slot, q, s->p.k, s->idx, NULL)); break;
+    }
     select_done(s, layer, out_idx);
     return SKV_OK;
 }
