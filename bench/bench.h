@@ -88,6 +88,19 @@ void json_null(json_line *j, const char *key);
  * Returns -1 if the line could not be built (out of memory). */
 int json_end(json_line *j);
 
+/* ---- the start of the small benchmark programs (setup.c) ----------------------------------- */
+
+typedef struct bench_setup_out {
+    int quick, threads;
+    double min_time;
+    skv_context *ctx; /* with `threads` threads; the caller destroys it */
+    bench_machine machine;
+} bench_setup_out;
+
+/* Parses --quick, --threads N, --min-time S; creates the context; measures the machine and
+ * prints its record. Returns 0, or the exit code (2 for usage, 1 for a failure). */
+int bench_setup(int argc, char **argv, const char *prog, double default_min_time, bench_setup_out *o);
+
 /* ---- references (reference.cpp) ---------------------------------------------------------- */
 
 /* The indexer problem in f32 (dequantised values for bf16 and fp8 inputs). */

@@ -12,10 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "bench.h"
 
 enum { H = 64, D = 128, K = 2048, CHUNK = 64, PREFILL_T = 64, MAX_T = 64 };
@@ -310,43 +306,15 @@ static void real_data(skv_context *ctx)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, threads = 0;
-    double min_time = 0.5;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--quick"))
-            quick = 1, min_time = 0.1;
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--min-time") && i + 1 < argc)
-            min_time = atof(argv[++i]);
-        else {
-            fprintf(stderr, "usage: sparsekv-bench-misa [--quick] [--threads N] [--min-time S]\n");
-            return 2;
-        }
-    }
-#ifdef _OPENMP
-    if (threads <= 0)
-        threads = omp_get_max_threads();
-#else
-    threads = 1;
-#endif
-    skv_context_params cp;
-    skv_context_params_init(&cp);
-    cp.n_threads = threads;
-    skv_context *ctx;
-    check(skv_context_create(&cp, &ctx), "context");
-    bench_machine m;
-    if (machine_measure(threads, quick, &m))
-        check(SKV_ERR_NOMEM, "machine limits");
+    bench_setup_out o;
+    const int rc = bench_setup(argc, argv, "sparsekv-bench-misa", 0.5, &o);
+    if (rc)
+        return rc;
+    skv_context *ctx = o.ctx;
+    const bench_machine m = o.machine;
+    const int quick = o.quick;
+    const double min_time = o.min_time;
     json_line j;
-    json_begin(&j);
-    json_str(&j, "name", "machine");
-    json_num(&j, "peak_fp32_gflops", m.peak_fp32_gflops, 2);
-    json_num(&j, "peak_bf16_gflops", m.peak_bf16_gflops, 2);
-    json_num(&j, "stream_gbps", m.stream_gbps, 2);
-    json_int(&j, "threads", threads);
-    json_str(&j, "isa", skv_cpu_level_name(skv_context_cpu_flags(ctx)));
-    json_end(&j);
 
     /* decode and a prefill chunk at 8K, 32K, 128K on structured inputs (recall) and uniform
        random ones (time only: recall on random vectors means little) */

@@ -121,6 +121,30 @@ static void stack_free(stack *s)
     free(s->layers);
 }
 
+/* A key cache for the plan's Full layers (f32, head_dim 32) holding their keys. */
+static skv_kcache *stack_kcache(const stack *st, const skv_reuse_plan *plan, int32_t pool_chunk,
+                                int32_t *seq)
+{
+    skv_kcache_params base, kp;
+    skv_kcache_params_init(&base);
+    base.head_dim = 32, base.dtype = SKV_F32, base.pool_chunk = pool_chunk;
+    CHECK_OK(skv_reuse_kcache_params(plan, &base, &kp));
+    skv_kcache *kc = NULL;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+    CHECK_OK(skv_kcache_seq_create(kc, seq));
+    for (int32_t l = 0; l < st->n_layers; l++) {
+        int32_t slot;
+        skv_layer_role role;
+        skv_reuse_plan_role(plan, l, &role);
+        skv_reuse_plan_full_slot(plan, l, &slot);
+        if (role == SKV_LAYER_FULL) {
+            const skv_key_block kb = idx_keys(&st->layers[l]);
+            CHECK_OK(skv_kcache_append(kc, *seq, slot, &kb));
+        }
+    }
+    return kc;
+}
+
 static void test_selector(const char *pattern, int32_t T, int use_kcache)
 {
     const int32_t n = (int32_t)strlen(pattern), k = 40;
@@ -140,23 +164,7 @@ static void test_selector(const char *pattern, int32_t T, int use_kcache)
     skv_kcache *kc = NULL;
     int32_t seq = -1;
     if (use_kcache) {
-        skv_kcache_params base, kp;
-        skv_kcache_params_init(&base);
-        base.head_dim = 32;
-        base.dtype = SKV_F32;
-        CHECK_OK(skv_reuse_kcache_params(plan, &base, &kp));
-        CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
-        CHECK_OK(skv_kcache_seq_create(kc, &seq));
-        for (int32_t l = 0; l < n; l++) {
-            int32_t slot;
-            skv_layer_role role;
-            skv_reuse_plan_role(plan, l, &role);
-            skv_reuse_plan_full_slot(plan, l, &slot);
-            if (role == SKV_LAYER_FULL) {
-                const skv_key_block kb = idx_keys(&st.layers[l]);
-                CHECK_OK(skv_kcache_append(kc, seq, slot, &kb));
-            }
-        }
+        kc = stack_kcache(&st, plan, 0, &seq);
         skv_kcache_stats ks = {.struct_size = sizeof ks};
         skv_kcache_get_stats(kc, &ks);
         CHECK(ks.bytes_per_token == (int64_t)skv_reuse_plan_n_full(plan) * 32 * 4,
@@ -229,24 +237,8 @@ static void test_selector_routed(void)
     stack_make(&st, n, T, 900, 41);
     skv_reuse_plan *plan;
     CHECK_OK(skv_reuse_plan_from_string(ctx, pattern, NULL, 0, &plan));
-    skv_kcache_params base, kp;
-    skv_kcache_params_init(&base);
-    base.head_dim = 32, base.dtype = SKV_F32, base.pool_chunk = 16;
-    CHECK_OK(skv_reuse_kcache_params(plan, &base, &kp));
-    skv_kcache *kc;
     int32_t seq;
-    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
-    CHECK_OK(skv_kcache_seq_create(kc, &seq));
-    for (int32_t l = 0; l < n; l++) {
-        int32_t slot;
-        skv_layer_role role;
-        skv_reuse_plan_role(plan, l, &role);
-        skv_reuse_plan_full_slot(plan, l, &slot);
-        if (role == SKV_LAYER_FULL) {
-            const skv_key_block kb = idx_keys(&st.layers[l]);
-            CHECK_OK(skv_kcache_append(kc, seq, slot, &kb));
-        }
-    }
+    skv_kcache *kc = stack_kcache(&st, plan, 16, &seq);
     for (int method = SKV_SELECT_MISA; method <= SKV_SELECT_HISA; method++) {
         skv_reuse_selector_params sp;
         skv_reuse_selector_params_init(&sp);
