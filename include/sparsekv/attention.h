@@ -22,39 +22,52 @@ extern "C" {
 typedef struct skv_attn_batch {
     size_t struct_size;      /* sizeof(skv_attn_batch) */
     int32_t n_tokens;        /* query tokens, >= 0 */
-    int32_t n_q_heads;       /* >= 1, a multiple of n_kv_heads */
+    int32_t n_q_heads;       /* 1..4096, a multiple of n_kv_heads */
     int32_t n_kv_heads;      /* >= 1 */
     int32_t k_dim, v_dim;    /* 1..1024 each */
     skv_dtype dtype;         /* of q, k and v: F32 or BF16 */
     float scale;             /* softmax scale, e.g. 1/sqrt(k_dim); finite */
-    int causal;              /* 1: a row is used only if k_pos[row] <= q_pos[t] */
-    const void *q;           /* [n_tokens][n_q_heads][k_dim] */
+    int causal;              /* 1: a row is used only if k_pos[row] <= q_pos[t]; 0: every row */
+    const void *q;           /* [n_tokens][n_q_heads][k_dim]; head h reads KV head h / group */
     const int32_t *q_pos;    /* [n_tokens]; required when causal */
     int64_t n_rows;          /* rows in k, v, k_pos */
     const void *k;           /* [n_rows][k_dim] */
     const void *v;           /* [n_rows][v_dim] */
     const int32_t *k_pos;    /* [n_rows]; required when causal */
     const int64_t *list_start; /* [n_tokens][n_kv_heads]: first row of each list */
-    const int32_t *list_len;   /* [n_tokens][n_kv_heads]: rows in it (>= 0) */
+    const int32_t *list_len;   /* [n_tokens][n_kv_heads]: rows in it (>= 0); a list, empty or
+                                  not, must lie in [0, n_rows): start >= 0, start + len <= n_rows */
 } skv_attn_batch;
 
 /* out [n_tokens][n_q_heads][v_dim] (f32). The partial form also returns, per (t, h), the
  * maximum scaled score m and the log-sum-exp lse = m + log(sum_i exp(s_i - m)) of the rows
  * used (m = lse = -INFINITY and out = 0 for an empty or fully masked list), so that a host can
  * merge it with attention computed elsewhere (skv_attention_merge). Either pointer may be NULL.
- * Errors: INVALID_ARG (sizes, NULL, a list outside [0, n_rows), scale not finite),
- * UNSUPPORTED (dtype), NOMEM. Deterministic for any thread count. */
+ * Special values: rows whose score is -inf get weight 0, and a list whose every score is -inf
+ * gives the empty result; a NaN or +inf score (NaN or infinity in q or k, or overflow) makes
+ * that (t, h)'s out, max and lse NaN; an infinity or NaN in v of a used row makes that output
+ * column non-finite (a row of weight 0 may or may not); masked rows are never read.
+ * Accumulation is in f32; bf16 inputs are widened exactly (where AVX-512-BF16 computes q.k, the
+ * products are exact but bf16 subnormals count as zero). out may be NULL only if n_tokens is 0.
+ * Errors: INVALID_ARG (sizes, NULL, a list outside [0, n_rows), scale not finite, causal not
+ * 0 or 1, struct_size, unknown dtype), UNSUPPORTED (F16, FP8_E4M3), NOMEM; nothing is written
+ * on error. Deterministic for any thread count, and from inside a host's parallel region.
+ * Results differ between CPU levels only by rounding. */
 SKV_API skv_status skv_sparse_attention(skv_context *ctx, const skv_attn_batch *b, float *out,
                                         float *out_max, float *out_lse);
 
 /* Merges two partial results over disjoint row sets of the same (t, h) pairs, n pairs of
  * v_dim: o = (exp(lse_a - L) o_a + exp(lse_b - L) o_b) with L = log(exp(lse_a) + exp(lse_b));
- * writes o into o_a and L into lse_a. An empty side (lse = -INFINITY) leaves the other. */
+ * writes o into o_a and L into lse_a. An empty side (lse = -INFINITY) leaves the other (copied
+ * exactly into o_a, lse_a when a is the empty one); otherwise a NaN or +inf lse on either side
+ * makes o and L NaN. Weights in double. Thread-safe; the b arrays must not overlap the a
+ * arrays. Errors: INVALID_ARG (n < 0, v_dim < 1, NULL with n > 0). */
 SKV_API skv_status skv_attention_merge(int64_t n, int32_t v_dim, float *o_a, float *lse_a,
                                        const float *o_b, const float *lse_b);
 
-/* The plain scalar reference of skv_sparse_attention, in double precision internally; same
- * arguments and outputs. For tests and for checking a host's own kernels. */
+/* The plain scalar reference of skv_sparse_attention, in double precision internally (two
+ * passes per (t, h), no buffers); same arguments, outputs, special values and errors (NOMEM
+ * never). Thread-safe. For tests and for checking a host's own kernels. */
 SKV_API skv_status skv_sparse_attention_reference(const skv_attn_batch *b, float *out,
                                                   float *out_max, float *out_lse);
 

@@ -21,12 +21,13 @@
 #define PAIR_FLOATS (1 << 18) /* segment states of one list, at most (unless one is bigger) */
 #define WAVE_FLOATS (1 << 20) /* segment states of one wave, at most (unless one list's are) */
 #define WAVE_LISTS 4096
-#define PAR_MIN_MACS (1 << 16) /* below this, one thread: starting a team costs more */
+#define PF_ROWS 64           /* rows ahead asked for while a block computes */
+#define PAR_MIN_MACS (1 << 20) /* below this, one thread: starting a team costs more */
 
 typedef struct plan {
     const skv_attn_batch *b;
     const attn_kernels *kern;
-    int bf16_qk;                /* scores from bf16 q and K (block_bf16) */
+    int q_wide;                 /* q widened to f32 per item (bf16 input, kernel wants f32) */
     int32_t group, hc, n_chunks;
     int32_t max_segs;
     size_t acc_stride;          /* floats per head's accumulator */
@@ -50,43 +51,26 @@ static int32_t seg_count(const plan *p, int64_t len)
 /* ---- one item -------------------------------------------------------------------------- */
 
 typedef struct scratch {
-    float *q, *s, *alpha, *k, *v; /* widened q, scores, rescale, widened K and V rows */
+    float *s, *alpha, *q; /* scores, rescale factors, widened q */
 } scratch;
+
+static size_t thread_bytes(const plan *p)
+{
+    return skv_round_up((size_t)p->hc * ATTN_BR * sizeof(float), SKV_ALIGN) +
+           skv_round_up((size_t)p->hc * sizeof(float), SKV_ALIGN) +
+           (p->q_wide ? skv_round_up((size_t)p->hc * p->b->k_dim * sizeof(float), SKV_ALIGN) : 0);
+}
 
 static scratch thread_scratch(const plan *p, int tid)
 {
     uint8_t *w = p->thread_ws + (size_t)tid * p->thread_bytes;
-    const skv_attn_batch *b = p->b;
     scratch sc;
     sc.s = (float *)w;
     w += skv_round_up((size_t)p->hc * ATTN_BR * sizeof(float), SKV_ALIGN);
     sc.alpha = (float *)w;
     w += skv_round_up((size_t)p->hc * sizeof(float), SKV_ALIGN);
-    sc.q = sc.k = sc.v = NULL;
-    if (b->dtype == SKV_BF16) {
-        sc.v = (float *)w;
-        w += skv_round_up((size_t)ATTN_BR * b->v_dim * sizeof(float), SKV_ALIGN);
-        if (!p->bf16_qk) {
-            sc.q = (float *)w;
-            w += skv_round_up((size_t)p->hc * b->k_dim * sizeof(float), SKV_ALIGN);
-            sc.k = (float *)w;
-        }
-    }
+    sc.q = p->q_wide ? (float *)w : NULL;
     return sc;
-}
-
-static size_t thread_bytes(const plan *p)
-{
-    const skv_attn_batch *b = p->b;
-    size_t n = skv_round_up((size_t)p->hc * ATTN_BR * sizeof(float), SKV_ALIGN) +
-               skv_round_up((size_t)p->hc * sizeof(float), SKV_ALIGN);
-    if (b->dtype == SKV_BF16) {
-        n += skv_round_up((size_t)ATTN_BR * b->v_dim * sizeof(float), SKV_ALIGN);
-        if (!p->bf16_qk)
-            n += skv_round_up((size_t)p->hc * b->k_dim * sizeof(float), SKV_ALIGN) +
-                 skv_round_up((size_t)ATTN_BR * b->k_dim * sizeof(float), SKV_ALIGN);
-    }
-    return n;
 }
 
 /* State of segment `seg` of wave list w: m [group], l [group], acc [group][acc_stride]. */
@@ -125,6 +109,8 @@ static void run_item(const plan *p, int64_t item, const scratch *sc)
         .m = state + h0, .l = state + p->group + h0,
         .acc = state + acc_offset(p) + (size_t)h0 * p->acc_stride,
         .acc_stride = p->acc_stride, .s = sc->s, .alpha = sc->alpha,
+        .k_bytes = (size_t)b->k_dim * (b->dtype == SKV_BF16 ? 2 : 4),
+        .v_bytes = (size_t)b->v_dim * (b->dtype == SKV_BF16 ? 2 : 4),
     };
     for (int32_t h = 0; h < nh; h++) {
         st.m[h] = -INFINITY;
@@ -136,42 +122,38 @@ static void run_item(const plan *p, int64_t item, const scratch *sc)
     const int bf16 = b->dtype == SKV_BF16;
     if (!bf16) {
         st.q = (const float *)b->q + q_off;
-    } else if (p->bf16_qk) {
+    } else if (!p->q_wide) {
         st.qb = (const uint16_t *)b->q + q_off;
     } else {
         p->kern->widen((const uint16_t *)b->q + q_off, sc->q, (int64_t)nh * b->k_dim);
         st.q = sc->q;
     }
-    const attn_block_fn block = p->bf16_qk ? p->kern->block_bf16 : p->kern->block_f32;
+    const attn_block_fn block = bf16 ? p->kern->block_bf16 : p->kern->block_f32;
     const size_t esize = bf16 ? 2 : 4;
+    const size_t k_row = (size_t)b->k_dim * esize, v_row = (size_t)b->v_dim * esize;
     const uint8_t *kb = b->k, *vb = b->v;
-    const void *kp[ATTN_BR];
-    const float *vp[ATTN_BR];
+    const void *kp[ATTN_BR], *vp[ATTN_BR];
     int n = 0;
     for (int64_t r = r0; r < r1; r++) {
         if (!attn_row_used(b, t, r))
             continue;
-        const void *krow = kb + (size_t)r * b->k_dim * esize;
-        const void *vrow = vb + (size_t)r * b->v_dim * esize;
-        if (bf16) { /* rows widened to f32 for the kernel (K only when it cannot take bf16) */
-            float *vd = sc->v + (size_t)n * b->v_dim;
-            p->kern->widen(vrow, vd, b->v_dim);
-            vrow = vd;
-            if (!p->bf16_qk) {
-                float *kd = sc->k + (size_t)n * b->k_dim;
-                p->kern->widen(krow, kd, b->k_dim);
-                krow = kd;
-            }
-        }
-        kp[n] = krow;
-        vp[n] = vrow;
+        kp[n] = kb + (size_t)r * k_row;
+        vp[n] = vb + (size_t)r * v_row;
         if (++n == ATTN_BR) {
+            /* while this block computes, the rows of the block PF_ROWS later (counting
+               masked rows too), if the segment has them */
+            const int64_t ahead = r + 1 + PF_ROWS - ATTN_BR;
+            const int in_seg = ahead + ATTN_BR <= r1;
+            st.pf_k = in_seg ? (const char *)kb + (size_t)ahead * k_row : NULL;
+            st.pf_v = in_seg ? (const char *)vb + (size_t)ahead * v_row : NULL;
             block(&st, kp, vp, n);
             n = 0;
         }
     }
-    if (n)
+    if (n) {
+        st.pf_k = NULL;
         block(&st, kp, vp, n);
+    }
 }
 
 /* ---- merge and normalise --------------------------------------------------------------- */
@@ -228,6 +210,37 @@ static void finish_head(const plan *p, int64_t w, int32_t hg, float *out, float 
         out_lse[th] = lse;
 }
 
+/* Every item of the wave, then every head's merge, by a team of nth threads or, without
+ * entering a parallel region (whose start costs microseconds even for one thread), by the
+ * calling thread alone. No orphaned worksharing: inside a host's parallel region it would
+ * bind to the host's team. */
+static void run_wave(const plan *p, int nth, int64_t items, int64_t heads, float *out,
+                     float *out_max, float *out_lse)
+{
+    if (nth > 1 && items > 1) {
+#pragma omp parallel num_threads(nth)
+        {
+#ifdef _OPENMP
+            const scratch sc = thread_scratch(p, omp_get_thread_num());
+#else
+            const scratch sc = thread_scratch(p, 0);
+#endif
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t it = 0; it < items; it++)
+                run_item(p, it, &sc);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < heads; i++)
+                finish_head(p, i / p->group, (int32_t)(i % p->group), out, out_max, out_lse);
+        }
+        return;
+    }
+    const scratch sc = thread_scratch(p, 0);
+    for (int64_t it = 0; it < items; it++)
+        run_item(p, it, &sc);
+    for (int64_t i = 0; i < heads; i++)
+        finish_head(p, i / p->group, (int32_t)(i % p->group), out, out_max, out_lse);
+}
+
 /* ---- planning ---------------------------------------------------------------------------- */
 
 /* Lists [l0, end) of the next wave, and its segment-state floats. */
@@ -267,7 +280,7 @@ skv_status skv_sparse_attention(skv_context *ctx, const skv_attn_batch *b, float
         return SKV_OK;
 
     plan p = {.b = b, .kern = skv_attn_kernels(skv_context_cpu_flags(ctx))};
-    p.bf16_qk = b->dtype == SKV_BF16 && p.kern->block_bf16 != NULL;
+    p.q_wide = b->dtype == SKV_BF16 && !p.kern->q_bf16;
     p.group = b->n_q_heads / b->n_kv_heads;
     p.acc_stride = skv_round_up((size_t)b->v_dim, 16);
     p.seg_floats = skv_round_up((size_t)2 * p.group, 16) + (size_t)p.group * p.acc_stride;
@@ -326,21 +339,7 @@ skv_status skv_sparse_attention(skv_context *ctx, const skv_attn_batch *b, float
         p.items_before[nl] = items;
         p.l0 = l0;
         p.nl = nl;
-        const int64_t heads = nl * p.group;
-#pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
-        {
-#ifdef _OPENMP
-            const scratch sc = thread_scratch(&p, omp_get_thread_num());
-#else
-            const scratch sc = thread_scratch(&p, 0);
-#endif
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t it = 0; it < items; it++)
-                run_item(&p, it, &sc);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < heads; i++)
-                finish_head(&p, i / p.group, (int32_t)(i % p.group), out, out_max, out_lse);
-        }
+        run_wave(&p, nth, items, nl * p.group, out, out_max, out_lse);
         l0 = l1;
     }
     return SKV_OK;

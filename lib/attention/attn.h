@@ -27,8 +27,8 @@
 typedef struct attn_state {
     int32_t nh, k_dim, v_dim;
     float scale;
-    const float *q;     /* [nh][k_dim] f32 (block_f32) */
-    const uint16_t *qb; /* [nh][k_dim] bf16 (block_bf16 only) */
+    const float *q;     /* [nh][k_dim] f32 */
+    const uint16_t *qb; /* [nh][k_dim] bf16, for a block_bf16 with q_bf16 */
     float *m;           /* [nh] running max: -inf before any finite score, NaN once a score
                            was NaN or +inf (the head's result is then NaN) */
     float *l;           /* [nh] running sum of exp(s - m) */
@@ -36,16 +36,19 @@ typedef struct attn_state {
     size_t acc_stride;
     float *s;           /* scratch [nh][ATTN_BR]: scores, then weights */
     float *alpha;       /* scratch [nh]: this block's rescale factor */
+    const char *pf_k, *pf_v; /* rows to ask for while this block computes, or NULL: row j of
+                                the block asks for pf_k + j * k_bytes (and V likewise) */
+    size_t k_bytes, v_bytes;
 } attn_state;
 
-/* One block of 1 <= n <= ATTN_BR rows; k[j] and v[j] point at row j's K (f32, or bf16 for
- * block_bf16) and V (f32) elements. */
-typedef void (*attn_block_fn)(attn_state *st, const void *const *k, const float *const *v,
+/* One block of 1 <= n <= ATTN_BR rows; k[j] and v[j] point at row j's K and V elements. */
+typedef void (*attn_block_fn)(attn_state *st, const void *const *k, const void *const *v,
                               int n);
 
 typedef struct attn_kernels {
-    attn_block_fn block_f32;
-    attn_block_fn block_bf16; /* K and q in bf16; NULL where the level has no bf16 dot */
+    attn_block_fn block_f32;  /* K, V and q in f32 */
+    attn_block_fn block_bf16; /* K and V in bf16; q in bf16 (qb) if q_bf16, else in f32 */
+    int q_bf16;
     void (*widen)(const uint16_t *src, float *dst, int64_t n); /* bf16 -> f32, exact */
     const char *name;
 } attn_kernels;

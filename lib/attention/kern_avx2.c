@@ -1,6 +1,8 @@
 /* AVX2 + FMA attention kernels: 8 floats per vector, 2-head x 4-row score tiles and 4-head x
- * 16-column weighted-sum tiles (16 ymm registers). Compiled with -mavx2 -mfma -mf16c. */
+ * 16-column weighted-sum tiles (16 ymm registers); bf16 rows widened in registers. Compiled
+ * with -mavx2 -mfma -mf16c. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "attention/attn.h"
 
@@ -15,6 +17,8 @@
 #define VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define VLOADN(p, n) _mm256_maskload_ps(p, lane_mask(n))
 #define VSTOREN(p, v, n) _mm256_maskstore_ps(p, lane_mask(n), v)
+#define VLOADH(p) widen8(_mm_loadu_si128((const __m128i *)(p)))
+#define VLOADHN(p, n) loadh_n(p, n)
 #define VADD(a, b) _mm256_add_ps(a, b)
 #define VSUB(a, b) _mm256_sub_ps(a, b)
 #define VMUL(a, b) _mm256_mul_ps(a, b)
@@ -37,6 +41,19 @@
 static inline __m256i lane_mask(int n)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256 widen8(__m128i h)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* n < 8 bf16 values (no 16-bit masked load in AVX2): through a zeroed copy. */
+static inline __m256 loadh_n(const uint16_t *p, int n)
+{
+    uint16_t tmp[8] = {0};
+    memcpy(tmp, p, (size_t)n * sizeof *p);
+    return widen8(_mm_loadu_si128((const __m128i *)tmp));
 }
 
 static inline float hsum256(__m256 v)
@@ -64,18 +81,18 @@ static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
 
 #include "attention/attn_simd.h"
 
-DEFINE_QK(qk_f32, qk_tile_f32, float)
-DEFINE_BLOCK(block_f32, qk_f32, float)
+DEFINE_QK(qk_f32, qk_tile_f32, 0)
+DEFINE_BLOCK(block_f32, qk_f32, 0)
+DEFINE_QK(qk_bf16, qk_tile_f32, 1)
+DEFINE_BLOCK(block_bf16, qk_bf16, 1)
 
 static void widen_avx2(const uint16_t *src, float *dst, int64_t n)
 {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-    }
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, VLOADH(src + i));
     for (; i < n; i++)
         dst[i] = skv_bf16_to_f32(src[i]);
 }
 
-const attn_kernels skv_attn_kernels_avx2 = {block_f32, NULL, widen_avx2, "avx2"};
+const attn_kernels skv_attn_kernels_avx2 = {block_f32, block_bf16, 0, widen_avx2, "avx2"};

@@ -5,14 +5,23 @@
 
 #include "attention/attn.h"
 
-static void scores(attn_state *st, const float *const *k, int n)
+/* Element d of a row of f32 or (bf16) bf16 values, as f32 (bf16 widens exactly). */
+static inline float elem(const void *row, int32_t d, int bf16)
+{
+    if (!bf16)
+        return ((const float *)row)[d];
+    union { uint32_t u; float f; } x = {(uint32_t)((const uint16_t *)row)[d] << 16};
+    return x.f;
+}
+
+static void scores(attn_state *st, const void *const *k, int n, int bf16)
 {
     for (int32_t h = 0; h < st->nh; h++) {
         const float *q = st->q + (size_t)h * st->k_dim;
         for (int j = 0; j < n; j++) {
             float dot = 0.0f;
             for (int32_t d = 0; d < st->k_dim; d++)
-                dot += q[d] * k[j][d];
+                dot += q[d] * elem(k[j], d, bf16);
             st->s[(size_t)h * ATTN_BR + j] = st->scale * dot;
         }
     }
@@ -51,7 +60,7 @@ static void softmax_update(attn_state *st, int n)
     }
 }
 
-static void weighted_sum(attn_state *st, const float *const *v, int n)
+static void weighted_sum(attn_state *st, const void *const *v, int n, int bf16)
 {
     for (int32_t h = 0; h < st->nh; h++) {
         float *acc = st->acc + (size_t)h * st->acc_stride;
@@ -60,21 +69,28 @@ static void weighted_sum(attn_state *st, const float *const *v, int n)
             acc[c] *= st->alpha[h];
         for (int j = 0; j < n; j++)
             for (int32_t c = 0; c < st->v_dim; c++)
-                acc[c] += w[j] * v[j][c];
+                acc[c] += w[j] * elem(v[j], c, bf16);
     }
 }
 
-static void block_scalar(attn_state *st, const void *const *k, const float *const *v, int n)
+static void block_f32(attn_state *st, const void *const *k, const void *const *v, int n)
 {
-    scores(st, (const float *const *)k, n);
+    scores(st, k, n, 0);
     softmax_update(st, n);
-    weighted_sum(st, v, n);
+    weighted_sum(st, v, n, 0);
+}
+
+static void block_bf16(attn_state *st, const void *const *k, const void *const *v, int n)
+{
+    scores(st, k, n, 1);
+    softmax_update(st, n);
+    weighted_sum(st, v, n, 1);
 }
 
 static void widen_scalar(const uint16_t *src, float *dst, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        dst[i] = skv_bf16_to_f32(src[i]);
+        dst[i] = elem(src, (int32_t)i, 1);
 }
 
-const attn_kernels skv_attn_kernels_scalar = {block_scalar, NULL, widen_scalar, "scalar"};
+const attn_kernels skv_attn_kernels_scalar = {block_f32, block_bf16, 0, widen_scalar, "scalar"};

@@ -15,6 +15,8 @@
 #define VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define VLOADN(p, n) _mm512_maskz_loadu_ps(attn_mask16(n), p)
 #define VSTOREN(p, v, n) _mm512_mask_storeu_ps(p, attn_mask16(n), v)
+#define VLOADH(p) attn_widen16(_mm256_loadu_si256((const __m256i *)(p)))
+#define VLOADHN(p, n) attn_widen16(_mm256_maskz_loadu_epi16(attn_mask16(n), p))
 #define VADD(a, b) _mm512_add_ps(a, b)
 #define VSUB(a, b) _mm512_sub_ps(a, b)
 #define VMUL(a, b) _mm512_mul_ps(a, b)
@@ -35,6 +37,12 @@
 #define REDUCE4(a0, a1, a2, a3) attn_reduce4_avx512(a0, a1, a2, a3)
 
 static inline __mmask16 attn_mask16(int n) { return (__mmask16)((1u << n) - 1); }
+
+/* 16 bf16 values to f32: the bits move to the high half (exact). */
+static inline __m512 attn_widen16(__m256i h)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 /* Four 16-lane sums by one tree each: (l0+l2)+(l1+l3) within each 128-bit quarter, then
  * (q0+q1)+(q2+q3). */
