@@ -24,42 +24,55 @@ void skv_misa_params_init(skv_misa_params *p)
     p->min_length = SKV_MISA_MIN_LENGTH;
 }
 
-/* Dequantised q of token t, head h. */
-static void q_row(const skv_indexer_query *q, int32_t t, int32_t h, float *out)
+/* Dequantised q of token t, all heads, transposed: out[d * H + h] (so that the dot products of
+ * every head with one vector run as independent sums over the heads, which vectorise). */
+static void q_rows_t(const skv_indexer_query *q, int32_t t, float *out)
 {
-    const size_t i0 = ((size_t)t * q->n_heads + h) * q->head_dim;
-    switch (q->dtype) {
-    case SKV_F32: memcpy(out, (const float *)q->q + i0, (size_t)q->head_dim * 4); break;
-    case SKV_BF16: skv_convert(SKV_F32, out, SKV_BF16, (const uint16_t *)q->q + i0, q->head_dim); break;
-    default: {
-        const float s = q->q_scale[(size_t)t * q->n_heads + h];
-        for (int32_t d = 0; d < q->head_dim; d++)
-            out[d] = skv_fp8_to_f32(((const uint8_t *)q->q)[i0 + d]) * s;
-    }
-    }
+    const int32_t H = q->n_heads, D = q->head_dim;
+    const size_t i0 = (size_t)t * H * D;
+    for (int32_t h = 0; h < H; h++)
+        for (int32_t d = 0; d < D; d++) {
+            const size_t i = i0 + (size_t)h * D + d;
+            float v;
+            if (q->dtype == SKV_F32)
+                v = ((const float *)q->q)[i];
+            else if (q->dtype == SKV_BF16)
+                v = skv_bf16_to_f32(((const uint16_t *)q->q)[i]);
+            else
+                v = skv_bf16_to_f32(skv_fp8_bf16_lut[((const uint8_t *)q->q)[i]]) * q->q_scale[(size_t)t * H + h];
+            out[(size_t)d * H + h] = v;
+        }
 }
 
-static float dot(const float *a, const float *b, int32_t n)
+/* dots[h] = q_h . x for every head (qt transposed [D][H]); each head sums over d in order. */
+static void head_dots(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
 {
-    float s = 0;
-    for (int32_t i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+    for (int32_t h = 0; h < H; h++)
+        dots[h] = 0;
+    for (int32_t d = 0; d < D; d++) {
+        const float xd = x[d], *row = qt + (size_t)d * H;
+        for (int32_t h = 0; h < H; h++)
+            dots[h] += row[h] * xd;
+    }
 }
 
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 
-/* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim. */
+/* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim + n_heads. */
 static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
                          skv_route_mode mode, int32_t block, float *qbuf, float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    for (int32_t h = 0; h < H; h++)
-        q_row(q, t, h, qbuf + (size_t)h * D);
+    q_rows_t(q, t, qbuf);
     const float *w = q->weights + (size_t)t * H;
+    float *dots = tmp + 2 * (size_t)D;
     if (mode == SKV_ROUTE_QNORM) {
+        memset(E, 0, (size_t)H * 4);
+        for (int32_t d = 0; d < D; d++)
+            for (int32_t h = 0; h < H; h++)
+                E[h] += qbuf[(size_t)d * H + h] * qbuf[(size_t)d * H + h];
         for (int32_t h = 0; h < H; h++)
-            E[h] = sqrtf(dot(qbuf + (size_t)h * D, qbuf + (size_t)h * D, D));
+            E[h] = sqrtf(E[h]);
         return;
     }
     memset(E, 0, (size_t)H * 4);
@@ -68,8 +81,9 @@ static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_sr
         if (p < 0 || p >= src->n_keys)
             return;
         skv_key_row_f32(src, p, tmp);
+        head_dots(qbuf, tmp, H, D, dots);
         for (int32_t h = 0; h < H; h++)
-            E[h] = w[h] * relu(dot(qbuf + (size_t)h * D, tmp, D));
+            E[h] = w[h] * relu(dots[h]);
         return;
     }
     const int64_t vis = skv_visible(q, t, src->n_keys);
@@ -79,8 +93,9 @@ static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_sr
         skv_pool_range_sum(src, b0, end, mean, scratch);
         for (int32_t d = 0; d < D; d++)
             mean[d] /= (float)(end - b0);
+        head_dots(qbuf, mean, H, D, dots);
         for (int32_t h = 0; h < H; h++)
-            E[h] += fabsf(w[h]) * relu(dot(qbuf + (size_t)h * D, mean, D));
+            E[h] += fabsf(w[h]) * relu(dots[h]);
     }
 }
 
@@ -111,7 +126,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
     if (p->route == SKV_ROUTE_POOLED && src->pool_chunk < 1)
         return SKV_ERR_STATE;
     const int nth = skv_threads(ctx);
-    const size_t per_thread = ((size_t)H * D + 2 * (size_t)D + H) * 4 + (size_t)H * sizeof(ranked_head);
+    const size_t per_thread = ((size_t)H * D + 2 * (size_t)D + 2 * (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
     uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth);
     if (!ws)
         return SKV_ERR_NOMEM;
@@ -122,7 +137,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
 #else
         uint8_t *mine = ws;
 #endif
-        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + 2 * (size_t)D;
+        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + 2 * (size_t)D + H;
         ranked_head *rk = (ranked_head *)(E + H);
 #pragma omp for schedule(dynamic, 1)
         for (int32_t t = 0; t < T; t++) {
