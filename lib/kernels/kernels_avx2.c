@@ -9,7 +9,7 @@
 #define LANES 8
 #define HV_MAX 2
 #define G_MAX 8
-#define N_FOR_HV(hv) ((hv) == 2 ? 6 : 8)
+#define N_FOR_HV(hv) ((hv) == 2 ? 6 : 12)
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD(p) _mm256_loadu_ps(p)
 #define VSET1(x) _mm256_set1_ps(x)

@@ -9,7 +9,7 @@
 #define LANES 16
 #define HV_MAX 4
 #define G_MAX 16
-#define N_FOR_HV(hv) ((hv) == 4 ? 4 : 8) /* multiples of 4: REDUCE4 */
+#define N_FOR_HV(hv) ((hv) == 4 ? 4 : (hv) == 1 ? 16 : 8) /* multiples of 4 (REDUCE4); one head vector needs 16 chains to cover the FMA latency */
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD(p) _mm512_loadu_ps(p)
 #define VSET1(x) _mm512_set1_ps(x)

@@ -58,6 +58,24 @@ static void head_dots(const float *qt, const float *x, int32_t H, int32_t D, flo
 
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 
+/* The pooled router's terms of block b for token t: out[h] = |w[h]| * relu(q_h . mean_b), the
+ * block's mean over the keys token t sees. tmp: 2 * head_dim floats. */
+static void block_terms(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
+                        int32_t block, int64_t b, const float *qt, float *tmp, float *out)
+{
+    const int32_t H = q->n_heads, D = q->head_dim;
+    const int64_t vis = skv_visible(q, t, src->n_keys), b0 = b * block;
+    const int64_t end = b0 + block < vis ? b0 + block : vis;
+    const float *w = q->weights + (size_t)t * H;
+    float *mean = tmp, *scratch = tmp + D;
+    skv_pool_range_sum(src, b0, end, mean, scratch);
+    for (int32_t d = 0; d < D; d++)
+        mean[d] /= (float)(end - b0);
+    head_dots(qt, mean, H, D, out);
+    for (int32_t h = 0; h < H; h++)
+        out[h] = fabsf(w[h]) * relu(out[h]);
+}
+
 /* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim + n_heads. */
 static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
                          skv_route_mode mode, int32_t block, float *qbuf, float *tmp, float *E)
@@ -87,15 +105,10 @@ static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_sr
         return;
     }
     const int64_t vis = skv_visible(q, t, src->n_keys);
-    float *mean = tmp, *scratch = tmp + D;
     for (int64_t b0 = 0; b0 < vis; b0 += block) {
-        const int64_t end = b0 + block < vis ? b0 + block : vis;
-        skv_pool_range_sum(src, b0, end, mean, scratch);
-        for (int32_t d = 0; d < D; d++)
-            mean[d] /= (float)(end - b0);
-        head_dots(qbuf, mean, H, D, dots);
+        block_terms(q, t, src, block, b0 / block, qbuf, tmp, dots);
         for (int32_t h = 0; h < H; h++)
-            E[h] += fabsf(w[h]) * relu(dots[h]);
+            E[h] += dots[h];
     }
 }
 
@@ -119,6 +132,44 @@ static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *tmp, in
         heads[i] = tmp[i].h;
 }
 
+/* The pooled router for fewer tokens than threads (decode): each token's blocks are spread over
+ * the threads, their terms summed afterwards in block order, so the scores are those of the
+ * token-parallel path for any thread count. */
+static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
+                                  const skv_key_src *src, const skv_misa_params *p, uint8_t *ws,
+                                  size_t per_thread, int32_t *out_heads, float *out_scores)
+{
+    const int32_t H = q->n_heads, D = q->head_dim;
+    const int nth = skv_threads(ctx);
+    float *terms = (float *)(ws + per_thread * (size_t)nth); /* [blocks][H], sized by the caller */
+    /* thread 0's area as in skv_route_src: q | tmp (2D + H) | E (H) | ranks (H) */
+    float *qt = (float *)ws, *E = qt + (size_t)H * D + 2 * (size_t)D + H;
+    ranked_head *rk = (ranked_head *)(E + H);
+    for (int32_t t = 0; t < q->n_tokens; t++) {
+        const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
+        q_rows_t(q, t, qt);
+#pragma omp parallel num_threads(nth) if (nth > 1 && nb > 1)
+        {
+#ifdef _OPENMP
+            float *tmp = (float *)(ws + per_thread * (size_t)omp_get_thread_num()) + (size_t)H * D;
+#else
+            float *tmp = (float *)ws + (size_t)H * D;
+#endif
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < nb; b++)
+                block_terms(q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
+        }
+        memset(E, 0, (size_t)H * 4);
+        for (int64_t b = 0; b < nb; b++)
+            for (int32_t h = 0; h < H; h++)
+                E[h] += terms[(size_t)b * H + h];
+        if (out_scores)
+            memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
+        top_heads(E, H, p->heads, rk, out_heads + (size_t)t * p->heads);
+    }
+    return SKV_OK;
+}
+
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores)
 {
@@ -127,9 +178,13 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
         return SKV_ERR_STATE;
     const int nth = skv_threads(ctx);
     const size_t per_thread = ((size_t)H * D + 2 * (size_t)D + 2 * (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
-    uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth);
+    const int by_blocks = p->route == SKV_ROUTE_POOLED && T < nth;
+    const size_t terms = by_blocks ? (size_t)((src->n_keys + p->block - 1) / p->block) * H * 4 : 0;
+    uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth + terms);
     if (!ws)
         return SKV_ERR_NOMEM;
+    if (by_blocks)
+        return route_by_blocks(ctx, q, src, p, ws, per_thread, out_heads, out_scores);
 #pragma omp parallel num_threads(nth) if (nth > 1 && T > 1)
     {
 #ifdef _OPENMP
