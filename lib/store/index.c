@@ -8,25 +8,6 @@
 
 /* ---- arrays ---------------------------------------------------------------------------- */
 
-static skv_status grow_array(skv_context *ctx, void **a, size_t elem, int64_t used, int64_t *cap,
-                             int64_t need)
-{
-    if (need <= *cap)
-        return SKV_OK;
-    int64_t c = *cap ? *cap : 8;
-    while (c < need)
-        c *= 2;
-    void *b = skv_alloc(ctx, (size_t)c * elem);
-    if (!b)
-        return SKV_ERR_NOMEM;
-    if (used)
-        memcpy(b, *a, (size_t)used * elem);
-    skv_free(ctx, *a, (size_t)*cap * elem);
-    *a = b;
-    *cap = c;
-    return SKV_OK;
-}
-
 skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes)
 {
     skv_context *ctx = s->ctx;
@@ -85,6 +66,61 @@ skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes)
     return SKV_OK;
 }
 
+/* Gives back node and leaf capacity a worst-case reservation left unused (a bulk build reserves
+ * a node per page; about one per fanout pages is used). Best effort: on allocation failure the
+ * arrays stay as they are, nothing observable changes either way. */
+void hidx_shrink(skv_store *s, hidx *x)
+{
+    skv_context *ctx = s->ctx;
+    const int64_t want_n = (int64_t)x->n_node + x->n_node / 4 + 16;
+    if (x->cap_node > 2 * want_n) {
+        const size_t F1 = (size_t)s->F + 1, D = (size_t)s->D, c = (size_t)want_n;
+        snode *nd = skv_alloc(ctx, c * sizeof *nd);
+        int32_t *ch = skv_alloc(ctx, c * F1 * sizeof *ch);
+        float *ce = skv_alloc(ctx, c * D * sizeof *ce);
+        int32_t *fr = skv_alloc(ctx, c * sizeof *fr);
+        if (nd && ch && ce && fr) {
+            const size_t n = (size_t)x->n_node;
+            if (n) {
+                memcpy(nd, x->node, n * sizeof *nd);
+                memcpy(ch, x->child, n * F1 * sizeof *ch);
+                memcpy(ce, x->cent, n * D * sizeof *ce);
+            }
+            if (x->n_node_free)
+                memcpy(fr, x->node_free, (size_t)x->n_node_free * sizeof *fr);
+            skv_free(ctx, x->node, (size_t)x->cap_node * sizeof *x->node);
+            skv_free(ctx, x->child, (size_t)x->cap_node * F1 * sizeof *x->child);
+            skv_free(ctx, x->cent, (size_t)x->cap_node * D * sizeof *x->cent);
+            skv_free(ctx, x->node_free, (size_t)x->cap_node * sizeof *x->node_free);
+            x->node = nd, x->child = ch, x->cent = ce, x->node_free = fr;
+            x->cap_node = (int32_t)c;
+        } else {
+            skv_free(ctx, nd, c * sizeof *nd);
+            skv_free(ctx, ch, c * F1 * sizeof *ch);
+            skv_free(ctx, ce, c * D * sizeof *ce);
+            skv_free(ctx, fr, c * sizeof *fr);
+        }
+    }
+    const int64_t want_l = (int64_t)x->n_leaf + x->n_leaf / 4 + 16;
+    if (x->cap_leaf > 2 * want_l) {
+        const size_t c = (size_t)want_l;
+        sleaf *l = skv_alloc(ctx, c * sizeof *l);
+        int32_t *f = skv_alloc(ctx, c * sizeof *f);
+        if (l && f) {
+            if (x->n_leaf)
+                memcpy(l, x->leaf, (size_t)x->n_leaf * sizeof *l);
+            if (x->n_leaf_free)
+                memcpy(f, x->leaf_free, (size_t)x->n_leaf_free * sizeof *f);
+            skv_free(ctx, x->leaf, (size_t)x->cap_leaf * sizeof *x->leaf);
+            skv_free(ctx, x->leaf_free, (size_t)x->cap_leaf * sizeof *x->leaf_free);
+            x->leaf = l, x->leaf_free = f, x->cap_leaf = (int32_t)c;
+        } else {
+            skv_free(ctx, l, c * sizeof *l);
+            skv_free(ctx, f, c * sizeof *f);
+        }
+    }
+}
+
 int32_t leaf_new(hidx *x, int32_t page, int32_t parent)
 {
     const int32_t l = x->n_leaf_free ? x->leaf_free[--x->n_leaf_free] : x->n_leaf++;
@@ -130,7 +166,7 @@ void node_add_child(skv_store *s, hidx *x, int32_t n, int32_t c)
 }
 
 /* Inserts c right after `after` among n's children. */
-static void node_insert_after(skv_store *s, hidx *x, int32_t n, int32_t after, int32_t c)
+void node_insert_after(skv_store *s, hidx *x, int32_t n, int32_t after, int32_t c)
 {
     int32_t *ch = node_child(s, x, n);
     int32_t k = x->node[n].n_child;
@@ -153,11 +189,6 @@ void node_remove_child(skv_store *s, hidx *x, int32_t n, int32_t c)
     for (; i + 1 < k; i++)
         ch[i] = ch[i + 1];
     x->node[n].n_child = k - 1;
-}
-
-void skv_store_insert_after(skv_store *s, hidx *x, int32_t n, int32_t after, int32_t c)
-{
-    node_insert_after(s, x, n, after, c);
 }
 
 /* ---- statistics ------------------------------------------------------------------------ */

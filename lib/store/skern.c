@@ -1,5 +1,7 @@
 /* Store kernels: the scalar reference (plain loops in index order, f32 accumulation) and the
  * dispatch that upgrades it level by level. */
+#include <string.h>
+
 #include "core/core.h"
 #include "store/skern.h"
 
@@ -41,10 +43,21 @@ static void minmax_scalar(const float *q, int32_t G, int32_t D, const float *lo,
     }
 }
 
+static void split_rows_scalar(uint8_t *dk, uint8_t *dv, const uint8_t *src, size_t stride,
+                              size_t kb, size_t vb, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        memcpy(dk + (size_t)i * kb, src + (size_t)i * stride, kb);
+        if (vb)
+            memcpy(dv + (size_t)i * vb, src + (size_t)i * stride + kb, vb);
+    }
+}
+
 void skv_skern_init_scalar(skv_store_kern *k)
 {
     k->dots = dots_scalar;
     k->minmax = minmax_scalar;
+    k->split_rows = split_rows_scalar;
     k->name = "scalar";
 }
 

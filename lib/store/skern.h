@@ -20,6 +20,10 @@ typedef struct skv_store_kern {
        q . k over keys inside the box [lo, hi]. */
     void (*minmax)(const float *q, int32_t G, int32_t D, const float *lo, const float *hi,
                    float *out);
+    /* Splits n rows of a page (`stride` bytes apart: kb bytes of K, then vb of V) into
+       contiguous outputs: dk + i * kb and dv + i * vb. Plain copies (bit-exact). */
+    void (*split_rows)(uint8_t *dk, uint8_t *dv, const uint8_t *src, size_t stride, size_t kb,
+                       size_t vb, int32_t n);
     const char *name;
 } skv_store_kern;
 

@@ -127,9 +127,30 @@ static void minmax_avx2(const float *q, int32_t G, int32_t D, const float *lo, c
     }
 }
 
+static inline void copy_bytes(uint8_t *d, const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        _mm256_storeu_si256((__m256i *)(d + i), _mm256_loadu_si256((const __m256i *)(s + i)));
+    for (; i < n; i++)
+        d[i] = s[i];
+}
+
+static void split_rows_avx2(uint8_t *dk, uint8_t *dv, const uint8_t *src, size_t stride,
+                            size_t kb, size_t vb, int32_t n)
+{
+    for (int32_t i = 0; i < n; i++) {
+        const uint8_t *r = src + (size_t)i * stride;
+        copy_bytes(dk + (size_t)i * kb, r, kb);
+        if (vb)
+            copy_bytes(dv + (size_t)i * vb, r + kb, vb);
+    }
+}
+
 void skv_skern_init_avx2(skv_store_kern *k)
 {
     k->dots = dots_avx2;
     k->minmax = minmax_avx2;
+    k->split_rows = split_rows_avx2;
     k->name = "avx2";
 }

@@ -74,14 +74,8 @@ skv_status skv_store_create(skv_context *ctx, const skv_store_params *p, skv_sto
     s->page_bytes = skv_round_up(s->slot_bytes + tail_end, 64);
     s->spare_keep = (2 * s->P + 8) * s->H;
     skv_skern_init(&s->kern, skv_context_cpu_flags(ctx));
-    s->resv = skv_alloc_zero(ctx, (size_t)s->H * sizeof *s->resv);
-    if (!s->resv) {
-        skv_free(ctx, s, sizeof *s);
-        return SKV_ERR_NOMEM;
-    }
     const skv_status st = tier_init(s);
     if (st != SKV_OK) {
-        skv_free(ctx, s->resv, (size_t)s->H * sizeof *s->resv);
         skv_free(ctx, s, sizeof *s);
         return st;
     }
@@ -111,7 +105,7 @@ void skv_store_destroy(skv_store *s)
     skv_free(ctx, s->free_ids, (size_t)s->id_cap * sizeof *s->free_ids);
     skv_free(ctx, s->scratch, s->scratch_cap);
     skv_free(ctx, s->resv_buf, s->resv_buf_cap);
-    skv_free(ctx, s->resv, (size_t)s->H * sizeof *s->resv);
+    skv_free(ctx, s->resv, (size_t)s->resv_cap * sizeof *s->resv);
     skv_free(ctx, s, sizeof *s);
 }
 
@@ -210,10 +204,17 @@ void page_unref(skv_store *s, int32_t id)
     s->pages_in_use--;
 }
 
-skv_status store_reserve(skv_store *s, const int64_t *pages, const int64_t *rel)
+skv_status store_reserve(skv_store *s, int32_t H, const int64_t *pages, const int64_t *rel)
 {
     skv_context *ctx = s->ctx;
-    const int32_t H = s->H;
+    if (H > s->resv_cap) {
+        hresv *r = skv_alloc_zero(ctx, (size_t)H * sizeof *r);
+        if (!r)
+            return SKV_ERR_NOMEM;
+        skv_free(ctx, s->resv, (size_t)s->resv_cap * sizeof *s->resv);
+        s->resv = r;
+        s->resv_cap = H;
+    }
     int64_t total = 0, total_rel = 0;
     for (int32_t h = 0; h < H; h++)
         total += pages[h], total_rel += rel[h];
@@ -272,12 +273,13 @@ skv_status store_reserve(skv_store *s, const int64_t *pages, const int64_t *rel)
         }
         ip += r->n, mp += r->n, rp += r->cap_rel;
     }
+    s->resv_n = H;
     return SKV_OK;
 }
 
 void store_reserve_end(skv_store *s)
 {
-    for (int32_t h = s->H - 1; h >= 0; h--) {
+    for (int32_t h = s->resv_n - 1; h >= 0; h--) {
         hresv *r = &s->resv[h];
         s->pages_in_use += r->used;
         for (int32_t i = r->n - 1; i >= r->used; i--) {
@@ -286,7 +288,7 @@ void store_reserve_end(skv_store *s)
         }
         r->n = r->used = 0;
     }
-    for (int32_t h = 0; h < s->H; h++) {
+    for (int32_t h = 0; h < s->resv_n; h++) {
         hresv *r = &s->resv[h];
         for (int32_t i = 0; i < r->n_rel; i++)
             page_unref(s, r->rel[i]);
@@ -294,6 +296,7 @@ void store_reserve_end(skv_store *s)
     }
     while (s->n_spare > s->spare_keep)
         skv_free(s->ctx, s->spare[--s->n_spare], s->page_bytes);
+    s->resv_n = 0;
 }
 
 int32_t resv_page(skv_store *s, int32_t h)

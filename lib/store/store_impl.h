@@ -131,7 +131,7 @@ struct skv_store {
     int32_t *slot_pin;
     uint8_t *slot_ref, *slot_flight;
     int32_t *free_slots, n_free_slots;
-    int64_t hand, n_resident, n_pinned_slots;
+    int64_t hand, n_resident, n_pinned_slots, n_orphan;
     int unfenced;
     uint8_t *staging;
     size_t staging_cap;
@@ -142,7 +142,8 @@ struct skv_store {
     /* scratch, grown on demand, kept */
     void *scratch;
     size_t scratch_cap;
-    hresv *resv; /* [H] */
+    hresv *resv; /* [resv_cap]: one per (layer, head) slot of the current mutation */
+    int32_t resv_cap, resv_n;
     void *resv_buf;
     size_t resv_buf_cap;
 };
@@ -184,17 +185,34 @@ static inline float *pg_max(const skv_store *s, int32_t id)
     return (float *)(s->pages[id] + s->slot_bytes + s->tail_max);
 }
 static inline int32_t pg_n(const skv_store *s, int32_t id) { return pg_tail(s, id)->n; }
+/* Prefetches the K parts of a page's rows (and its tail, where n lives). */
+static inline void prefetch_keys(const skv_store *s, int32_t id)
+{
+    const uint8_t *m = s->pages[id];
+    __builtin_prefetch(m + s->slot_bytes);
+    for (int32_t j = 0; j < s->P; j++)
+        for (size_t b = 0; b < s->k_bytes; b += 64)
+            __builtin_prefetch(m + s->rows_offset + (size_t)j * s->row_bytes + b);
+}
+/* Prefetches a whole page image (rows and positions). */
+static inline void prefetch_image(const skv_store *s, int32_t id)
+{
+    const uint8_t *m = s->pages[id];
+    for (size_t b = 0; b < s->slot_bytes; b += 64)
+        __builtin_prefetch(m + b);
+}
 
 sseq *store_seq(const skv_store *s, int32_t seq);
 /* The store's clock, advanced: the epoch of a change. */
 static inline uint64_t store_tick(skv_store *s) { return ++s->clock; }
 
-/* Reservation for heads [0, n_heads): `pages[h]` pages for head h (ids and buffers), release
- * room `rel[h]`. Checks max_pages against the total. All or nothing: CAPACITY, NOMEM. */
-skv_status store_reserve(skv_store *s, const int64_t *pages, const int64_t *rel);
+/* Reservation for slots [0, n) (the heads of a layer, or (layer, head) pairs): `pages[i]`
+ * pages for slot i (ids and buffers), release room `rel[i]`. Checks max_pages against the
+ * total. All or nothing: CAPACITY, NOMEM. */
+skv_status store_reserve(skv_store *s, int32_t n, const int64_t *pages, const int64_t *rel);
 /* After the commit: returns unused reservations, releases the deferred pages. */
 void store_reserve_end(skv_store *s);
-/* A fresh page (refcount 1, new version, pos all -1, n = 0) from head h's reservation. */
+/* A fresh page (refcount 1, new version, pos all -1, n = 0) from slot h's reservation. */
 int32_t resv_page(skv_store *s, int32_t h);
 /* Drops one reference, deferred (see store_reserve_end). */
 void resv_unref(skv_store *s, int32_t h, int32_t id);
@@ -212,6 +230,8 @@ void *store_scratch(skv_store *s, size_t size);
 
 /* Room for `leaves` more leaves and `nodes` more nodes in head h's arrays. NOMEM. */
 skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes);
+/* Trims node and leaf capacity far above use (best effort, never fails visibly). */
+void hidx_shrink(skv_store *s, hidx *x);
 int32_t leaf_new(hidx *x, int32_t page, int32_t parent);
 void leaf_free(hidx *x, int32_t l);
 int32_t node_new(skv_store *s, hidx *x);
@@ -229,10 +249,12 @@ void page_stats(skv_store *s, int32_t id, float aug_m);
 /* Recomputes node n's count, centroid, radius and augmented mean from its children. */
 void node_stats(skv_store *s, hidx *x, int32_t n);
 /* Walks from node n to the root: statistics, splits of nodes over fanout, removal of empty
- * nodes, and root collapse. h: the head (for reservations). */
-void node_fixup(skv_store *s, hidx *x, int32_t n);
-/* Adds child c (node or LEAF) to node n at the end. */
+ * nodes, and root collapse. scratch: node_split_scratch bytes. */
+void node_fixup(skv_store *s, hidx *x, int32_t n, void *scratch);
+size_t node_split_scratch(const skv_store *s);
+/* Adds child c (node or LEAF) to node n at the end, or right after child `after`. */
 void node_add_child(skv_store *s, hidx *x, int32_t n, int32_t c);
+void node_insert_after(skv_store *s, hidx *x, int32_t n, int32_t after, int32_t c);
 void node_remove_child(skv_store *s, hidx *x, int32_t n, int32_t c);
 /* Height of the tree (0: empty). */
 int32_t hidx_height(const skv_store *s, const hidx *x);
@@ -252,8 +274,45 @@ static inline float aug_coord(float m, float norm2)
     const float d = m * m - norm2;
     return d > 0 ? __builtin_sqrtf(d) : 0.0f;
 }
-/* Row (dtype) to f32. */
-void row_to_f32(const skv_store *s, const void *src, float *dst, int32_t n);
+/* n elements of the store dtype to f32 (exact). */
+static inline float f16_to_f32_inline(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (e == 0x1f)
+        v.u = sign | 0x7f800000u | (m << 13);
+    else if (e)
+        v.u = sign | ((e + 112) << 23) | (m << 13);
+    else {
+        const float f = (float)m * 0x1p-24f; /* subnormal or zero: exact */
+        return sign ? -f : f;
+    }
+    return v.f;
+}
+static inline void row_to_f32(const skv_store *s, const void *src, float *dst, int32_t n)
+{
+    if (s->p.dtype == SKV_F32) {
+        memcpy(dst, src, (size_t)n * 4);
+    } else if (s->p.dtype == SKV_BF16) {
+        const uint16_t *h = src;
+        for (int32_t i = 0; i < n; i++) {
+            union { uint32_t u; float f; } v = {(uint32_t)h[i] << 16};
+            dst[i] = v.f;
+        }
+    } else {
+        const uint16_t *h = src;
+        for (int32_t i = 0; i < n; i++)
+            dst[i] = f16_to_f32_inline(h[i]);
+    }
+}
+/* 2-means in the augmented space over k points (pts [k][D] f32, aug [k], weights wt or NULL):
+ * seeded with the point farthest from the mean and the point farthest from that, `iters`
+ * Lloyd steps. Writes proj[i] = x_i . w - t, the signed side of the bisecting hyperplane
+ * (> 0: the first centre's side), and the hyperplane itself (w [D], w_aug, t) at the start of
+ * tmp. Returns the count of points with proj > 0, or -1 when all points coincide. */
+int32_t two_means(const skv_store *s, const float *pts, const float *aug, const float *wt,
+                  int32_t k, int iters, float *proj, void *tmp);
+size_t two_means_scratch(const skv_store *s, int32_t k);
 /* Bulk clustering of f rows (store format, contiguous) with positions at ranks
  * [rank0, rank0 + f) into a new subtree, grafted under the root. */
 void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *rows, int64_t f,
@@ -265,10 +324,11 @@ void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t 
 size_t cluster_insert_scratch(const skv_store *s);
 /* Bounds used by reservations. */
 int64_t cluster_insert_nodes(const skv_store *s, const hidx *x, int64_t f);
-/* Removes the rows of leaf l (a body leaf) whose bits are set in `drop`, then merges it with a
- * sibling when under a quarter full. */
-void cluster_remove(skv_store *s, int32_t h, hidx *x, slayer *ly, int32_t l, uint64_t drop,
-                    void *scratch);
+/* Removes the rows of body leaf l whose positions are in [p0, p1), then merges it into a
+ * similar sibling when under a quarter full. */
+void cluster_remove(skv_store *s, int32_t h, hidx *x, slayer *ly, int32_t l, int32_t p0,
+                    int32_t p1, void *scratch);
+size_t cluster_remove_scratch(const skv_store *s);
 /* Rank of a position in the layer (binary search); -1 when absent. */
 int64_t layer_rank(const slayer *ly, int32_t pos);
 
@@ -278,12 +338,18 @@ skv_status tier_init(skv_store *s);
 void tier_destroy(skv_store *s);
 /* A page is being freed: its slot is released (or orphaned while pinned). */
 void tier_page_freed(skv_store *s, int32_t id);
+/* sel.c: room for n pages (contents kept; NOMEM changes nothing), and packing the heads' pages
+ * written at offsets at[h] (cnt[h] each) into consecutive ranges. */
+skv_status sel_grow(skv_store_sel *sel, int64_t n);
+void sel_pack(skv_store_sel *sel, int32_t H, const int64_t *at, const int64_t *cnt);
+/* 1 when the selection is empty or (seq, layer) changed since it was made. */
+int store_sel_stale(const skv_store *s, const skv_store_sel *sel);
+/* Drops a selection's pins (selection destroy). */
+void store_sel_unpin(skv_store_sel *sel);
 
 /* ---- validate.c (tests) ---------------------------------------------------------------- */
 
 /* Checks every internal invariant; returns 0, or -1 with a message in msg. */
 int skv_store_validate(const skv_store *s, char *msg, size_t msg_len);
-/* Pin count of the slot holding page `id`'s copy, -1 when not resident (tests). */
-int32_t skv_store_page_refcount(const skv_store *s, int32_t id);
 
 #endif
