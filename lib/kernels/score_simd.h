@@ -124,7 +124,7 @@ SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int g, i
 /* Defines `static void NAME(pack, k, kst, ks, n, out)` running TILE over every head chunk and
  * key tile; ELEM is the key element type. */
 #define DEFINE_SCORE_KERNEL(NAME, TILE, ELEM)                                                 \
-    SKV_ALWAYS_INLINE void NAME##_chunk(const skv_qchunk *c, int32_t D, int hv, int g,        \
+    SKV_ALWAYS_INLINE void NAME##_tiles(const skv_qchunk *c, int32_t D, int hv, int g,        \
                                         const ELEM *k, size_t kst, const float *ks,           \
                                         int64_t n, int scaled, int accumulate, float *out)    \
     {                                                                                         \
@@ -141,6 +141,17 @@ SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int g, i
             TILE(c, D, hv, g, N, k + (size_t)j * kst, kst, scaled ? ks + j : NULL,            \
                  left < N ? left : N, scaled, accumulate, out + j);                           \
         }                                                                                     \
+    }                                                                                         \
+    /* Rows of 128 dims (DeepSeek's and GLM's indexers) get their own instantiation: with the \
+       row stride a constant, a tile addresses all its keys from one register. */             \
+    SKV_ALWAYS_INLINE void NAME##_chunk(const skv_qchunk *c, int32_t D, int hv, int g,        \
+                                        const ELEM *k, size_t kst, const float *ks,           \
+                                        int64_t n, int scaled, int accumulate, float *out)    \
+    {                                                                                         \
+        if (D == 128 && kst == 128)                                                           \
+            NAME##_tiles(c, 128, hv, g, k, 128, ks, n, scaled, accumulate, out);              \
+        else                                                                                  \
+            NAME##_tiles(c, D, hv, g, k, kst, ks, n, scaled, accumulate, out);                \
     }                                                                                         \
     static void NAME(const void *pack, const void *k, size_t kst, const float *ks, int64_t n, \
                      float *out)                                                              \

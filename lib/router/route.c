@@ -30,18 +30,23 @@ static void q_rows_t(const skv_indexer_query *q, int32_t t, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     const size_t i0 = (size_t)t * H * D;
-    for (int32_t h = 0; h < H; h++)
+    for (int32_t h = 0; h < H; h++) {
+        const float s = q->dtype == SKV_FP8_E4M3 ? q->q_scale[(size_t)t * H + h] : 1.0f;
         for (int32_t d = 0; d < D; d++) {
             const size_t i = i0 + (size_t)h * D + d;
+            uint32_t bits; /* bf16 and fp8 widen by placing bf16 bits in the top half */
             float v;
-            if (q->dtype == SKV_F32)
+            if (q->dtype == SKV_F32) {
                 v = ((const float *)q->q)[i];
-            else if (q->dtype == SKV_BF16)
-                v = skv_bf16_to_f32(((const uint16_t *)q->q)[i]);
-            else
-                v = skv_bf16_to_f32(skv_fp8_bf16_lut[((const uint8_t *)q->q)[i]]) * q->q_scale[(size_t)t * H + h];
+            } else {
+                bits = (uint32_t)(q->dtype == SKV_BF16 ? ((const uint16_t *)q->q)[i]
+                                                       : skv_fp8_bf16_lut[((const uint8_t *)q->q)[i]]) << 16;
+                memcpy(&v, &bits, 4);
+                v *= s;
+            }
             out[(size_t)d * H + h] = v;
         }
+    }
 }
 
 /* dots[h] = q_h . x for every head (qt transposed [D][H]); each head sums over d in order. */
