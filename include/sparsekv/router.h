@@ -64,14 +64,16 @@ typedef struct skv_misa_params {
     int32_t candidates;   /* MISA-dagger: C >= k candidates re-ranked with all heads; 0 = plain
                              MISA; default 0 */
     int64_t min_length;   /* the length gate: when no query token sees this many keys, run the
-                             dense indexer; default SKV_MISA_MIN_LENGTH */
+                             dense indexer; -1 = the measured crossover below; default -1 */
 } skv_misa_params;
 
-/* Crossover lengths measured on the development machine (bench/misa_bench.c): below these the
- * routed passes do not pay for themselves (see the benchmark's crossover records). */
-#define SKV_MISA_MIN_LENGTH 4096
-#define SKV_MISA_DAGGER_MIN_LENGTH 16384
-#define SKV_HISA_MIN_LENGTH 32768
+/* Crossover lengths measured on the development machine (bench/misa_bench.c, fp8 keys, H = 64,
+ * decode, 2 threads): below these the routed passes do not beat the dense indexer. MISA (h = 8)
+ * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 32K (slower at 16K);
+ * HISA (B = 128, m = 32) from 8K. */
+#define SKV_MISA_MIN_LENGTH 1024
+#define SKV_MISA_DAGGER_MIN_LENGTH 32768
+#define SKV_HISA_MIN_LENGTH 8192
 
 SKV_API void skv_misa_params_init(skv_misa_params *p);
 
@@ -107,7 +109,7 @@ typedef struct skv_hisa_params {
     int32_t block;        /* pooled block in tokens, a multiple of the pooled chunk; default 128 */
     int32_t blocks;       /* m: blocks kept per query token, the first and last visible ones
                              among them; >= 2; default 32 (m * block = 4096) */
-    int64_t min_length;   /* the length gate; default SKV_HISA_MIN_LENGTH */
+    int64_t min_length;   /* the length gate; -1 = SKV_HISA_MIN_LENGTH; default -1 */
 } skv_hisa_params;
 
 SKV_API void skv_hisa_params_init(skv_hisa_params *p);

@@ -74,8 +74,9 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     SKV_CHECK(ctx, p->candidates == 0 || p->candidates >= k);
     const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads, C = p->candidates;
     const int64_t vis = max_visible(q, src->n_keys);
+    const int64_t gate = p->min_length >= 0 ? p->min_length : C ? SKV_MISA_DAGGER_MIN_LENGTH : SKV_MISA_MIN_LENGTH;
     /* the dials and the length gate: the dense indexer itself */
-    if (h == H || vis < p->min_length || (C > 0 && C >= vis) || T == 0)
+    if (h == H || vis < gate || (C > 0 && C >= vis) || T == 0)
         return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
 
     const size_t qrow = (size_t)q->head_dim * skv_dtype_size(q->dtype);
@@ -145,7 +146,7 @@ void skv_hisa_params_init(skv_hisa_params *p)
     p->struct_size = sizeof *p;
     p->block = 128;
     p->blocks = 32;
-    p->min_length = SKV_HISA_MIN_LENGTH;
+    p->min_length = -1;
 }
 
 static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
@@ -154,11 +155,12 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
     SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, p->block >= 1 && p->blocks >= 2 && p->min_length >= 0);
+    SKV_CHECK(ctx, p->block >= 1 && p->blocks >= 2 && p->min_length >= -1);
     const int32_t T = q->n_tokens, D = q->head_dim, B = p->block, m = p->blocks;
     SKV_CHECK(ctx, src->pool_chunk < 1 || B % src->pool_chunk == 0);
     const int64_t vis = max_visible(q, src->n_keys);
-    if (vis < p->min_length || (int64_t)m * B >= vis || T == 0)
+    const int64_t gate = p->min_length >= 0 ? p->min_length : SKV_HISA_MIN_LENGTH;
+    if (vis < gate || (int64_t)m * B >= vis || T == 0)
         return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
     if (src->pool_chunk < 1)
         return SKV_ERR_STATE;

@@ -21,7 +21,7 @@ void skv_misa_params_init(skv_misa_params *p)
     p->heads = 8;
     p->block = 1024;
     p->candidates = 0;
-    p->min_length = SKV_MISA_MIN_LENGTH;
+    p->min_length = -1;
 }
 
 /* Dequantised q of token t, all heads, transposed: out[d * H + h] (so that the dot products of
@@ -218,7 +218,7 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
     SKV_CHECK(ctx, p->heads >= 1 && p->heads <= q->n_heads);
     SKV_CHECK(ctx, p->route == SKV_ROUTE_POOLED || p->route == SKV_ROUTE_QNORM ||
                        p->route == SKV_ROUTE_OWN_KEY);
-    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= 0 && p->min_length >= 0);
+    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= 0 && p->min_length >= -1);
     if (p->route == SKV_ROUTE_POOLED && src->pool_chunk >= 1)
         SKV_CHECK(ctx, p->block % src->pool_chunk == 0);
     return SKV_OK;
