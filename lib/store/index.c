@@ -8,61 +8,75 @@
 
 /* ---- arrays ---------------------------------------------------------------------------- */
 
-skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes)
+/* Moves the leaf arrays to capacity c (>= n_leaf); on failure nothing changes. */
+static skv_status leaves_resize(skv_context *ctx, hidx *x, size_t c)
+{
+    sleaf *l = skv_alloc(ctx, c * sizeof *l);
+    int32_t *f = skv_alloc(ctx, c * sizeof *f);
+    if (!l || !f) {
+        skv_free(ctx, l, c * sizeof *l);
+        skv_free(ctx, f, c * sizeof *f);
+        return SKV_ERR_NOMEM;
+    }
+    if (x->n_leaf)
+        memcpy(l, x->leaf, (size_t)x->n_leaf * sizeof *l);
+    if (x->n_leaf_free)
+        memcpy(f, x->leaf_free, (size_t)x->n_leaf_free * sizeof *f);
+    skv_free(ctx, x->leaf, (size_t)x->cap_leaf * sizeof *x->leaf);
+    skv_free(ctx, x->leaf_free, (size_t)x->cap_leaf * sizeof *x->leaf_free);
+    x->leaf = l, x->leaf_free = f, x->cap_leaf = (int32_t)c;
+    return SKV_OK;
+}
+
+/* Moves the node arrays to capacity c (>= n_node); on failure nothing changes. */
+static skv_status nodes_resize(skv_store *s, hidx *x, size_t c)
 {
     skv_context *ctx = s->ctx;
+    const size_t F1 = (size_t)s->F + 1, D = (size_t)s->D;
+    snode *nd = skv_alloc(ctx, c * sizeof *nd);
+    int32_t *ch = skv_alloc(ctx, c * F1 * sizeof *ch);
+    float *ce = skv_alloc(ctx, c * D * sizeof *ce);
+    int32_t *fr = skv_alloc(ctx, c * sizeof *fr);
+    if (!nd || !ch || !ce || !fr) {
+        skv_free(ctx, nd, c * sizeof *nd);
+        skv_free(ctx, ch, c * F1 * sizeof *ch);
+        skv_free(ctx, ce, c * D * sizeof *ce);
+        skv_free(ctx, fr, c * sizeof *fr);
+        return SKV_ERR_NOMEM;
+    }
+    const size_t n = (size_t)x->n_node;
+    if (n) {
+        memcpy(nd, x->node, n * sizeof *nd);
+        memcpy(ch, x->child, n * F1 * sizeof *ch);
+        memcpy(ce, x->cent, n * D * sizeof *ce);
+    }
+    if (x->n_node_free)
+        memcpy(fr, x->node_free, (size_t)x->n_node_free * sizeof *fr);
+    skv_free(ctx, x->node, (size_t)x->cap_node * sizeof *x->node);
+    skv_free(ctx, x->child, (size_t)x->cap_node * F1 * sizeof *x->child);
+    skv_free(ctx, x->cent, (size_t)x->cap_node * D * sizeof *x->cent);
+    skv_free(ctx, x->node_free, (size_t)x->cap_node * sizeof *x->node_free);
+    x->node = nd, x->child = ch, x->cent = ce, x->node_free = fr, x->cap_node = (int32_t)c;
+    return SKV_OK;
+}
+
+static int64_t doubled_to(int64_t cap, int64_t want)
+{
+    int64_t c = cap ? cap : 8;
+    while (c < want)
+        c *= 2;
+    return c;
+}
+
+skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes)
+{
     const int64_t want_l = (int64_t)x->n_leaf + leaves, want_n = (int64_t)x->n_node + nodes;
     if (want_l > INT32_MAX || want_n > INT32_MAX)
         return SKV_ERR_CAPACITY;
-    if (want_l > x->cap_leaf) {
-        int64_t c = x->cap_leaf ? x->cap_leaf : 8;
-        while (c < want_l)
-            c *= 2;
-        sleaf *l = skv_alloc(ctx, (size_t)c * sizeof *l);
-        int32_t *f = skv_alloc(ctx, (size_t)c * sizeof *f);
-        if (!l || !f) {
-            skv_free(ctx, l, (size_t)c * sizeof *l);
-            skv_free(ctx, f, (size_t)c * sizeof *f);
-            return SKV_ERR_NOMEM;
-        }
-        if (x->n_leaf)
-            memcpy(l, x->leaf, (size_t)x->n_leaf * sizeof *l);
-        if (x->n_leaf_free)
-            memcpy(f, x->leaf_free, (size_t)x->n_leaf_free * sizeof *f);
-        skv_free(ctx, x->leaf, (size_t)x->cap_leaf * sizeof *x->leaf);
-        skv_free(ctx, x->leaf_free, (size_t)x->cap_leaf * sizeof *x->leaf_free);
-        x->leaf = l, x->leaf_free = f, x->cap_leaf = (int32_t)c;
-    }
-    if (want_n > x->cap_node) {
-        int64_t c = x->cap_node ? x->cap_node : 8;
-        while (c < want_n)
-            c *= 2;
-        const size_t F1 = (size_t)s->F + 1, D = (size_t)s->D;
-        snode *nd = skv_alloc(ctx, (size_t)c * sizeof *nd);
-        int32_t *ch = skv_alloc(ctx, (size_t)c * F1 * sizeof *ch);
-        float *ce = skv_alloc(ctx, (size_t)c * D * sizeof *ce);
-        int32_t *fr = skv_alloc(ctx, (size_t)c * sizeof *fr);
-        if (!nd || !ch || !ce || !fr) {
-            skv_free(ctx, nd, (size_t)c * sizeof *nd);
-            skv_free(ctx, ch, (size_t)c * F1 * sizeof *ch);
-            skv_free(ctx, ce, (size_t)c * D * sizeof *ce);
-            skv_free(ctx, fr, (size_t)c * sizeof *fr);
-            return SKV_ERR_NOMEM;
-        }
-        const size_t n = (size_t)x->n_node;
-        if (n) {
-            memcpy(nd, x->node, n * sizeof *nd);
-            memcpy(ch, x->child, n * F1 * sizeof *ch);
-            memcpy(ce, x->cent, n * D * sizeof *ce);
-        }
-        if (x->n_node_free)
-            memcpy(fr, x->node_free, (size_t)x->n_node_free * sizeof *fr);
-        skv_free(ctx, x->node, (size_t)x->cap_node * sizeof *x->node);
-        skv_free(ctx, x->child, (size_t)x->cap_node * F1 * sizeof *x->child);
-        skv_free(ctx, x->cent, (size_t)x->cap_node * D * sizeof *x->cent);
-        skv_free(ctx, x->node_free, (size_t)x->cap_node * sizeof *x->node_free);
-        x->node = nd, x->child = ch, x->cent = ce, x->node_free = fr, x->cap_node = (int32_t)c;
-    }
+    if (want_l > x->cap_leaf)
+        SKV_TRY(leaves_resize(s->ctx, x, (size_t)doubled_to(x->cap_leaf, want_l)));
+    if (want_n > x->cap_node)
+        SKV_TRY(nodes_resize(s, x, (size_t)doubled_to(x->cap_node, want_n)));
     return SKV_OK;
 }
 
@@ -71,54 +85,12 @@ skv_status hidx_grow(skv_store *s, hidx *x, int64_t leaves, int64_t nodes)
  * arrays stay as they are, nothing observable changes either way. */
 void hidx_shrink(skv_store *s, hidx *x)
 {
-    skv_context *ctx = s->ctx;
     const int64_t want_n = (int64_t)x->n_node + x->n_node / 4 + 16;
-    if (x->cap_node > 2 * want_n) {
-        const size_t F1 = (size_t)s->F + 1, D = (size_t)s->D, c = (size_t)want_n;
-        snode *nd = skv_alloc(ctx, c * sizeof *nd);
-        int32_t *ch = skv_alloc(ctx, c * F1 * sizeof *ch);
-        float *ce = skv_alloc(ctx, c * D * sizeof *ce);
-        int32_t *fr = skv_alloc(ctx, c * sizeof *fr);
-        if (nd && ch && ce && fr) {
-            const size_t n = (size_t)x->n_node;
-            if (n) {
-                memcpy(nd, x->node, n * sizeof *nd);
-                memcpy(ch, x->child, n * F1 * sizeof *ch);
-                memcpy(ce, x->cent, n * D * sizeof *ce);
-            }
-            if (x->n_node_free)
-                memcpy(fr, x->node_free, (size_t)x->n_node_free * sizeof *fr);
-            skv_free(ctx, x->node, (size_t)x->cap_node * sizeof *x->node);
-            skv_free(ctx, x->child, (size_t)x->cap_node * F1 * sizeof *x->child);
-            skv_free(ctx, x->cent, (size_t)x->cap_node * D * sizeof *x->cent);
-            skv_free(ctx, x->node_free, (size_t)x->cap_node * sizeof *x->node_free);
-            x->node = nd, x->child = ch, x->cent = ce, x->node_free = fr;
-            x->cap_node = (int32_t)c;
-        } else {
-            skv_free(ctx, nd, c * sizeof *nd);
-            skv_free(ctx, ch, c * F1 * sizeof *ch);
-            skv_free(ctx, ce, c * D * sizeof *ce);
-            skv_free(ctx, fr, c * sizeof *fr);
-        }
-    }
+    if (x->cap_node > 2 * want_n)
+        (void)nodes_resize(s, x, (size_t)want_n);
     const int64_t want_l = (int64_t)x->n_leaf + x->n_leaf / 4 + 16;
-    if (x->cap_leaf > 2 * want_l) {
-        const size_t c = (size_t)want_l;
-        sleaf *l = skv_alloc(ctx, c * sizeof *l);
-        int32_t *f = skv_alloc(ctx, c * sizeof *f);
-        if (l && f) {
-            if (x->n_leaf)
-                memcpy(l, x->leaf, (size_t)x->n_leaf * sizeof *l);
-            if (x->n_leaf_free)
-                memcpy(f, x->leaf_free, (size_t)x->n_leaf_free * sizeof *f);
-            skv_free(ctx, x->leaf, (size_t)x->cap_leaf * sizeof *x->leaf);
-            skv_free(ctx, x->leaf_free, (size_t)x->cap_leaf * sizeof *x->leaf_free);
-            x->leaf = l, x->leaf_free = f, x->cap_leaf = (int32_t)c;
-        } else {
-            skv_free(ctx, l, c * sizeof *l);
-            skv_free(ctx, f, c * sizeof *f);
-        }
-    }
+    if (x->cap_leaf > 2 * want_l)
+        (void)leaves_resize(s->ctx, x, (size_t)want_l);
 }
 
 int32_t leaf_new(hidx *x, int32_t page, int32_t parent)
