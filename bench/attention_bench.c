@@ -84,20 +84,7 @@ static int parse_args(int argc, char **argv, options *o)
 
 static int selected(const options *o, const char *name)
 {
-    if (!o->filter)
-        return 1;
-    for (const char *f = o->filter; *f;) {
-        const size_t n = strcspn(f, ",");
-        char part[128];
-        if (n > 0 && n < sizeof part) {
-            memcpy(part, f, n);
-            part[n] = '\0';
-            if (strstr(name, part))
-                return 1;
-        }
-        f += n + (f[n] == ',');
-    }
-    return 0;
+    return bench_name_selected(o->filter, name);
 }
 
 /* ---- inputs ------------------------------------------------------------------------------- */

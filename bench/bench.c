@@ -145,21 +145,7 @@ static int parse_args(int argc, char **argv, options *o)
 
 static int selected(const options *o, const char *name)
 {
-    if (!o->filter)
-        return 1;
-    const char *f = o->filter;
-    while (*f) {
-        const size_t n = strcspn(f, ",");
-        if (n > 0 && n < 256) {
-            char part[256];
-            memcpy(part, f, n);
-            part[n] = '\0';
-            if (strstr(name, part))
-                return 1;
-        }
-        f += n + (f[n] == ',');
-    }
-    return 0;
+    return bench_name_selected(o->filter, name);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */

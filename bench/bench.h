@@ -45,6 +45,8 @@ double peak_flops_per_iter(peak_kind kind);
 /* ---- timing and output (timing.c) -------------------------------------------------------- */
 
 double now_s(void);         /* monotonic wall clock, seconds */
+/* --filter: 1 when filter is NULL or name contains one of its comma-separated parts. */
+int bench_name_selected(const char *filter, const char *name);
 double process_cpu_s(void); /* CPU time of the whole process (all threads), seconds */
 
 typedef struct bench_timing {

@@ -9,6 +9,24 @@
 
 #include "bench.h"
 
+int bench_name_selected(const char *filter, const char *name)
+{
+    if (!filter)
+        return 1;
+    for (const char *f = filter; *f;) {
+        const size_t n = strcspn(f, ",");
+        char part[256];
+        if (n > 0 && n < sizeof part) {
+            memcpy(part, f, n);
+            part[n] = '\0';
+            if (strstr(name, part))
+                return 1;
+        }
+        f += n + (f[n] == ',');
+    }
+    return 0;
+}
+
 double now_s(void)
 {
     struct timespec ts;
