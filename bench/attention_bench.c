@@ -38,14 +38,6 @@ static void die(const char *what, const char *why)
     exit(1);
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        die("malloc", "out of memory");
-    return p;
-}
-
 static int parse_args(int argc, char **argv, options *o)
 {
     memset(o, 0, sizeof *o);
@@ -105,7 +97,7 @@ static void fill(float *x, size_t n, uint64_t seed)
 
 static uint16_t *to_bf16(const float *x, size_t n)
 {
-    uint16_t *d = xmalloc(n * 2);
+    uint16_t *d = bench_xmalloc(n * 2);
     if (skv_convert(SKV_BF16, d, SKV_F32, x, (int64_t)n) != SKV_OK)
         die("skv_convert", "failed");
     return d;
@@ -140,16 +132,16 @@ static void batch_init(batch *x, int32_t T, int32_t Hq, int32_t Hkv, int32_t kd,
 {
     memset(x, 0, sizeof *x);
     const size_t nq = (size_t)T * Hq * kd;
-    float *q = xmalloc(nq * 4);
+    float *q = bench_xmalloc(nq * 4);
     fill(q, nq, seed);
     x->q = dt == SKV_F32 ? (void *)q : (void *)to_bf16(q, nq);
     if (dt != SKV_F32)
         free(q);
-    x->q_pos = xmalloc((size_t)T * 4);
-    x->len = xmalloc((size_t)T * Hkv * 4);
-    x->start = xmalloc((size_t)T * Hkv * 8);
-    x->out = xmalloc((size_t)T * Hq * vd * 4);
-    x->lse = xmalloc((size_t)T * Hq * 4);
+    x->q_pos = bench_xmalloc((size_t)T * 4);
+    x->len = bench_xmalloc((size_t)T * Hkv * 4);
+    x->start = bench_xmalloc((size_t)T * Hkv * 8);
+    x->out = bench_xmalloc((size_t)T * Hq * vd * 4);
+    x->lse = bench_xmalloc((size_t)T * Hq * 4);
     skv_attn_batch *b = &x->b;
     memset(b, 0, sizeof *b);
     b->struct_size = sizeof *b;
@@ -164,9 +156,9 @@ static void make_decode(batch *x, const context_kv *c, int32_t rows, skv_dtype d
 {
     batch_init(x, 1, HQ, HKV, DIM, DIM, dt, 11 + (uint64_t)rows);
     const size_t es = dt == SKV_F32 ? 4 : 2, n = (size_t)HKV * rows;
-    uint8_t *k = xmalloc(n * DIM * es), *v = xmalloc(n * DIM * es);
-    x->k_pos = xmalloc(n * 4);
-    uint8_t *taken = xmalloc(CTX);
+    uint8_t *k = bench_xmalloc(n * DIM * es), *v = bench_xmalloc(n * DIM * es);
+    x->k_pos = bench_xmalloc(n * 4);
+    uint8_t *taken = bench_xmalloc(CTX);
     uint64_t s = 0x1234567ull + (uint64_t)rows;
     for (int32_t g = 0; g < HKV; g++) {
         memset(taken, 0, CTX);
@@ -218,7 +210,7 @@ static void make_mla(batch *x, skv_dtype dt)
 {
     enum { ROWS = 2048, KD = 576, VD = 512 };
     batch_init(x, 1, 128, 1, KD, VD, dt, 13);
-    float *k = xmalloc((size_t)ROWS * KD * 4), *v = xmalloc((size_t)ROWS * VD * 4);
+    float *k = bench_xmalloc((size_t)ROWS * KD * 4), *v = bench_xmalloc((size_t)ROWS * VD * 4);
     fill(k, (size_t)ROWS * KD, 14);
     fill(v, (size_t)ROWS * VD, 15);
     if (dt == SKV_F32) {
@@ -227,7 +219,7 @@ static void make_mla(batch *x, skv_dtype dt)
         x->k = to_bf16(k, (size_t)ROWS * KD), x->v = to_bf16(v, (size_t)ROWS * VD);
         free(k), free(v);
     }
-    x->k_pos = xmalloc(ROWS * 4);
+    x->k_pos = bench_xmalloc(ROWS * 4);
     for (int32_t i = 0; i < ROWS; i++)
         x->k_pos[i] = i * 50;
     x->q_pos[0] = ROWS * 50;
@@ -294,14 +286,14 @@ static void run_case(const run_state *rs, const char *kind, batch *x, int64_t ro
     time_call(&c, mt, 3, &t);
     float *ref = NULL;
     if (scalar) {
-        call cs = {rs->ctx_scalar, x, xmalloc(n_out * 4),
-                   xmalloc((size_t)b->n_tokens * b->n_q_heads * 4), SKV_OK};
+        call cs = {rs->ctx_scalar, x, bench_xmalloc(n_out * 4),
+                   bench_xmalloc((size_t)b->n_tokens * b->n_q_heads * 4), SKV_OK};
         time_call(&cs, 0.6 * mt, 1, &ts);
         free(cs.out), free(cs.lse);
     }
     if (reference && !rs->opt->no_ref) {
-        ref = xmalloc(n_out * 4);
-        float *rl = xmalloc((size_t)b->n_tokens * b->n_q_heads * 4);
+        ref = bench_xmalloc(n_out * 4);
+        float *rl = bench_xmalloc((size_t)b->n_tokens * b->n_q_heads * 4);
         call cr = {NULL, x, ref, rl, SKV_OK};
         time_call(&cr, 0.6 * mt, 1, &tr);
         free(rl);
@@ -422,10 +414,10 @@ int main(int argc, char **argv)
 
     context_kv c;
     const size_t n = (size_t)HKV * CTX * DIM;
-    c.k = xmalloc(n * 4), c.v = xmalloc(n * 4);
+    c.k = bench_xmalloc(n * 4), c.v = bench_xmalloc(n * 4);
     fill(c.k, n, 1), fill(c.v, n, 2);
     c.kb = to_bf16(c.k, n), c.vb = to_bf16(c.v, n);
-    c.pos = xmalloc((size_t)HKV * CTX * 4);
+    c.pos = bench_xmalloc((size_t)HKV * CTX * 4);
     for (size_t i = 0; i < (size_t)HKV * CTX; i++)
         c.pos[i] = (int32_t)(i % CTX);
 

@@ -173,14 +173,6 @@ static void die_oom(const char *what)
     exit(1);
 }
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p)
-        die_oom("malloc");
-    return p;
-}
-
 static void emit(json_line *j)
 {
     if (json_end(j))
@@ -329,8 +321,8 @@ static match_result compare_sets(const ref_problem *p, const int32_t *lib, const
 {
     match_result r = {.checked = 1, .exact = 1};
     const int32_t k = p->k;
-    int32_t *a = xmalloc((size_t)k * sizeof *a), *b = xmalloc((size_t)k * sizeof *b);
-    int32_t *only_a = xmalloc((size_t)k * sizeof *a), *only_b = xmalloc((size_t)k * sizeof *b);
+    int32_t *a = bench_xmalloc((size_t)k * sizeof *a), *b = bench_xmalloc((size_t)k * sizeof *b);
+    int32_t *only_a = bench_xmalloc((size_t)k * sizeof *a), *only_b = bench_xmalloc((size_t)k * sizeof *b);
     int64_t common = 0, total = 0;
     for (int32_t t = 0; t < p->T; t++) {
         memcpy(a, lib + (size_t)t * k, (size_t)k * sizeof *a);
@@ -450,8 +442,8 @@ static void run_indexer_case(run_state *rs, const indexer_case *c)
                          (double)T * H * (D * esize + row_scale + 4.0) + 4.0 * T;
     const double flops = 2.0 * H * D * (double)pairs;
 
-    int32_t *idx = xmalloc((size_t)T * k * sizeof *idx);
-    float *scores = c->scores_only ? xmalloc((size_t)T * (size_t)c->L * sizeof *scores) : NULL;
+    int32_t *idx = bench_xmalloc((size_t)T * k * sizeof *idx);
+    float *scores = c->scores_only ? bench_xmalloc((size_t)T * (size_t)c->L * sizeof *scores) : NULL;
     lib_call lc = {.ctx = rs->ctx, .in = &in, .idx = idx, .scores = scores};
     bench_timing tl;
     timed(name, c->scores_only ? call_scores : call_topk, &lc, &lc.st, o->min_time, 3, 0.0, &tl);
@@ -462,7 +454,7 @@ static void run_indexer_case(run_state *rs, const indexer_case *c)
     match_result mb = {0}, mn = {0};
     const int refs = !o->no_ref && !c->scores_only;
     if (refs) {
-        int32_t *ridx = xmalloc((size_t)T * k * sizeof *ridx);
+        int32_t *ridx = bench_xmalloc((size_t)T * k * sizeof *ridx);
         ref_call rc = {.ws = rs->ws, .p = &in.ref, .threads = o->threads, .idx = ridx};
         if (ref_have_blas()) {
             timed("blas_sort reference", call_ref, &rc, NULL, ref_min, 1, 1.0, &tb);
@@ -550,11 +542,11 @@ static void run_topk_rows(run_state *rs)
 
     const int64_t n = TOPK_ROW_LEN;
     const int32_t k = TOP_K;
-    float *x = xmalloc((size_t)n * sizeof *x);
+    float *x = bench_xmalloc((size_t)n * sizeof *x);
     fill_uniform(x, (size_t)n, 0x726f77ull); /* random scores, fixed seed */
 
-    int32_t *lib = xmalloc((size_t)k * sizeof *lib), *lib1 = xmalloc((size_t)k * sizeof *lib1);
-    int32_t *ref = xmalloc((size_t)k * sizeof *ref);
+    int32_t *lib = bench_xmalloc((size_t)k * sizeof *lib), *lib1 = bench_xmalloc((size_t)k * sizeof *lib1);
+    int32_t *ref = bench_xmalloc((size_t)k * sizeof *ref);
     row_call rc = {.ctx = rs->ctx, .x = x, .n = n, .k = k, .idx = lib};
     bench_timing tl, t1, ts[3];
     timed(name, call_row, &rc, &rc.st, o->min_time, 3, 0.0, &tl);

@@ -45,6 +45,10 @@ double peak_flops_per_iter(peak_kind kind);
 /* ---- timing and output (timing.c) -------------------------------------------------------- */
 
 double now_s(void);         /* monotonic wall clock, seconds */
+/* Exits with a message when allocation fails (benchmarks have no recovery to test). */
+void *bench_xmalloc(size_t n);
+/* Exits with `what` and the status's text unless st is SKV_OK. */
+void bench_check(skv_status st, const char *what);
 /* --filter: 1 when filter is NULL or name contains one of its comma-separated parts. */
 int bench_name_selected(const char *filter, const char *name);
 double process_cpu_s(void); /* CPU time of the whole process (all threads), seconds */

@@ -16,24 +16,6 @@
 
 enum { H = 64, D = 128, K = 2048, CHUNK = 64, PREFILL_T = 64, MAX_T = 64 };
 
-static void check(skv_status st, const char *what)
-{
-    if (st != SKV_OK) {
-        fprintf(stderr, "sparsekv-bench-misa: %s: %s\n", what, skv_status_string(st));
-        exit(1);
-    }
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "sparsekv-bench-misa: out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
 /* ---- structured inputs ------------------------------------------------------------------- */
 
 static uint64_t rs = 99;
@@ -57,9 +39,9 @@ typedef struct inputs {
 static void make_inputs(inputs *in, int64_t L, int structured)
 {
     in->L = L;
-    in->keys = xmalloc((size_t)L * D * 4);
-    in->q = xmalloc((size_t)MAX_T * H * D * 4);
-    in->w = xmalloc((size_t)MAX_T * H * 4);
+    in->keys = bench_xmalloc((size_t)L * D * 4);
+    in->q = bench_xmalloc((size_t)MAX_T * H * D * 4);
+    in->w = bench_xmalloc((size_t)MAX_T * H * 4);
     if (!structured) {
         fill_uniform(in->keys, (size_t)L * D, 31);
         fill_uniform(in->q, (size_t)MAX_T * H * D, 32);
@@ -67,7 +49,7 @@ static void make_inputs(inputs *in, int64_t L, int structured)
         return;
     }
     enum { NC = 256 };
-    float *cent = xmalloc((size_t)(NC + 2) * D * 4); /* + sink and recent directions */
+    float *cent = bench_xmalloc((size_t)(NC + 2) * D * 4); /* + sink and recent directions */
     for (size_t i = 0; i < (size_t)(NC + 2) * D; i++)
         cent[i] = (float)gauss();
     const float *sink = cent + (size_t)NC * D, *recent = cent + (size_t)(NC + 1) * D;
@@ -152,13 +134,13 @@ static void setup_length(skv_context *ctx, const inputs *in, length_setup *ls)
     skv_kcache_params kp;
     skv_kcache_params_init(&kp);
     kp.head_dim = D, kp.dtype = SKV_FP8_E4M3, kp.pool_chunk = CHUNK;
-    check(skv_kcache_create(ctx, &kp, &ls->cache), "kcache");
-    check(skv_kcache_seq_create(ls->cache, &ls->seq), "seq");
-    ls->k8 = xmalloc((size_t)in->L * D);
-    ls->ks = xmalloc((size_t)in->L * 4);
-    check(skv_quantize_fp8(in->keys, in->L, D, D, 0, ls->k8, ls->ks), "quantise");
+    bench_check(skv_kcache_create(ctx, &kp, &ls->cache), "kcache");
+    bench_check(skv_kcache_seq_create(ls->cache, &ls->seq), "seq");
+    ls->k8 = bench_xmalloc((size_t)in->L * D);
+    ls->ks = bench_xmalloc((size_t)in->L * 4);
+    bench_check(skv_quantize_fp8(in->keys, in->L, D, D, 0, ls->k8, ls->ks), "quantise");
     ls->keys = (skv_key_block){in->L, D, SKV_FP8_E4M3, ls->k8, ls->ks};
-    check(skv_kcache_append(ls->cache, ls->seq, 0, &ls->keys), "append");
+    bench_check(skv_kcache_append(ls->cache, ls->seq, 0, &ls->keys), "append");
 }
 
 static void free_length(length_setup *ls)
@@ -172,7 +154,7 @@ typedef struct query_buf { uint8_t q8[MAX_T * H * D]; float qs[MAX_T * H]; int32
 
 static void make_query(const inputs *in, int32_t T, query_buf *qb)
 {
-    check(skv_quantize_fp8(in->q, (int64_t)T * H, D, D, 0, qb->q8, qb->qs), "quantise q");
+    bench_check(skv_quantize_fp8(in->q, (int64_t)T * H, D, D, 0, qb->q8, qb->qs), "quantise q");
     for (int32_t t = 0; t < T; t++)
         qb->pos[t] = (int32_t)(in->L - T + t);
     qb->q = (skv_indexer_query){T, H, D, SKV_FP8_E4M3, qb->q8, qb->qs, in->w, qb->pos};
@@ -185,17 +167,17 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
                     int want_recall, measured *out)
 {
     const int32_t T = qb->q.n_tokens;
-    int32_t *idx = xmalloc((size_t)T * K * 4);
-    double *rec = xmalloc((size_t)T * 8), *mass = xmalloc((size_t)T * 8);
+    int32_t *idx = bench_xmalloc((size_t)T * K * 4);
+    double *rec = bench_xmalloc((size_t)T * 8), *mass = bench_xmalloc((size_t)T * 8);
     for (int mi = 0; mi < N_METHODS; mi++) {
         call c = {ctx, ls->cache, ls->seq, (method)mi, &qb->q, idx};
         bench_timing tm;
         if (bench_time(run_call, &c, min_time, 3, 1, 2.0, &tm))
-            check(SKV_ERR_STATE, method_name[mi]);
+            bench_check(SKV_ERR_STATE, method_name[mi]);
         out->ns[mi] = tm.median_ns;
         out->recall[mi] = out->mass[mi] = NAN;
         if (want_recall) {
-            check(skv_selection_quality(ctx, &qb->q, &ls->keys, idx, K, rec, mass), "quality");
+            bench_check(skv_selection_quality(ctx, &qb->q, &ls->keys, idx, K, rec, mass), "quality");
             double r = 0, ms = 0;
             for (int32_t t = 0; t < T; t++)
                 r += rec[t], ms += mass[t];
@@ -244,8 +226,8 @@ static void real_data(skv_context *ctx)
         pos[t] = T0 + t;
     for (int l = 0; l < 6; l++) {
         char path[1200];
-        uint16_t *q16 = xmalloc((size_t)T * IH * ID * 2);
-        float *q = xmalloc((size_t)T * IH * ID * 4), *w = xmalloc((size_t)T * IH * 4), *k = xmalloc((size_t)T * ID * 4);
+        uint16_t *q16 = bench_xmalloc((size_t)T * IH * ID * 2);
+        float *q = bench_xmalloc((size_t)T * IH * ID * 4), *w = bench_xmalloc((size_t)T * IH * 4), *k = bench_xmalloc((size_t)T * ID * 4);
         FILE *f;
         int ok = 1;
         const char *names[3] = {"iq", "iw", "ik"};
@@ -265,11 +247,11 @@ static void real_data(skv_context *ctx)
         skv_convert(SKV_F32, q, SKV_F16, q16, (int64_t)T * IH * ID);
         const skv_indexer_query qq = {T - T0, IH, ID, SKV_F32, q + (size_t)T0 * IH * ID, NULL, w + (size_t)T0 * IH, pos};
         const skv_key_block kb = {T, ID, SKV_F32, k, NULL};
-        float *sums = xmalloc((size_t)(T / 64) * ID * 4);
-        check(skv_pool_keys(&kb, 64, sums), "pool");
+        float *sums = bench_xmalloc((size_t)(T / 64) * ID * 4);
+        bench_check(skv_pool_keys(&kb, 64, sums), "pool");
         const skv_pooled_keys pk = {64, sums};
-        int32_t *idx = xmalloc((size_t)(T - T0) * RK * 4);
-        double *rec = xmalloc((size_t)(T - T0) * 8);
+        int32_t *idx = bench_xmalloc((size_t)(T - T0) * RK * 4);
+        double *rec = bench_xmalloc((size_t)(T - T0) * 8);
         json_line j;
         json_begin(&j);
         char name[64];
@@ -289,11 +271,11 @@ static void real_data(skv_context *ctx)
                 skv_hisa_params hp;
                 skv_hisa_params_init(&hp);
                 hp.block = 64, hp.blocks = 4 * RK / 64, hp.min_length = 0;
-                check(skv_hisa_topk(ctx, &qq, &kb, &pk, &hp, RK, idx, NULL), "hisa");
+                bench_check(skv_hisa_topk(ctx, &qq, &kb, &pk, &hp, RK, idx, NULL), "hisa");
             } else {
-                check(skv_misa_topk(ctx, &qq, &kb, &pk, &mp, RK, idx, NULL), "misa");
+                bench_check(skv_misa_topk(ctx, &qq, &kb, &pk, &mp, RK, idx, NULL), "misa");
             }
-            check(skv_selection_quality(ctx, &qq, &kb, idx, RK, rec, NULL), "quality");
+            bench_check(skv_selection_quality(ctx, &qq, &kb, idx, RK, rec, NULL), "quality");
             double r = 0;
             for (int t = 0; t < T - T0; t++)
                 r += rec[t];
@@ -325,7 +307,7 @@ int main(int argc, char **argv)
             make_inputs(&in, Ls[li], structured);
             length_setup ls;
             setup_length(ctx, &in, &ls);
-            query_buf *qb = xmalloc(sizeof *qb);
+            query_buf *qb = bench_xmalloc(sizeof *qb);
             measured r;
             make_query(&in, 1, qb);
             measure(ctx, &m, &ls, qb, "decode", structured ? "structured" : "uniform", min_time, structured, &r);
@@ -344,7 +326,7 @@ int main(int argc, char **argv)
         make_inputs(&in, sweep[si], 1);
         length_setup ls;
         setup_length(ctx, &in, &ls);
-        query_buf *qb = xmalloc(sizeof *qb);
+        query_buf *qb = bench_xmalloc(sizeof *qb);
         make_query(&in, 1, qb);
         measured r;
         measure(ctx, &m, &ls, qb, "sweep", "structured", min_time * 0.5, 0, &r);

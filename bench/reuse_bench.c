@@ -14,24 +14,6 @@
 
 enum { LAYERS = 61, H = 64, D = 128, K = 2048, CTX = 32768, PREFILL_T = 64 };
 
-static void check(skv_status st, const char *what)
-{
-    if (st != SKV_OK) {
-        fprintf(stderr, "sparsekv-bench-reuse: %s: %s\n", what, skv_status_string(st));
-        exit(1);
-    }
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n);
-    if (!p) {
-        fprintf(stderr, "sparsekv-bench-reuse: out of memory\n");
-        exit(1);
-    }
-    return p;
-}
-
 /* ---- the 61-layer stack ----------------------------------------------------------------- */
 
 typedef struct stack {
@@ -67,40 +49,40 @@ static void run_pattern(skv_context *ctx, const bench_machine *m, const char *la
     skv_kcache_params_init(&bp);
     bp.head_dim = D;
     bp.dtype = SKV_FP8_E4M3;
-    check(skv_reuse_kcache_params(plan, &bp, &kp), "kcache params");
+    bench_check(skv_reuse_kcache_params(plan, &bp, &kp), "kcache params");
     skv_kcache *cache;
-    check(skv_kcache_create(ctx, &kp, &cache), "kcache create");
+    bench_check(skv_kcache_create(ctx, &kp, &cache), "kcache create");
     int32_t seq;
-    check(skv_kcache_seq_create(cache, &seq), "seq create");
+    bench_check(skv_kcache_seq_create(cache, &seq), "seq create");
     const skv_key_block kb = {CTX, D, SKV_FP8_E4M3, k8, ks};
     for (int32_t slot = 0; slot < kp.n_layers; slot++)
-        check(skv_kcache_append(cache, seq, slot, &kb), "append");
+        bench_check(skv_kcache_append(cache, seq, slot, &kb), "append");
     skv_kcache_stats st = {.struct_size = sizeof st};
-    check(skv_kcache_get_stats(cache, &st), "stats");
+    bench_check(skv_kcache_get_stats(cache, &st), "stats");
 
     skv_reuse_selector_params sp;
     skv_reuse_selector_params_init(&sp);
     sp.k = K;
     sp.max_tokens = PREFILL_T;
     skv_reuse_selector *sel;
-    check(skv_reuse_selector_create(ctx, plan, &sp, &sel), "selector");
+    bench_check(skv_reuse_selector_create(ctx, plan, &sp, &sel), "selector");
 
     stack s = {ctx, plan, sel, cache, seq, qd};
     bench_timing td, tp;
     if (bench_time(step, &s, min_time, 3, 1, 0, &td))
-        check(SKV_ERR_STATE, "decode step");
+        bench_check(SKV_ERR_STATE, "decode step");
     s.q = qp;
     if (bench_time(step, &s, 0, 1, 0, 0, &tp))
-        check(SKV_ERR_STATE, "prefill step");
+        bench_check(SKV_ERR_STATE, "prefill step");
     skv_reuse_selector_stats ss = {.struct_size = sizeof ss};
-    check(skv_reuse_selector_get_stats(sel, &ss), "selector stats");
+    bench_check(skv_reuse_selector_get_stats(sel, &ss), "selector stats");
 
     out->decode_ns = td.median_ns;
     out->prefill_ns = tp.median_ns;
     out->bytes = st.bytes_in_use;
     out->bytes_per_token = st.bytes_per_token;
     char pat[LAYERS + 1];
-    check(skv_reuse_plan_pattern(plan, pat, sizeof pat), "pattern");
+    bench_check(skv_reuse_plan_pattern(plan, pat, sizeof pat), "pattern");
 
     json_line j;
     json_begin(&j);
@@ -160,8 +142,8 @@ enum { SL = 12, SH = 16, SD = 64, SLEN = 4096, ST = 64, SK = 256 };
  * alike and distant ones less; a few "reset" layers break the structure. */
 static void synthetic(skv_context *ctx, const bench_machine *m)
 {
-    float *k = xmalloc(sizeof(float) * SL * SLEN * SD), *q = xmalloc(sizeof(float) * SL * ST * SH * SD);
-    float *w = xmalloc(sizeof(float) * SL * ST * SH);
+    float *k = bench_xmalloc(sizeof(float) * SL * SLEN * SD), *q = bench_xmalloc(sizeof(float) * SL * ST * SH * SD);
+    float *w = bench_xmalloc(sizeof(float) * SL * ST * SH);
     int32_t pos[ST];
     for (int t = 0; t < ST; t++)
         pos[t] = SLEN - ST + t;
@@ -182,9 +164,9 @@ static void synthetic(skv_context *ctx, const bench_machine *m)
         ks[l] = (skv_key_block){SLEN, SD, SKV_F32, k + (size_t)l * SLEN * SD, NULL};
     }
     double mass[SL * SL], ov[SL * SL];
-    int32_t *topk = xmalloc(sizeof(int32_t) * SL * ST * SK);
-    check(skv_reuse_mass_matrix(ctx, qs, ks, SL, SK, mass, topk), "mass matrix");
-    check(skv_reuse_overlap(ctx, topk, SL, ST, SK, ov), "overlap");
+    int32_t *topk = bench_xmalloc(sizeof(int32_t) * SL * ST * SK);
+    bench_check(skv_reuse_mass_matrix(ctx, qs, ks, SL, SK, mass, topk), "mass matrix");
+    bench_check(skv_reuse_overlap(ctx, topk, SL, ST, SK, ov), "overlap");
 
     skv_reuse_mass_loss ml = {mass, SL};
     skv_reuse_search_params sp;
@@ -195,13 +177,13 @@ static void synthetic(skv_context *ctx, const bench_machine *m)
     sp.user = &ml;
     char pat[SL + 1];
     skv_reuse_search_result res = {.struct_size = sizeof res};
-    check(skv_reuse_search(ctx, &sp, pat, NULL, &res), "search");
+    bench_check(skv_reuse_search(ctx, &sp, pat, NULL, &res), "search");
 
     /* uniform spacing with the same number of Full layers */
     skv_reuse_plan *uni;
-    check(skv_reuse_plan_from_freq(ctx, SL, 4, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &uni), "uniform plan");
+    bench_check(skv_reuse_plan_from_freq(ctx, SL, 4, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &uni), "uniform plan");
     char upat[SL + 1];
-    check(skv_reuse_plan_pattern(uni, upat, sizeof upat), "pattern");
+    bench_check(skv_reuse_plan_pattern(uni, upat, sizeof upat), "pattern");
     skv_reuse_plan_destroy(uni);
     /* the mean overlap a pattern's Shared layers get from their sources */
     double ov_search = 0, ov_uni = 0;
@@ -262,15 +244,15 @@ int main(int argc, char **argv)
     const double min_time = o.min_time;
 
     /* inputs: one key set (quantised once, appended to every Full layer), one query */
-    float *kf = xmalloc(sizeof(float) * CTX * D), *qf = xmalloc(sizeof(float) * PREFILL_T * H * D);
-    float *w = xmalloc(sizeof(float) * PREFILL_T * H), *ks = xmalloc(sizeof(float) * CTX);
-    float *qs = xmalloc(sizeof(float) * PREFILL_T * H);
-    uint8_t *k8 = xmalloc((size_t)CTX * D), *q8 = xmalloc((size_t)PREFILL_T * H * D);
+    float *kf = bench_xmalloc(sizeof(float) * CTX * D), *qf = bench_xmalloc(sizeof(float) * PREFILL_T * H * D);
+    float *w = bench_xmalloc(sizeof(float) * PREFILL_T * H), *ks = bench_xmalloc(sizeof(float) * CTX);
+    float *qs = bench_xmalloc(sizeof(float) * PREFILL_T * H);
+    uint8_t *k8 = bench_xmalloc((size_t)CTX * D), *q8 = bench_xmalloc((size_t)PREFILL_T * H * D);
     fill_uniform(kf, (size_t)CTX * D, 11);
     fill_uniform(qf, (size_t)PREFILL_T * H * D, 12);
     fill_uniform(w, (size_t)PREFILL_T * H, 13);
-    check(skv_quantize_fp8(kf, CTX, D, D, 0, k8, ks), "quantise keys");
-    check(skv_quantize_fp8(qf, (int64_t)PREFILL_T * H, D, D, 0, q8, qs), "quantise queries");
+    bench_check(skv_quantize_fp8(kf, CTX, D, D, 0, k8, ks), "quantise keys");
+    bench_check(skv_quantize_fp8(qf, (int64_t)PREFILL_T * H, D, D, 0, q8, qs), "quantise queries");
     int32_t pos[PREFILL_T];
     for (int t = 0; t < PREFILL_T; t++)
         pos[t] = CTX - PREFILL_T + t;
@@ -280,9 +262,9 @@ int main(int argc, char **argv)
     const skv_indexer_query qp = {PREFILL_T, H, D, SKV_FP8_E4M3, q8, qs, w, pos};
 
     skv_reuse_plan *all, *half, *quarter;
-    check(skv_reuse_plan_from_freq(ctx, LAYERS, 1, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &all), "plan");
-    check(skv_reuse_plan_from_freq(ctx, LAYERS, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &half), "plan");
-    check(skv_reuse_plan_from_freq(ctx, LAYERS, 4, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &quarter), "plan");
+    bench_check(skv_reuse_plan_from_freq(ctx, LAYERS, 1, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &all), "plan");
+    bench_check(skv_reuse_plan_from_freq(ctx, LAYERS, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &half), "plan");
+    bench_check(skv_reuse_plan_from_freq(ctx, LAYERS, 4, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &quarter), "plan");
     pattern_result r_all, r_half, r_quarter;
     run_pattern(ctx, &m, "all_full", all, k8, ks, &qd, &qp, min_time, NULL, &r_all);
     run_pattern(ctx, &m, "half_full", half, k8, ks, &qd, &qp, min_time, &r_all, &r_half);

@@ -52,16 +52,6 @@ static void die(const char *what, skv_status st)
             die(what, st_);                                                                   \
     } while (0)
 
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "sparsekv-bench-store: out of memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
-
 typedef struct rng { uint64_t s; } rng;
 
 static uint64_t rnext(rng *r)
@@ -120,9 +110,9 @@ static void world_make(world *w, int64_t prefill, int64_t extra)
     memset(w, 0, sizeof *w);
     w->r.s = 12345;
     w->T = prefill + extra;
-    w->dir = xmalloc((size_t)HKV * N_CENTERS * DIM * 4);
-    w->common = xmalloc((size_t)HKV * DIM * 4);
-    w->topic = xmalloc((size_t)N_TOPICS * TOPIC_SIZE * 4);
+    w->dir = bench_xmalloc((size_t)HKV * N_CENTERS * DIM * 4);
+    w->common = bench_xmalloc((size_t)HKV * DIM * 4);
+    w->topic = bench_xmalloc((size_t)N_TOPICS * TOPIC_SIZE * 4);
     for (int64_t c = 0; c < (int64_t)HKV * N_CENTERS; c++) {
         double n = 0;
         float *d = w->dir + c * DIM;
@@ -135,9 +125,9 @@ static void world_make(world *w, int64_t prefill, int64_t extra)
         w->common[i] = (float)runif(&w->r, -1, 1) / 6.5f;
     for (int i = 0; i < N_TOPICS * TOPIC_SIZE; i++)
         w->topic[i] = (int32_t)rint_(&w->r, 0, N_CENTERS - 1);
-    w->k = xmalloc((size_t)w->T * HKV * DIM * 2);
-    w->v = xmalloc((size_t)w->T * HKV * DIM * 2);
-    w->pos = xmalloc((size_t)w->T * 4);
+    w->k = bench_xmalloc((size_t)w->T * HKV * DIM * 2);
+    w->v = bench_xmalloc((size_t)w->T * HKV * DIM * 2);
+    w->pos = bench_xmalloc((size_t)w->T * 4);
     int32_t topic = 0;
     for (int64_t t = 0; t < prefill;) {
         const int64_t len = rint_(&w->r, 64, 512);
@@ -409,8 +399,8 @@ int main(int argc, char **argv)
 
     /* ---- selection latency ---- */
     query_gen qg = {{0}, 0, 0, {777}};
-    uint16_t *qb = xmalloc((size_t)HQ * DIM * 2);
-    float *qf = xmalloc((size_t)HQ * DIM * 4);
+    uint16_t *qb = bench_xmalloc((size_t)HQ * DIM * 2);
+    float *qf = bench_xmalloc((size_t)HQ * DIM * 4);
     query_next(&w, &qg, qb, qf);
     skv_store_sel *sel_c, *sel_p;
     TRY("sel", skv_store_sel_create(sc, &sel_c));
@@ -451,8 +441,8 @@ int main(int argc, char **argv)
     skv_store_sel_info inf = {.struct_size = sizeof inf};
     TRY("info", skv_store_sel_info_get(sel_c, &inf));
     const int64_t grows = 2048 * HKV; /* room for any selection at this budget */
-    uint16_t *gk = xmalloc((size_t)grows * DIM * 2), *gv = xmalloc((size_t)grows * DIM * 2);
-    int32_t *gp = xmalloc((size_t)grows * 4);
+    uint16_t *gk = bench_xmalloc((size_t)grows * DIM * 2), *gv = bench_xmalloc((size_t)grows * DIM * 2);
+    int32_t *gp = bench_xmalloc((size_t)grows * 4);
     int64_t ls[HKV];
     int32_t ll[HKV];
     skv_store_gather_out go = {sizeof go, SKV_BF16, SKV_GATHER_PAGES, 0, grows, gk, gv, gp, ls, ll};
@@ -496,8 +486,8 @@ int main(int argc, char **argv)
     TRY("gather", skv_store_gather(sc, sel_c, &go, &sel_rows));
 
     /* dense: every token of each KV head, head-major */
-    uint16_t *dk = xmalloc((size_t)L * HKV * DIM * 2), *dv = xmalloc((size_t)L * HKV * DIM * 2);
-    int32_t *dp = xmalloc((size_t)L * HKV * 4);
+    uint16_t *dk = bench_xmalloc((size_t)L * HKV * DIM * 2), *dv = bench_xmalloc((size_t)L * HKV * DIM * 2);
+    int32_t *dp = bench_xmalloc((size_t)L * HKV * 4);
     for (int32_t h = 0; h < HKV; h++)
         for (int64_t t = 0; t < L; t++) {
             memcpy(dk + ((size_t)h * L + t) * DIM, w.k + ((size_t)t * HKV + h) * DIM, DIM * 2);
@@ -509,7 +499,7 @@ int main(int argc, char **argv)
     for (int32_t h = 0; h < HKV; h++)
         dls[h] = (int64_t)h * L, dll[h] = (int32_t)L;
     const int32_t qpos = (int32_t)(L - 1);
-    float *out = xmalloc((size_t)HQ * DIM * 4);
+    float *out = bench_xmalloc((size_t)HQ * DIM * 4);
     skv_attn_batch dense = {sizeof dense, 1, HQ, HKV, DIM, DIM, SKV_BF16, 1.0f / sqrtf((float)DIM), 1,
                             qb, &qpos, L * HKV, dk, dv, dp, dls, dll};
     attn_call dc = {ctx, &dense, out};
@@ -550,9 +540,9 @@ int main(int argc, char **argv)
     {
         const int nq = quick ? 4 : 12;
         double acc[4][4] = {{0}}; /* [budget][oracle, clustered, quest, exact pages] */
-        double *wt = xmalloc((size_t)L * sizeof *wt), *srt = xmalloc((size_t)L * sizeof *srt);
-        uint16_t *rk = xmalloc((size_t)8192 * HKV * DIM * 2), *rv = xmalloc((size_t)8192 * HKV * DIM * 2);
-        int32_t *rp = xmalloc((size_t)8192 * HKV * 4);
+        double *wt = bench_xmalloc((size_t)L * sizeof *wt), *srt = bench_xmalloc((size_t)L * sizeof *srt);
+        uint16_t *rk = bench_xmalloc((size_t)8192 * HKV * DIM * 2), *rv = bench_xmalloc((size_t)8192 * HKV * DIM * 2);
+        int32_t *rp = bench_xmalloc((size_t)8192 * HKV * 4);
         query_gen rg = {{0}, 0, 0, {4242}};
         for (int qi = 0; qi < nq; qi++) {
             for (int skip = 0; skip < 25; skip++) /* queries spread over topics */
@@ -572,7 +562,7 @@ int main(int argc, char **argv)
                     skv_store_gather_out o = {sizeof o, SKV_BF16, SKV_GATHER_PAGES, 0, 8192 * HKV, rk, rv, rp,
                                               lsr[b][m], llr[b][m]};
                     TRY("gather", skv_store_gather(s, sl, &o, NULL));
-                    posr[b][m] = xmalloc((size_t)8192 * HKV * 4);
+                    posr[b][m] = bench_xmalloc((size_t)8192 * HKV * 4);
                     memcpy(posr[b][m], rp, (size_t)8192 * HKV * 4);
                 }
             for (int32_t hq = 0; hq < HQ; hq++) {
@@ -614,10 +604,10 @@ int main(int argc, char **argv)
     {
         TRY("reset", skv_store_reset_counters(sc));
         skv_store_stats s0 = {.struct_size = sizeof s0}, s1 = {.struct_size = sizeof s1};
-        int32_t *prev = xmalloc((size_t)grows * 2 * 4 + 64 * 1024), *cur = xmalloc((size_t)grows * 2 * 4 + 64 * 1024);
+        int32_t *prev = bench_xmalloc((size_t)grows * 2 * 4 + 64 * 1024), *cur = bench_xmalloc((size_t)grows * 2 * 4 + 64 * 1024);
         int64_t prev_ls[HKV] = {0};
         int32_t prev_ll[HKV] = {0};
-        uint16_t *tk = xmalloc((size_t)(grows + 4096) * DIM * 2), *tv = xmalloc((size_t)(grows + 4096) * DIM * 2);
+        uint16_t *tk = bench_xmalloc((size_t)(grows + 4096) * DIM * 2), *tv = bench_xmalloc((size_t)(grows + 4096) * DIM * 2);
         double sum_moved = 0, sum_sel = 0, sum_new = 0, t_step = 0, c_step = 0, cold_ratio = 0;
         int64_t counted = 0;
         query_gen tg2 = {{0}, 0, 0, {999}};

@@ -9,6 +9,24 @@
 
 #include "bench.h"
 
+void *bench_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "benchmark: out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+void bench_check(skv_status st, const char *what)
+{
+    if (st != SKV_OK) {
+        fprintf(stderr, "benchmark: %s: %s\n", what, skv_status_string(st));
+        exit(1);
+    }
+}
+
 int bench_name_selected(const char *filter, const char *name)
 {
     if (!filter)
