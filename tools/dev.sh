@@ -1,7 +1,8 @@
 #!/bin/sh
 # The README's quick start. On a fresh Debian 12 machine (as root, or with sudo) it installs
 # what is missing, builds, and then:
-#   sh tools/dev.sh demo    runs the CPU engine example (IndexCache, indexer, sparse attention)
+#   sh tools/dev.sh demo    runs the host decode example (indexer over the paged key cache), then
+#                           the CPU engine example (IndexCache, indexer, sparse attention)
 #   sh tools/dev.sh test    runs the test suite, then a subset under ASan+UBSan, and ends with
 #                           the line "N passed, N failed"
 #   sh tools/dev.sh bench   runs the benchmark (JSON lines)
@@ -29,6 +30,8 @@ ninja -C build
 
 case $what in
 demo)
+    ./build/examples/host_decode
+    echo
     exec ./build/examples/cpu_engine
     ;;
 bench)
