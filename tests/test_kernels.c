@@ -224,6 +224,68 @@ static void check_filter(const skv_kernels *ref, const skv_kernels *kn, const ch
     CHECK(bad == 0, "%s filter: %ld mismatches", lv, bad);
 }
 
+/* Same bits, or NaN on both sides (a NaN's payload may come from either operand). */
+static int same_f32(float a, float b)
+{
+    return (a != a && b != b) || memcmp(&a, &b, 4) == 0;
+}
+
+/* The router's head dot products and row adds: the scalar kernel against double precision,
+ * every level against the scalar kernel bit for bit (ragged H and D, NaN and Inf). */
+static void check_router_kernels(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
+{
+    static const int32_t Hs[] = {1, 7, 8, 13, 16, 33, 64, 70, 130};
+    static const int32_t Ds[] = {1, 3, 32, 100, 128};
+    rng r = {21};
+    long bad = 0;
+    for (size_t hi = 0; hi < sizeof Hs / sizeof Hs[0]; hi++)
+        for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++) {
+            const int32_t H = Hs[hi], D = Ds[di];
+            float *qt = malloc((size_t)H * D * 4), *x = malloc((size_t)D * 4);
+            float a[131], b[131];
+            for (int special = 0; special < 2; special++) {
+                for (int32_t i = 0; i < H * D; i++)
+                    qt[i] = (float)rng_uniform(&r, -2, 2);
+                for (int32_t d = 0; d < D; d++)
+                    x[d] = (float)rng_uniform(&r, -2, 2);
+                if (special) { /* a NaN in one head's query, an Inf in the key */
+                    qt[(size_t)(D / 2) * H + H / 2] = NAN;
+                    x[D - 1] = INFINITY;
+                }
+                memset(a, 0x5a, sizeof a), memset(b, 0x5a, sizeof b);
+                ref->head_dots(qt, x, H, D, a);
+                kn->head_dots(qt, x, H, D, b);
+                for (int32_t h = 0; h < H; h++) {
+                    double want = 0, mag = 0;
+                    for (int32_t d = 0; d < D; d++) {
+                        want += (double)qt[(size_t)d * H + h] * x[d];
+                        mag += fabs((double)qt[(size_t)d * H + h] * x[d]);
+                    }
+                    const int ok_ref = special ? same_f32(a[h], (float)want) || fabs(a[h] - want) <= 2 * D * 0x1p-24 * mag
+                                               : fabs(a[h] - want) <= 2 * D * 0x1p-24 * mag + 1e-30;
+                    if ((!ok_ref || !same_f32(a[h], b[h])) && bad++ < 3)
+                        CHECK(0, "%s head_dots H=%d D=%d h=%d: %.9g, scalar %.9g, double %.9g", lv, H, D,
+                              h, b[h], a[h], want);
+                }
+                for (int32_t h = H; h < 131; h++) /* nothing past H */
+                    if (memcmp(&b[h], &(uint32_t){0x5a5a5a5au}, 4) != 0 && bad++ < 3)
+                        CHECK(0, "%s head_dots H=%d wrote past H", lv, H);
+            }
+            free(qt), free(x);
+        }
+    for (int32_t n = 0; n <= 70; n++) {
+        float acc1[72], acc2[72], x[72];
+        for (int32_t i = 0; i < 72; i++)
+            acc1[i] = acc2[i] = (float)rng_uniform(&r, -5, 5), x[i] = i == 5 ? NAN : (float)rng_uniform(&r, -5, 5);
+        ref->add_f32(acc1, x, n);
+        kn->add_f32(acc2, x, n);
+        for (int32_t i = 0; i < 72; i++)
+            if (!same_f32(acc1[i], acc2[i]) && bad++ < 3)
+                CHECK(0, "%s add_f32 n=%d i=%d", lv, n, i);
+    }
+    CHECK(bad == 0, "%s router kernels: %ld mismatches", lv, bad);
+}
+
 static void bench_scores(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
 {
     rng r = {5};
@@ -269,6 +331,7 @@ int main(int argc, char **argv)
         check_score_kernels(&ref, &kn, all_levels[lv].name);
         check_conversions(&ref, &kn, all_levels[lv].name);
         check_filter(&ref, &kn, all_levels[lv].name);
+        check_router_kernels(&ref, &kn, all_levels[lv].name);
         if (bench)
             bench_scores(&ref, &kn, all_levels[lv].name);
     }

@@ -79,12 +79,22 @@ typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
 typedef int32_t (*skv_filter_fn)(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                                  uint32_t *keys, int32_t *idx);
 
+/* ---- the MISA router's dot products ------------------------------------------------------
+ * dots[h] = sum_d qt[d * H + h] * x[d] for h < H (qt: the query transposed, [D][H]); each
+ * head sums over d in order, with the product rounded before the add, so every level gives
+ * the same bits. add: acc[i] += x[i]. */
+typedef void (*skv_head_dots_fn)(const float *qt, const float *x, int32_t H, int32_t D,
+                                 float *dots);
+typedef void (*skv_add_fn)(float *acc, const float *x, int64_t n);
+
 typedef struct skv_kernels {
     uint32_t flags;       /* SKV_CPU_* in use */
     skv_score_kernel score_f32;
     skv_score_kernel score_bf16; /* pack_size == NULL when the level has no bf16 dot product */
     skv_cvt_fn bf16_to_f32, fp8_to_f32, fp8_to_bf16;
     skv_filter_fn filter;
+    skv_head_dots_fn head_dots;
+    skv_add_fn add_f32;
 } skv_kernels;
 
 void skv_kernels_init(skv_kernels *k, uint32_t flags);

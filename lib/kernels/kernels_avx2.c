@@ -127,9 +127,51 @@ static void bf16_to_f32_avx2(const void *src, void *dst, int64_t n)
         d[i] = skv_bf16_to_f32(s[i]);
 }
 
+/* 8 heads per vector, four vectors per pass; mul then add (not FMA): the scalar kernel's bits. */
+static void head_dots_avx2(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+{
+    int32_t h0 = 0;
+    for (; h0 + 32 <= H; h0 += 32) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int32_t d = 0; d < D; d++) {
+            const __m256 xd = _mm256_set1_ps(x[d]);
+            const float *row = qt + (size_t)d * H + h0;
+            for (int v = 0; v < 4; v++)
+                acc[v] = _mm256_add_ps(acc[v], _mm256_mul_ps(_mm256_loadu_ps(row + 8 * v), xd));
+        }
+        for (int v = 0; v < 4; v++)
+            _mm256_storeu_ps(dots + h0 + 8 * v, acc[v]);
+    }
+    for (; h0 + 8 <= H; h0 += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int32_t d = 0; d < D; d++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(qt + (size_t)d * H + h0), _mm256_set1_ps(x[d])));
+        _mm256_storeu_ps(dots + h0, acc);
+    }
+    for (; h0 < H; h0++) {
+        float acc = 0;
+        for (int32_t d = 0; d < D; d++) {
+            const float p = qt[(size_t)d * H + h0] * x[d];
+            acc += p;
+        }
+        dots[h0] = acc;
+    }
+}
+
+static void add_f32_avx2(float *acc, const float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_loadu_ps(x + i)));
+    for (; i < n; i++)
+        acc[i] += x[i];
+}
+
 void skv_kernels_init_avx2(skv_kernels *k)
 {
     k->score_f32 = (skv_score_kernel){pack_size_avx2, pack_avx2, score_f32_avx2, SKV_F32};
     k->bf16_to_f32 = bf16_to_f32_avx2;
     k->filter = filter_avx2;
+    k->head_dots = head_dots_avx2;
+    k->add_f32 = add_f32_avx2;
 }

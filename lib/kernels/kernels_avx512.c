@@ -90,10 +90,44 @@ static void fp8_to_f32_avx512(const void *src, void *dst, int64_t n)
     }
 }
 
+/* 16 heads per vector; mul then add (not FMA) to give the scalar kernel's bits. Four head
+ * vectors per pass keep four independent sums in flight. */
+static void head_dots_avx512(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+{
+    for (int32_t h0 = 0; h0 < H; h0 += 64) {
+        __m512 acc[4];
+        __mmask16 m[4];
+        for (int v = 0; v < 4; v++) {
+            const int32_t left = H - h0 - 16 * v;
+            m[v] = left >= 16 ? (__mmask16)0xffff : left > 0 ? lane_mask(left) : 0;
+            acc[v] = _mm512_setzero_ps();
+        }
+        for (int32_t d = 0; d < D; d++) {
+            const __m512 xd = _mm512_set1_ps(x[d]);
+            const float *row = qt + (size_t)d * H + h0;
+            for (int v = 0; v < 4; v++)
+                acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(_mm512_maskz_loadu_ps(m[v], row + 16 * v), xd));
+        }
+        for (int v = 0; v < 4; v++)
+            _mm512_mask_storeu_ps(dots + h0 + 16 * v, m[v], acc[v]);
+    }
+}
+
+static void add_f32_avx512(float *acc, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
+        _mm512_mask_storeu_ps(acc + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + i),
+                                                        _mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
 void skv_kernels_init_avx512(skv_kernels *k)
 {
     k->score_f32 = (skv_score_kernel){pack_size_avx512, pack_avx512, score_f32_avx512, SKV_F32};
     k->bf16_to_f32 = bf16_to_f32_avx512;
     k->fp8_to_f32 = fp8_to_f32_avx512;
     k->filter = filter_avx512;
+    k->head_dots = head_dots_avx512;
+    k->add_f32 = add_f32_avx512;
 }

@@ -84,6 +84,25 @@ static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t t
     return m;
 }
 
+static void head_dots_scalar(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+{
+    for (int32_t h = 0; h < H; h++)
+        dots[h] = 0;
+    for (int32_t d = 0; d < D; d++) {
+        const float xd = x[d], *row = qt + (size_t)d * H;
+        for (int32_t h = 0; h < H; h++) {
+            const float p = row[h] * xd; /* rounded apart from the add, as every level */
+            dots[h] += p;
+        }
+    }
+}
+
+static void add_f32_scalar(float *acc, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        acc[i] += x[i];
+}
+
 void skv_kernels_init_scalar(skv_kernels *k)
 {
     memset(k, 0, sizeof *k);
@@ -92,4 +111,6 @@ void skv_kernels_init_scalar(skv_kernels *k)
     k->fp8_to_f32 = fp8_to_f32_scalar;
     k->fp8_to_bf16 = fp8_to_bf16_scalar;
     k->filter = filter_scalar;
+    k->head_dots = head_dots_scalar;
+    k->add_f32 = add_f32_scalar;
 }

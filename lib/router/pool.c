@@ -4,7 +4,8 @@
 
 #include "router/router_impl.h"
 
-void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *sum, float *tmp)
+void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
+                        float *sum, float *tmp)
 {
     const int32_t D = src->head_dim, C = src->pool_chunk;
     int first = 1;
@@ -16,8 +17,7 @@ void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *
         if (first)
             memcpy(sum, cs, (size_t)D * 4);
         else
-            for (int32_t d = 0; d < D; d++)
-                sum[d] += cs[d];
+            kern->add_f32(sum, cs, D);
         first = 0;
     }
     /* a partial chunk: its keys summed the way the chunk sum is built, then added */
@@ -26,14 +26,12 @@ void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *
         for (int64_t i = s; i < end; i++) {
             skv_key_row_f32(src, i, i == s ? part : tmp);
             if (i > s)
-                for (int32_t d = 0; d < D; d++)
-                    part[d] += tmp[d];
+                kern->add_f32(part, tmp, D);
         }
         if (first)
             memcpy(sum, part, (size_t)D * 4);
         else
-            for (int32_t d = 0; d < D; d++)
-                sum[d] += part[d];
+            kern->add_f32(sum, part, D);
         first = 0;
     }
     if (first)
@@ -75,7 +73,8 @@ skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
     return SKV_OK;
 }
 
-static skv_status block_means(const skv_key_src *src, int32_t block, float *means, int32_t *counts)
+static skv_status block_means(const skv_kernels *kern, const skv_key_src *src, int32_t block,
+                              float *means, int32_t *counts)
 {
     if (src->pool_chunk < 1)
         return SKV_ERR_STATE;
@@ -88,7 +87,7 @@ static skv_status block_means(const skv_key_src *src, int32_t block, float *mean
     for (int64_t b = 0; b * block < src->n_keys; b++) {
         const int64_t b0 = b * block, end = b0 + block < src->n_keys ? b0 + block : src->n_keys;
         float *m = means + (size_t)b * D;
-        skv_pool_range_sum(src, b0, end, m, tmp);
+        skv_pool_range_sum(kern, src, b0, end, m, tmp);
         for (int32_t d = 0; d < D; d++)
             m[d] /= (float)(end - b0);
         if (counts)
@@ -104,7 +103,9 @@ skv_status skv_block_means(const skv_key_block *keys, const skv_pooled_keys *poo
     if (!pooled)
         return SKV_ERR_INVALID_ARG;
     SKV_TRY(skv_src_with_pool(NULL, keys, pooled, &src));
-    return block_means(&src, block, means, counts);
+    skv_kernels kern; /* no context here: the CPU's own level */
+    skv_kernels_init(&kern, skv_cpu_flags());
+    return block_means(&kern, &src, block, means, counts);
 }
 
 skv_status skv_kcache_block_means(const skv_kcache *c, int32_t seq, int32_t layer,
@@ -114,5 +115,5 @@ skv_status skv_kcache_block_means(const skv_kcache *c, int32_t seq, int32_t laye
     if (!c)
         return SKV_ERR_INVALID_ARG;
     SKV_TRY(skv_kcache_src(c, seq, layer, &src));
-    return block_means(&src, block, means, counts);
+    return block_means(&skv_kcache_context(c)->kern, &src, block, means, counts);
 }

@@ -49,41 +49,31 @@ static void q_rows_t(const skv_indexer_query *q, int32_t t, float *out)
     }
 }
 
-/* dots[h] = q_h . x for every head (qt transposed [D][H]); each head sums over d in order. */
-static void head_dots(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
-{
-    for (int32_t h = 0; h < H; h++)
-        dots[h] = 0;
-    for (int32_t d = 0; d < D; d++) {
-        const float xd = x[d], *row = qt + (size_t)d * H;
-        for (int32_t h = 0; h < H; h++)
-            dots[h] += row[h] * xd;
-    }
-}
-
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 
 /* The pooled router's terms of block b for token t: out[h] = |w[h]| * relu(q_h . mean_b), the
  * block's mean over the keys token t sees. tmp: 2 * head_dim floats. */
-static void block_terms(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
-                        int32_t block, int64_t b, const float *qt, float *tmp, float *out)
+static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
+                        const skv_key_src *src, int32_t block, int64_t b, const float *qt,
+                        float *tmp, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     const int64_t vis = skv_visible(q, t, src->n_keys), b0 = b * block;
     const int64_t end = b0 + block < vis ? b0 + block : vis;
     const float *w = q->weights + (size_t)t * H;
     float *mean = tmp, *scratch = tmp + D;
-    skv_pool_range_sum(src, b0, end, mean, scratch);
+    skv_pool_range_sum(kern, src, b0, end, mean, scratch);
     for (int32_t d = 0; d < D; d++)
         mean[d] /= (float)(end - b0);
-    head_dots(qt, mean, H, D, out);
+    kern->head_dots(qt, mean, H, D, out);
     for (int32_t h = 0; h < H; h++)
         out[h] = fabsf(w[h]) * relu(out[h]);
 }
 
 /* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim + n_heads. */
-static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_src *src,
-                         skv_route_mode mode, int32_t block, float *qbuf, float *tmp, float *E)
+static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
+                         const skv_key_src *src, skv_route_mode mode, int32_t block, float *qbuf,
+                         float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     q_rows_t(q, t, qbuf);
@@ -104,14 +94,14 @@ static void route_scores(const skv_indexer_query *q, int32_t t, const skv_key_sr
         if (p < 0 || p >= src->n_keys)
             return;
         skv_key_row_f32(src, p, tmp);
-        head_dots(qbuf, tmp, H, D, dots);
+        kern->head_dots(qbuf, tmp, H, D, dots);
         for (int32_t h = 0; h < H; h++)
             E[h] = w[h] * relu(dots[h]);
         return;
     }
     const int64_t vis = skv_visible(q, t, src->n_keys);
     for (int64_t b0 = 0; b0 < vis; b0 += block) {
-        block_terms(q, t, src, block, b0 / block, qbuf, tmp, dots);
+        block_terms(kern, q, t, src, block, b0 / block, qbuf, tmp, dots);
         for (int32_t h = 0; h < H; h++)
             E[h] += dots[h];
     }
@@ -162,7 +152,7 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
 #endif
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nb; b++)
-                block_terms(q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
+                block_terms(&ctx->kern, q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
         }
         memset(E, 0, (size_t)H * 4);
         for (int64_t b = 0; b < nb; b++)
@@ -201,7 +191,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
         ranked_head *rk = (ranked_head *)(E + H);
 #pragma omp for schedule(dynamic, 1)
         for (int32_t t = 0; t < T; t++) {
-            route_scores(q, t, src, p->route, p->block, qbuf, tmp, E);
+            route_scores(&ctx->kern, q, t, src, p->route, p->block, qbuf, tmp, E);
             if (out_scores)
                 memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
             top_heads(E, H, h, rk, out_heads + (size_t)t * h);

@@ -8,7 +8,8 @@
 /* sum[D] = the f32 sum of keys [b0, end), b0 a multiple of the pooled chunk: whole chunks from
  * their pooled sums, the rest from the keys, always in position order (so the same value
  * whichever way it is built). tmp: D floats. */
-void skv_pool_range_sum(const skv_key_src *src, int64_t b0, int64_t end, float *sum, float *tmp);
+void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
+                        float *sum, float *tmp);
 
 /* The source with contiguous pooled sums attached (pooled may be NULL: none). */
 skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
