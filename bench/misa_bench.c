@@ -86,14 +86,46 @@ static void free_inputs(inputs *in) { free(in->keys), free(in->q), free(in->w); 
 
 /* ---- one length: a key cache holding the keys, timed calls ---------------------------------- */
 
-typedef enum method { DENSE, MISA, MISA_DAGGER, HISA, N_METHODS } method;
-static const char *method_name[N_METHODS] = {"dense", "misa_h8", "misa_dagger_h8_c8192", "hisa_b128_m32"};
+/* A method and its dials; the first of every list is dense, the reference of time and recall. */
+typedef enum kind { DENSE, MISA, HISA } kind;
+typedef struct method {
+    const char *name;
+    kind kind;
+    int32_t heads, candidates, blocks; /* MISA h and C; HISA m (B = 128) */
+} method;
+
+enum { N_MAIN = 4 };
+static const method main_methods[N_MAIN] = {
+    {"dense", DENSE, 0, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0},
+    {"hisa_b128_m32", HISA, 0, 0, 32},
+};
+
+/* Recall against cost: each method's dials swept, so that a host can pick. */
+static const method tradeoff_methods[] = {
+    {"dense", DENSE, 0, 0, 0},
+    {"misa_h2", MISA, 2, 0, 0},
+    {"misa_h4", MISA, 4, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0},
+    {"misa_h16", MISA, 16, 0, 0},
+    {"misa_h32", MISA, 32, 0, 0},
+    {"misa_dagger_h4_c8192", MISA, 4, 8192, 0},
+    {"misa_dagger_h8_c4096", MISA, 8, 4096, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0},
+    {"misa_dagger_h8_c16384", MISA, 8, 16384, 0},
+    {"misa_dagger_h16_c8192", MISA, 16, 8192, 0},
+    {"hisa_b128_m16", HISA, 0, 0, 16},
+    {"hisa_b128_m32", HISA, 0, 0, 32},
+    {"hisa_b128_m64", HISA, 0, 0, 64},
+};
+enum { N_TRADEOFF = sizeof tradeoff_methods / sizeof tradeoff_methods[0], MAX_METHODS = 16 };
 
 typedef struct call {
     skv_context *ctx;
     skv_kcache *cache;
     int32_t seq;
-    method m;
+    const method *m;
     const skv_indexer_query *q;
     int32_t *idx;
 } call;
@@ -105,18 +137,16 @@ static int run_call(void *arg)
     skv_misa_params mp;
     skv_misa_params_init(&mp);
     mp.min_length = 0;
+    mp.heads = c->m->heads;
+    mp.candidates = c->m->candidates;
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);
     hp.min_length = 0;
-    switch (c->m) {
+    hp.blocks = c->m->blocks;
+    switch (c->m->kind) {
     case DENSE: st = skv_kcache_topk(c->cache, c->seq, 0, c->q, K, c->idx, NULL); break;
     case MISA: st = skv_kcache_misa_topk(c->cache, c->seq, 0, c->q, &mp, K, c->idx, NULL); break;
-    case MISA_DAGGER:
-        mp.candidates = 8192;
-        st = skv_kcache_misa_topk(c->cache, c->seq, 0, c->q, &mp, K, c->idx, NULL);
-        break;
     case HISA: st = skv_kcache_hisa_topk(c->cache, c->seq, 0, c->q, &hp, K, c->idx, NULL); break;
-    default: break;
     }
     return st != SKV_OK;
 }
@@ -160,20 +190,21 @@ static void make_query(const inputs *in, int32_t T, query_buf *qb)
     qb->q = (skv_indexer_query){T, H, D, SKV_FP8_E4M3, qb->q8, qb->qs, in->w, qb->pos};
 }
 
-typedef struct measured { double ns[N_METHODS], recall[N_METHODS], mass[N_METHODS]; } measured;
+typedef struct measured { double ns[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS]; } measured;
 
+/* Times each method of the list (dense first) and, with want_recall, its recall against dense. */
 static void measure(skv_context *ctx, const bench_machine *m, const length_setup *ls,
-                    const query_buf *qb, const char *kind, const char *inputs_name, double min_time,
-                    int want_recall, measured *out)
+                    const query_buf *qb, const method *methods, int n_methods, const char *mode,
+                    const char *inputs_name, double min_time, int want_recall, measured *out)
 {
     const int32_t T = qb->q.n_tokens;
     int32_t *idx = bench_xmalloc((size_t)T * K * 4);
     double *rec = bench_xmalloc((size_t)T * 8), *mass = bench_xmalloc((size_t)T * 8);
-    for (int mi = 0; mi < N_METHODS; mi++) {
-        call c = {ctx, ls->cache, ls->seq, (method)mi, &qb->q, idx};
+    for (int mi = 0; mi < n_methods; mi++) {
+        call c = {ctx, ls->cache, ls->seq, &methods[mi], &qb->q, idx};
         bench_timing tm;
         if (bench_time(run_call, &c, min_time, 3, 1, 2.0, &tm))
-            bench_check(SKV_ERR_STATE, method_name[mi]);
+            bench_check(SKV_ERR_STATE, methods[mi].name);
         out->ns[mi] = tm.median_ns;
         out->recall[mi] = out->mass[mi] = NAN;
         if (want_recall) {
@@ -186,18 +217,22 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         json_line j;
         json_begin(&j);
         char name[128];
-        snprintf(name, sizeof name, "misa/%s/%s/L%lld/%s", kind, inputs_name, (long long)ls->keys.n_keys, method_name[mi]);
+        snprintf(name, sizeof name, "misa/%s/%s/L%lld/%s", mode, inputs_name, (long long)ls->keys.n_keys, methods[mi].name);
         json_str(&j, "name", name);
         json_int(&j, "iterations", tm.iterations);
         json_num(&j, "real_time", tm.median_ns, 1);
         json_num(&j, "cpu_time", tm.cpu_ns, 1);
         json_str(&j, "time_unit", "ns");
-        json_str(&j, "method", method_name[mi]);
+        json_str(&j, "method", methods[mi].name);
+        if (methods[mi].kind == MISA)
+            json_int(&j, "heads", methods[mi].heads), json_int(&j, "candidates", methods[mi].candidates);
+        if (methods[mi].kind == HISA)
+            json_int(&j, "block", 128), json_int(&j, "blocks", methods[mi].blocks);
         json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
         json_int(&j, "L", ls->keys.n_keys);
         json_str(&j, "dtype", "fp8");
         json_str(&j, "inputs", inputs_name);
-        json_ratio(&j, "time_vs_dense", tm.median_ns / out->ns[DENSE]);
+        json_ratio(&j, "time_vs_dense", tm.median_ns / out->ns[0]);
         if (want_recall) {
             json_num(&j, "recall", out->recall[mi], 4);
             json_num(&j, "mass_recall", out->mass[mi], 4);
@@ -211,6 +246,64 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         json_end(&j);
     }
     free(idx), free(rec), free(mass);
+}
+
+/* Where MISA's decode time goes: the dense top-k, scores alone (no selection) with all 64 and
+ * with 8 heads, and the top-k of 8 fixed heads (MISA without its router). No routed pass can
+ * cost less than scoring with its 8 heads: that ratio is the floor under misa_h8. */
+typedef struct floor_call { skv_kcache *cache; int32_t seq; const skv_indexer_query *q; float *scores; int32_t *idx; } floor_call;
+
+static int floor_scores(void *arg)
+{
+    floor_call *f = arg;
+    return skv_kcache_scores(f->cache, f->seq, 0, f->q, f->scores) != SKV_OK;
+}
+
+static int floor_topk(void *arg)
+{
+    floor_call *f = arg;
+    return skv_kcache_topk(f->cache, f->seq, 0, f->q, K, f->idx, NULL) != SKV_OK;
+}
+
+static void scoring_floor(const bench_machine *m, const length_setup *ls,
+                          const query_buf *qb, double min_time)
+{
+    const int64_t L = ls->keys.n_keys;
+    float *scores = bench_xmalloc((size_t)L * 4);
+    int32_t *idx = bench_xmalloc((size_t)K * 4);
+    skv_indexer_query q8 = qb->q; /* one token: its first 8 heads are a query of 8 heads */
+    q8.n_heads = 8;
+    const char *names[4] = {"dense_topk_h64", "scores_h64", "scores_h8", "topk_h8"};
+    double ns[4];
+    for (int i = 0; i < 4; i++) {
+        floor_call f = {ls->cache, ls->seq, i == 0 || i == 1 ? &qb->q : &q8, scores, idx};
+        bench_timing tm;
+        if (bench_time(i == 0 || i == 3 ? floor_topk : floor_scores, &f, min_time, 3, 1, 2.0, &tm))
+            bench_check(SKV_ERR_STATE, names[i]);
+        ns[i] = tm.median_ns;
+    }
+    json_line j;
+    json_begin(&j);
+    char name[96];
+    snprintf(name, sizeof name, "misa/floor/L%lld", (long long)L);
+    json_str(&j, "name", name);
+    json_int(&j, "L", L), json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K);
+    json_str(&j, "dtype", "fp8");
+    for (int i = 0; i < 4; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s_ns", names[i]);
+        json_num(&j, key, ns[i], 1);
+        snprintf(key, sizeof key, "%s_vs_dense", names[i]);
+        json_ratio(&j, key, ns[i] / ns[0]);
+        snprintf(key, sizeof key, "%s_ns_per_key", names[i]);
+        json_num(&j, key, ns[i] / (double)L, 3);
+    }
+    json_num(&j, "peak_bf16_gflops", m->peak_bf16_gflops, 2);
+    json_num(&j, "stream_gbps", m->stream_gbps, 2);
+    json_str(&j, "note", "scores_h8_vs_dense bounds any 8-head routed pass from below (fp8 conversion, "
+                         "8-head scoring, key traffic); topk_h8 adds the selection; misa_h8 adds the router");
+    json_end(&j);
+    free(scores), free(idx);
 }
 
 /* ---- real activations -------------------------------------------------------------------- */
@@ -310,9 +403,15 @@ int main(int argc, char **argv)
             query_buf *qb = bench_xmalloc(sizeof *qb);
             measured r;
             make_query(&in, 1, qb);
-            measure(ctx, &m, &ls, qb, "decode", structured ? "structured" : "uniform", min_time, structured, &r);
+            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "decode", structured ? "structured" : "uniform",
+                    min_time, structured, &r);
+            if (structured && li > 0) /* recall against cost, decode at 32K and 128K */
+                measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", "structured", min_time, 1, &r);
+            if (structured && li > 0)
+                scoring_floor(&m, &ls, qb, min_time);
             make_query(&in, PREFILL_T, qb);
-            measure(ctx, &m, &ls, qb, "prefill", structured ? "structured" : "uniform", min_time, structured, &r);
+            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "prefill", structured ? "structured" : "uniform",
+                    min_time, structured, &r);
             free(qb);
             free_length(&ls);
             free_inputs(&in);
@@ -320,7 +419,7 @@ int main(int argc, char **argv)
 
     /* crossover: the shortest context at which each method beats dense (decode) */
     static const int64_t sweep[] = {1024, 2048, 4096, 8192, 16384, 32768, 65536};
-    int64_t cross[N_METHODS] = {0};
+    int64_t cross[N_MAIN] = {0};
     for (int si = 0; si < (int)(sizeof sweep / sizeof sweep[0]); si++) {
         inputs in;
         make_inputs(&in, sweep[si], 1);
@@ -329,12 +428,12 @@ int main(int argc, char **argv)
         query_buf *qb = bench_xmalloc(sizeof *qb);
         make_query(&in, 1, qb);
         measured r;
-        measure(ctx, &m, &ls, qb, "sweep", "structured", min_time * 0.5, 0, &r);
+        measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "sweep", "structured", min_time * 0.5, 0, &r);
         /* a method counts once it is really running (not handed to dense by its own dial:
            C >= L, or m * B >= L) and at least 5 % faster */
-        const int active[N_METHODS] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 32};
-        for (int mi = 1; mi < N_METHODS; mi++)
-            if (!cross[mi] && active[mi] && r.ns[mi] < 0.95 * r.ns[DENSE])
+        const int active[N_MAIN] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 32};
+        for (int mi = 1; mi < N_MAIN; mi++)
+            if (!cross[mi] && active[mi] && r.ns[mi] < 0.95 * r.ns[0])
                 cross[mi] = sweep[si];
         free(qb);
         free_length(&ls);
@@ -342,8 +441,8 @@ int main(int argc, char **argv)
     }
     json_begin(&j);
     json_str(&j, "name", "misa/crossover");
-    for (int mi = 1; mi < N_METHODS; mi++)
-        json_int(&j, method_name[mi], cross[mi]); /* 0: not faster at any swept length */
+    for (int mi = 1; mi < N_MAIN; mi++)
+        json_int(&j, main_methods[mi].name, cross[mi]); /* 0: not faster at any swept length */
     json_str(&j, "note", "shortest swept decode context at which the method beats dense; the library's "
                          "default length gates (SKV_MISA_MIN_LENGTH etc.) come from these");
     json_end(&j);

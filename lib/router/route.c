@@ -1,6 +1,6 @@
 /* The MISA router: a score per indexer head for each query token (pooled block keys, query
- * norm, or the token's own key), and the top-h heads. Plain C: its cost is H * D per block
- * per token, against H * D per key for the indexer it steers. */
+ * norm, or the token's own key), and the top-h heads. Its cost is H * D per block per token
+ * (the kernel table's head_dots), against H * D per key for the indexer it steers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
