@@ -1,9 +1,11 @@
 /* skv_indexer_scores and skv_indexer_topk at every CPU level against a double-precision
  * reference of the formula, on many shapes and dtypes: scores within a stated tolerance (and
  * DeepGEMM's diff metric), top-k exactly equal to sorting the library's own scores, and as a
- * tie-aware set against the reference. Also: thread-count and rerun determinism, and calls
- * from inside a host's OpenMP parallel region. */
+ * tie-aware set against the reference. Also: thread-count and rerun determinism, calls from
+ * inside a host's OpenMP parallel region, and the internal set form of the top-k (the same
+ * indices in ascending order) that MISA-dagger's candidate lists use. */
 #include "common.h"
+#include "indexer/run.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -161,6 +163,32 @@ static void check_topk(const idx_data *d, int32_t k, const int32_t *idx, const f
 
 static long cases_run;
 
+static int cmp_idx(const void *a, const void *b)
+{
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The set form against the ranked top-k: the same indices, ascending, then the same -1s. */
+static void check_set_form(skv_context *c, const skv_indexer_query *q, const skv_key_block *kb,
+                           int32_t k, const int32_t *in_rank_order, const char *label)
+{
+    const size_t nk = (size_t)q->n_tokens * k;
+    int32_t *want = xmalloc(nk * 4), *got = xmalloc(nk * 4);
+    memcpy(want, in_rank_order, nk * 4);
+    for (int32_t t = 0; t < q->n_tokens; t++) {
+        int32_t n = 0;
+        while (n < k && want[(size_t)t * k + n] >= 0)
+            n++;
+        qsort(want + (size_t)t * k, (size_t)n, 4, cmp_idx);
+    }
+    skv_key_src src;
+    CHECK_OK(skv_key_src_from_block(c, kb, &src));
+    CHECK_OK(skv_indexer_run_set(c, q, &src, k, got));
+    CHECK(memcmp(want, got, nk * 4) == 0, "%s: the set form differs from the ranked top-k", label);
+    free(want), free(got);
+}
+
 /* One shape and dtype pair at every CPU level, with thread and rerun determinism. */
 static void run_case(const shape *sh, dtypes dt, uint64_t seed)
 {
@@ -199,6 +227,8 @@ static void run_case(const shape *sh, dtypes dt, uint64_t seed)
               "%s: top-k differs between 1 and 2 threads", label);
         CHECK_OK(skv_indexer_topk(c2, &q, &kb, sh->k, idx2, NULL));
         CHECK(memcmp(idx, idx2, nk * 4) == 0, "%s: top-k differs on rerun", label);
+        check_set_form(c1, &q, &kb, sh->k, idx, label);
+        check_set_form(c2, &q, &kb, sh->k, idx, label);
 
         skv_context_destroy(c1);
         skv_context_destroy(c2);

@@ -69,6 +69,7 @@ typedef struct plan {
     size_t celem;   /* bytes of a compute element */
     int scaled;
     int32_t k, tb, n_blocks, splits;
+    int index_order; /* top-k as a set in index order, not ranked (out_score unused) */
     size_t pack_bytes, scratch_bytes, state_bytes, thread_bytes;
     float *scores;
     int32_t *out_idx;
@@ -280,12 +281,15 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                 p->scores[(size_t)t * L + s] = -INFINITY;
         if (!p->out_idx)
             continue;
-        if (p->splits == 1) {
+        if (p->splits == 1 && p->index_order)
+            skv_topk_finish_set(&st[i], p->out_idx + (size_t)t * p->k);
+        else if (p->splits == 1)
             skv_topk_finish(&st[i], p->out_idx + (size_t)t * p->k,
                             p->out_score ? p->out_score + (size_t)t * p->k : NULL);
-        } else {
+        else if (p->index_order)
+            skv_topk_parts_store_set(&p->parts, t, sp, &st[i]);
+        else
             skv_topk_parts_store(&p->parts, t, sp, &st[i]);
-        }
     }
 }
 
@@ -307,14 +311,14 @@ static void choose_kernel(skv_context *ctx, plan *p)
     p->scaled = qt == SKV_FP8_E4M3 || kt == SKV_FP8_E4M3;
 }
 
-skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
-                           int32_t k, float *scores, int32_t *out_idx, float *out_score)
+static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                      int32_t k, float *scores, int32_t *out_idx, float *out_score, int index_order)
 {
     const int32_t T = q->n_tokens;
     if (T == 0)
         return SKV_OK;
-    plan p = {.kern = &ctx->kern, .q = q, .src = src, .k = k, .scores = scores,
-              .out_idx = out_idx, .out_score = out_score};
+    plan p = {.kern = &ctx->kern, .q = q, .src = src, .k = k, .index_order = index_order,
+              .scores = scores, .out_idx = out_idx, .out_score = out_score};
     choose_kernel(ctx, &p);
 
     const int nth = skv_threads(ctx);
@@ -361,9 +365,13 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
             run_item(&p, it, ws);
         if (merge_bytes) {
 #pragma omp for schedule(static)
-            for (int32_t t = 0; t < T; t++)
-                skv_topk_parts_finish(&p.parts, t, out_idx + (size_t)t * k,
-                                      out_score ? out_score + (size_t)t * k : NULL);
+            for (int32_t t = 0; t < T; t++) {
+                if (index_order)
+                    skv_topk_parts_finish_set(&p.parts, t, out_idx + (size_t)t * k);
+                else
+                    skv_topk_parts_finish(&p.parts, t, out_idx + (size_t)t * k,
+                                          out_score ? out_score + (size_t)t * k : NULL);
+            }
         }
     }
     if (src->lists) /* list positions to keys; lists ascend, so ties stayed lowest-key-first */
@@ -374,6 +382,18 @@ skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const s
                     *x = src->lists[(size_t)t * src->list_stride + *x];
             }
     return SKV_OK;
+}
+
+skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           int32_t k, float *scores, int32_t *out_idx, float *out_score)
+{
+    return run(ctx, q, src, k, scores, out_idx, out_score, 0);
+}
+
+skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,
+                               const skv_key_src *src, int32_t k, int32_t *out_idx)
+{
+    return run(ctx, q, src, k, NULL, out_idx, NULL, 1);
 }
 
 skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, skv_key_src *out)

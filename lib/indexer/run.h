@@ -52,5 +52,9 @@ skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
 /* Scores (scores != NULL) or top-k (out_idx != NULL) of every query token. */
 skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                            int32_t k, float *scores, int32_t *out_idx, float *out_score);
+/* The same top-k of every token as a set: its indices in ascending order, padded with -1
+ * (candidate lists, where ranking them would be wasted). */
+skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,
+                               const skv_key_src *src, int32_t k, int32_t *out_idx);
 
 #endif

@@ -186,6 +186,7 @@ static void rank(skv_topk_state *st)
         sort_desc(st);
 }
 
+/* key may be NULL when out_score is. */
 static void write_out(const uint32_t *key, const int32_t *idx, int32_t n, int32_t k,
                       int32_t *out_idx, float *out_score)
 {
@@ -201,6 +202,12 @@ void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score)
 {
     rank(st);
     write_out(st->key, st->idx, st->n, st->k, out_idx, out_score);
+}
+
+void skv_topk_finish_set(skv_topk_state *st, int32_t *out_idx)
+{
+    skv_topk_compact(st); /* keeps index order */
+    write_out(NULL, st->idx, st->n, st->k, out_idx, NULL);
 }
 
 int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int64_t min_keys)
@@ -275,4 +282,36 @@ void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_id
             out_score[i] = skv_score_from_key(bk);
     }
     write_out(NULL, NULL, 0, m->k - i, out_idx + i, out_score ? out_score + i : NULL);
+}
+
+void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,
+                              skv_topk_state *st)
+{
+    skv_topk_compact(st);
+    const size_t slot = (size_t)row * (size_t)m->splits + (size_t)split;
+    memcpy(m->key + slot * (size_t)m->k, st->key, (size_t)st->n * 4);
+    memcpy(m->idx + slot * (size_t)m->k, st->idx, (size_t)st->n * 4);
+    m->n[slot] = st->n;
+}
+
+/* The splits cover ascending, disjoint index ranges: laid end to end they are one candidate
+ * list in index order, which one select cuts to its best k (earliest kept on ties). */
+void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, int32_t *out_idx)
+{
+    const size_t base = (size_t)row * (size_t)m->splits;
+    uint32_t *key = m->key + base * (size_t)m->k;
+    int32_t *idx = m->idx + base * (size_t)m->k;
+    int32_t n = 0;
+    for (int32_t sp = 0; sp < m->splits; sp++) {
+        const size_t at = (base + sp) * (size_t)m->k;
+        const int32_t c = m->n[base + sp];
+        memmove(key + n, m->key + at, (size_t)c * 4);
+        memmove(idx + n, m->idx + at, (size_t)c * 4);
+        n += c;
+    }
+    if (n > m->k) {
+        select_keep(key, idx, n, m->k);
+        n = m->k;
+    }
+    write_out(NULL, idx, n, m->k, out_idx, NULL);
 }

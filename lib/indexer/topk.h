@@ -27,6 +27,9 @@ void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, 
 void skv_topk_compact(skv_topk_state *st);
 /* Writes k results in rank order, padded with -1 / -INFINITY. out_score may be NULL. */
 void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score);
+/* Writes the best min(n, k) indices in index order, padded with -1: the same set as
+ * skv_topk_finish, without ranking it. */
+void skv_topk_finish_set(skv_topk_state *st, int32_t *out_idx);
 
 /* Candidates of rows whose keys were split into ranges selected separately: each split's
  * best k are stored in rank order, then the splits are merged (their index ranges must not
@@ -48,5 +51,10 @@ void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
 /* Merges a row's splits and writes its results (at most 64 splits). */
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score);
+/* The set forms: a split's best k stored in index order, and a row's best k over its splits
+ * written in index order (padded with -1). finish_set reuses the row's storage. */
+void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,
+                              skv_topk_state *st);
+void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, int32_t *out_idx);
 
 #endif

@@ -17,20 +17,6 @@ skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     return skv_indexer_run(ctx, q, &ls, k, NULL, out_idx, out_score);
 }
 
-/* Sorts list[0..n) (distinct keys below n_keys) ascending through a bitmap of n_keys bits:
- * linear in n + n_keys / 64, where a comparison sort of the candidates was the bottleneck. */
-static void sort_keys(int32_t *list, int32_t n, int64_t n_keys, uint64_t *bits)
-{
-    const int64_t words = (n_keys + 63) / 64;
-    memset(bits, 0, (size_t)words * 8);
-    for (int32_t i = 0; i < n; i++)
-        bits[list[i] >> 6] |= 1ull << (list[i] & 63);
-    int32_t m = 0;
-    for (int64_t wi = 0; wi < words; wi++)
-        for (uint64_t b = bits[wi]; b; b &= b - 1)
-            list[m++] = (int32_t)(wi * 64 + __builtin_ctzll(b));
-}
-
 static int64_t max_visible(const skv_indexer_query *q, int64_t n_keys)
 {
     int64_t m = 0;
@@ -83,8 +69,7 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     const size_t n_heads_b = skv_round_up((size_t)T * h * 4, 64);
     const size_t qr_b = skv_round_up((size_t)T * h * qrow, 64), wr_b = n_heads_b;
     const size_t cand_b = C ? skv_round_up((size_t)T * C * 4, 64) : 0;
-    const size_t bits_b = C ? skv_round_up((size_t)(src->n_keys + 63) / 64 * 8, 64) : 0;
-    uint8_t *buf = skv_workspace_aux(ctx, 1, 3 * n_heads_b + qr_b + wr_b + cand_b + bits_b +
+    uint8_t *buf = skv_workspace_aux(ctx, 1, 3 * n_heads_b + qr_b + wr_b + cand_b +
                                                  (size_t)h * 4 + (size_t)T * 4);
     if (!buf)
         return SKV_ERR_NOMEM;
@@ -92,8 +77,7 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     uint8_t *qr = buf + n_heads_b;
     float *wr = (float *)(qr + qr_b), *sr = (float *)((uint8_t *)wr + wr_b);
     int32_t *cand = (int32_t *)((uint8_t *)sr + n_heads_b);
-    uint64_t *bits = (uint64_t *)((uint8_t *)cand + cand_b);
-    int32_t *sorted = (int32_t *)((uint8_t *)bits + bits_b);
+    int32_t *sorted = (int32_t *)((uint8_t *)cand + cand_b);
 
     SKV_TRY(skv_route_src(ctx, q, src, p, heads, NULL));
     routed_query(q, heads, h, qr, wr, q->q_scale ? sr : NULL, sorted);
@@ -101,14 +85,14 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     if (!C)
         return skv_indexer_run(ctx, &rq, src, k, NULL, out_idx, out_score);
 
-    /* MISA-dagger: C routed candidates per token, re-ranked by the dense score */
-    SKV_TRY(skv_indexer_run(ctx, &rq, src, C, NULL, cand, NULL));
+    /* MISA-dagger: C routed candidates per token (ascending), re-ranked by the dense score */
+    SKV_TRY(skv_indexer_run_set(ctx, &rq, src, C, cand));
     int32_t *len = sorted + h;
     for (int32_t t = 0; t < T; t++) {
-        int32_t *list = cand + (size_t)t * C, n = 0;
+        const int32_t *list = cand + (size_t)t * C;
+        int32_t n = 0;
         while (n < C && list[n] >= 0)
             n++;
-        sort_keys(list, n, src->n_keys, bits);
         len[t] = n;
     }
     return skv_rerank(ctx, q, src, cand, len, C, k, out_idx, out_score);
