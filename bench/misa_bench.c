@@ -1,10 +1,13 @@
-/* sparsekv-bench-misa: MISA (h = 8), MISA-dagger (C = 8192) and HISA against the dense indexer
+/* sparsekv-bench-misa: MISA (h = 8), MISA-dagger (C = 8192) and HISA (B = 128, m = 64: both
+ * with the papers' 4k candidates) against the dense indexer
  * on a DeepSeek-shaped indexer (H = 64, D = 128, k = 2048, fp8 keys in a paged key cache with
  * pooled sums): time relative to dense and recall, decoding at L = 8K, 32K, 128K and for a
  * prefill chunk; recall on structured synthetic inputs (keys around cluster centres, attention
  * sinks, a recent window, heads that specialise) and on the real activations in
  * ../shared/data; and the crossover lengths below which each method is slower than dense.
- * JSON Lines; the machine's limits come first.
+ * At 32K and 128K also: recall against cost over each method's dials (mode "tradeoff"), the
+ * decode cases with bf16 keys ("decode_bf16"), and the floor under any 8-head routed pass
+ * (misa/floor: 8-head scoring alone). JSON Lines; the machine's limits come first.
  *
  *   sparsekv-bench-misa [--quick] [--threads N] [--min-time S] */
 #include <math.h>
@@ -99,7 +102,7 @@ static const method main_methods[N_MAIN] = {
     {"dense", DENSE, 0, 0, 0},
     {"misa_h8", MISA, 8, 0, 0},
     {"misa_dagger_h8_c8192", MISA, 8, 8192, 0},
-    {"hisa_b128_m32", HISA, 0, 0, 32},
+    {"hisa_b128_m64", HISA, 0, 0, 64}, /* the defaults: m * B = 4k */
 };
 
 /* Recall against cost: each method's dials swept, so that a host can pick. */
@@ -154,29 +157,37 @@ static int run_call(void *arg)
 typedef struct length_setup {
     skv_kcache *cache;
     int32_t seq;
-    uint8_t *k8;
-    float *ks;
-    skv_key_block keys; /* the same fp8 keys, contiguous (for recall) */
+    void *kd;  /* the keys in the cache's dtype */
+    float *ks; /* fp8 scales, or NULL */
+    skv_key_block keys; /* the same keys, contiguous (for recall) */
+    const char *dtype;
 } length_setup;
 
-static void setup_length(skv_context *ctx, const inputs *in, length_setup *ls)
+/* A key cache holding the keys as fp8 (DeepSeek's indexer cache) or bf16. */
+static void setup_length(skv_context *ctx, const inputs *in, skv_dtype dt, length_setup *ls)
 {
     skv_kcache_params kp;
     skv_kcache_params_init(&kp);
-    kp.head_dim = D, kp.dtype = SKV_FP8_E4M3, kp.pool_chunk = CHUNK;
+    kp.head_dim = D, kp.dtype = dt, kp.pool_chunk = CHUNK;
     bench_check(skv_kcache_create(ctx, &kp, &ls->cache), "kcache");
     bench_check(skv_kcache_seq_create(ls->cache, &ls->seq), "seq");
-    ls->k8 = bench_xmalloc((size_t)in->L * D);
-    ls->ks = bench_xmalloc((size_t)in->L * 4);
-    bench_check(skv_quantize_fp8(in->keys, in->L, D, D, 0, ls->k8, ls->ks), "quantise");
-    ls->keys = (skv_key_block){in->L, D, SKV_FP8_E4M3, ls->k8, ls->ks};
+    ls->kd = bench_xmalloc((size_t)in->L * D * skv_dtype_size(dt));
+    ls->ks = NULL;
+    if (dt == SKV_FP8_E4M3) {
+        ls->ks = bench_xmalloc((size_t)in->L * 4);
+        bench_check(skv_quantize_fp8(in->keys, in->L, D, D, 0, ls->kd, ls->ks), "quantise");
+    } else {
+        bench_check(skv_convert(dt, ls->kd, SKV_F32, in->keys, in->L * D), "convert");
+    }
+    ls->keys = (skv_key_block){in->L, D, dt, ls->kd, ls->ks};
+    ls->dtype = dt == SKV_FP8_E4M3 ? "fp8" : "bf16";
     bench_check(skv_kcache_append(ls->cache, ls->seq, 0, &ls->keys), "append");
 }
 
 static void free_length(length_setup *ls)
 {
     skv_kcache_destroy(ls->cache);
-    free(ls->k8), free(ls->ks);
+    free(ls->kd), free(ls->ks);
 }
 
 /* The query of T tokens at the end of the context (fp8, quantised per (token, head)). */
@@ -230,7 +241,7 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
             json_int(&j, "block", 128), json_int(&j, "blocks", methods[mi].blocks);
         json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
         json_int(&j, "L", ls->keys.n_keys);
-        json_str(&j, "dtype", "fp8");
+        json_str(&j, "dtype", ls->dtype);
         json_str(&j, "inputs", inputs_name);
         json_ratio(&j, "time_vs_dense", tm.median_ns / out->ns[0]);
         if (want_recall) {
@@ -285,10 +296,10 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     json_line j;
     json_begin(&j);
     char name[96];
-    snprintf(name, sizeof name, "misa/floor/L%lld", (long long)L);
+    snprintf(name, sizeof name, "misa/floor/L%lld/%s", (long long)L, ls->dtype);
     json_str(&j, "name", name);
     json_int(&j, "L", L), json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K);
-    json_str(&j, "dtype", "fp8");
+    json_str(&j, "dtype", ls->dtype);
     for (int i = 0; i < 4; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s_ns", names[i]);
@@ -399,7 +410,7 @@ int main(int argc, char **argv)
             inputs in;
             make_inputs(&in, Ls[li], structured);
             length_setup ls;
-            setup_length(ctx, &in, &ls);
+            setup_length(ctx, &in, SKV_FP8_E4M3, &ls);
             query_buf *qb = bench_xmalloc(sizeof *qb);
             measured r;
             make_query(&in, 1, qb);
@@ -407,8 +418,15 @@ int main(int argc, char **argv)
                     min_time, structured, &r);
             if (structured && li > 0) /* recall against cost, decode at 32K and 128K */
                 measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", "structured", min_time, 1, &r);
-            if (structured && li > 0)
+            if (structured && li > 0) {
                 scoring_floor(&m, &ls, qb, min_time);
+                /* the same with bf16 keys: no per-key conversion, twice the key bytes */
+                length_setup lb;
+                setup_length(ctx, &in, SKV_BF16, &lb);
+                measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, 1, &r);
+                scoring_floor(&m, &lb, qb, min_time);
+                free_length(&lb);
+            }
             make_query(&in, PREFILL_T, qb);
             measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "prefill", structured ? "structured" : "uniform",
                     min_time, structured, &r);
@@ -424,14 +442,14 @@ int main(int argc, char **argv)
         inputs in;
         make_inputs(&in, sweep[si], 1);
         length_setup ls;
-        setup_length(ctx, &in, &ls);
+        setup_length(ctx, &in, SKV_FP8_E4M3, &ls);
         query_buf *qb = bench_xmalloc(sizeof *qb);
         make_query(&in, 1, qb);
         measured r;
         measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "sweep", "structured", min_time * 0.5, 0, &r);
         /* a method counts once it is really running (not handed to dense by its own dial:
            C >= L, or m * B >= L) and at least 5 % faster */
-        const int active[N_MAIN] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 32};
+        const int active[N_MAIN] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 64};
         for (int mi = 1; mi < N_MAIN; mi++)
             if (!cross[mi] && active[mi] && r.ns[mi] < 0.95 * r.ns[0])
                 cross[mi] = sweep[si];

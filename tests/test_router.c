@@ -468,11 +468,40 @@ static void test_params_and_metrics(void)
     mp.struct_size = 3;
     CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
     mp.struct_size = sizeof mp;
+    /* the 4k defaults: C = -1 is C = 4k (here 80 of 600 keys), HISA m = 0 is ceil(4k / B) */
+    int32_t a4[2 * 20], b4[2 * 20];
+    float av[2 * 20], bv[2 * 20];
+    mp.candidates = SKV_MISA_DAGGER_4K;
+    CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, a4, av));
+    mp.candidates = 80;
+    CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, b4, bv));
+    CHECK(memcmp(a4, b4, sizeof a4) == 0 && memcmp(av, bv, sizeof av) == 0, "C = -1 is not C = 4k");
+    mp.candidates = -2;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.candidates = SKV_MISA_DAGGER_4K; /* 4k overflows */
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, INT32_MAX / 4 + 1, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.candidates = 0;
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);
-    hp.min_length = 0, hp.block = 24;
+    CHECK(hp.blocks == 0 && hp.block == 128, "HISA defaults: m = 0 (4k), B = 128");
+    hp.min_length = 0, hp.block = 32;
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, a4, av)); /* m = ceil(80 / 32) = 3 */
+    hp.blocks = 3;
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, b4, bv));
+    CHECK(memcmp(a4, b4, sizeof a4) == 0 && memcmp(av, bv, sizeof av) == 0, "HISA m = 0 is not m = 3");
+    hp.blocks = 0, hp.block = 16; /* 80 / 16 = 5 blocks */
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, a4, av));
+    hp.blocks = 5;
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, b4, bv));
+    CHECK(memcmp(a4, b4, sizeof a4) == 0 && memcmp(av, bv, sizeof av) == 0, "HISA m = 0 is not m = 5");
+    hp.blocks = 4;
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, b4, bv));
+    CHECK(memcmp(a4, b4, sizeof a4) != 0, "HISA m = 4 and m = 5 agree: the check above would not see a wrong m");
+    hp.block = 24, hp.blocks = 0;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
     hp.block = 32, hp.blocks = 1;
+    CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    hp.blocks = -1;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
     hp.blocks = 4;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, NULL, &hp, 20, sel, NULL), SKV_ERR_STATE);

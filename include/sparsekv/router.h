@@ -61,7 +61,8 @@ typedef struct skv_misa_params {
     skv_route_mode route; /* default SKV_ROUTE_POOLED */
     int32_t heads;        /* h, routed heads per query token, 1..n_heads; default 8 */
     int32_t block;        /* pooled block in tokens, a multiple of the pooled chunk; default 1024 */
-    int32_t candidates;   /* MISA-dagger: C >= k candidates re-ranked with all heads; 0 = plain
+    int32_t candidates;   /* MISA-dagger: C >= k candidates re-ranked with all heads;
+                             SKV_MISA_DAGGER_4K (-1) = 4 * k, the papers' choice; 0 = plain
                              MISA; default 0 */
     int64_t min_length;   /* the length gate: when no query token sees this many keys, run the
                              dense indexer; -1 = the measured crossover below; default -1 */
@@ -71,6 +72,7 @@ typedef struct skv_misa_params {
  * decode, 2 threads): below these the routed passes do not beat the dense indexer. MISA (h = 8)
  * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 32K (slower at 16K);
  * HISA (B = 128, m = 32) from 8K. */
+#define SKV_MISA_DAGGER_4K (-1)
 #define SKV_MISA_MIN_LENGTH 1024
 #define SKV_MISA_DAGGER_MIN_LENGTH 32768
 #define SKV_HISA_MIN_LENGTH 8192
@@ -108,7 +110,8 @@ typedef struct skv_hisa_params {
     size_t struct_size;   /* sizeof(skv_hisa_params); set by skv_hisa_params_init */
     int32_t block;        /* pooled block in tokens, a multiple of the pooled chunk; default 128 */
     int32_t blocks;       /* m: blocks kept per query token, the first and last visible ones
-                             among them; >= 2; default 32 (m * block = 4096) */
+                             among them; >= 2, or 0 = enough for 4 * k candidates
+                             (ceil(4 * k / block), at least 2), the paper's choice; default 0 */
     int64_t min_length;   /* the length gate; -1 = SKV_HISA_MIN_LENGTH; default -1 */
 } skv_hisa_params;
 

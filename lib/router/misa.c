@@ -57,8 +57,10 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
 {
     SKV_TRY(skv_misa_check(ctx, q, src, p));
     SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, p->candidates == 0 || p->candidates >= k);
-    const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads, C = p->candidates;
+    SKV_CHECK(ctx, p->candidates == 0 || p->candidates >= k ||
+                       (p->candidates == SKV_MISA_DAGGER_4K && k <= INT32_MAX / 4));
+    const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads;
+    const int32_t C = p->candidates == SKV_MISA_DAGGER_4K ? 4 * k : p->candidates;
     const int64_t vis = max_visible(q, src->n_keys);
     const int64_t gate = p->min_length >= 0 ? p->min_length : C ? SKV_MISA_DAGGER_MIN_LENGTH : SKV_MISA_MIN_LENGTH;
     /* the dials and the length gate: the dense indexer itself */
@@ -129,7 +131,7 @@ void skv_hisa_params_init(skv_hisa_params *p)
     memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
     p->block = 128;
-    p->blocks = 32;
+    p->blocks = 0;
     p->min_length = -1;
 }
 
@@ -139,8 +141,11 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
     SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, p->block >= 1 && p->blocks >= 2 && p->min_length >= -1);
-    const int32_t T = q->n_tokens, D = q->head_dim, B = p->block, m = p->blocks;
+    SKV_CHECK(ctx, p->block >= 1 && (p->blocks >= 2 || p->blocks == 0) && p->min_length >= -1);
+    const int32_t T = q->n_tokens, D = q->head_dim, B = p->block;
+    const int64_t m4k = ((int64_t)4 * k + B - 1) / B; /* blocks = 0: 4k candidates */
+    SKV_CHECK(ctx, p->blocks > 0 || m4k * B <= INT32_MAX);
+    const int32_t m = p->blocks > 0 ? p->blocks : m4k > 2 ? (int32_t)m4k : 2;
     SKV_CHECK(ctx, src->pool_chunk < 1 || B % src->pool_chunk == 0);
     const int64_t vis = max_visible(q, src->n_keys);
     const int64_t gate = p->min_length >= 0 ? p->min_length : SKV_HISA_MIN_LENGTH;

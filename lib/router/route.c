@@ -208,7 +208,7 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
     SKV_CHECK(ctx, p->heads >= 1 && p->heads <= q->n_heads);
     SKV_CHECK(ctx, p->route == SKV_ROUTE_POOLED || p->route == SKV_ROUTE_QNORM ||
                        p->route == SKV_ROUTE_OWN_KEY);
-    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= 0 && p->min_length >= -1);
+    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= SKV_MISA_DAGGER_4K && p->min_length >= -1);
     if (p->route == SKV_ROUTE_POOLED && src->pool_chunk >= 1)
         SKV_CHECK(ctx, p->block % src->pool_chunk == 0);
     return SKV_OK;
