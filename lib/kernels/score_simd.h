@@ -45,6 +45,9 @@ SKV_ALWAYS_INLINE VEC head_terms(const skv_qchunk *c, int hv, int g, VEC acc[HV_
     return sum;
 }
 
+/* A key scale that takes the folded form: positive and finite. */
+SKV_ALWAYS_INLINE int folds(float ks) { return ks > 0 && ks <= 3.4028235e38f; }
+
 /* Key j's lane vector and the factor its head sum is multiplied by. scaled: 0 none, 1 scales
  * inside the ReLU, 2 folded (a key whose scale is not positive and finite takes form 1). */
 SKV_ALWAYS_INLINE VEC key_terms(const skv_qchunk *c, int hv, int g, VEC acc[HV_MAX][16], int j,
@@ -54,7 +57,7 @@ SKV_ALWAYS_INLINE VEC key_terms(const skv_qchunk *c, int hv, int g, VEC acc[HV_M
     if (!scaled)
         return head_terms(c, hv, g, acc, j, c->w, 0, 0.0f);
     const float kj = ks[j < n_valid ? j : n_valid - 1]; /* spare columns repeat the last key */
-    if (scaled == 2 && kj > 0 && kj <= 3.4028235e38f) {
+    if (scaled == 2 && folds(kj)) {
         *mul = kj;
         return head_terms(c, hv, g, acc, j, c->wf, 0, 0.0f);
     }
@@ -72,6 +75,16 @@ SKV_ALWAYS_INLINE void tile_epilogue(const skv_qchunk *c, int hv, int g, int N,
         if (gi >= n_valid)
             break;
         VEC v[4];
+        if (scaled == 2 && gi + 4 <= n_valid && folds(ks[gi]) && folds(ks[gi + 1]) &&
+            folds(ks[gi + 2]) && folds(ks[gi + 3])) {
+            /* four folded keys: their scales multiply straight from ks (building the
+               multipliers on the stack would stall the vector load on four scalar stores) */
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                v[i] = head_terms(c, hv, g, acc, gi + i, c->wf, 0, 0.0f);
+            REDUCE4(v, ks + gi, accumulate, out + gi, 4);
+            continue;
+        }
         float mul[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
