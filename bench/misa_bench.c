@@ -7,7 +7,8 @@
  * ../shared/data; and the crossover lengths below which each method is slower than dense.
  * At 32K and 128K also: recall against cost over each method's dials (mode "tradeoff"), the
  * decode cases with bf16 keys ("decode_bf16"), and the floor under any 8-head routed pass
- * (misa/floor: 8-head scoring alone). JSON Lines; the machine's limits come first.
+ * (misa/floor: 8-head scoring alone; misa/floor_kernel: the same on 512 keys in cache).
+ * JSON Lines; the machine's limits come first.
  *
  *   sparsekv-bench-misa [--quick] [--threads N] [--min-time S] */
 #include <math.h>
@@ -276,6 +277,51 @@ static int floor_topk(void *arg)
     return skv_kcache_topk(f->cache, f->seq, 0, f->q, K, f->idx, NULL) != SKV_OK;
 }
 
+typedef struct block_call { skv_context *ctx; const skv_indexer_query *q; const skv_key_block *kb; float *scores; } block_call;
+
+static int block_scores(void *arg)
+{
+    block_call *b = arg;
+    return skv_indexer_scores(b->ctx, b->q, b->kb, b->scores) != SKV_OK;
+}
+
+/* The same scoring on the first 512 keys as a contiguous block (one thread: too short to
+ * split; the keys stay in L2): the kernels' own cost per key with 8 and with 64 heads, without
+ * memory traffic or selection. Between the fp8 and bf16 records lies the conversion. */
+static void kernel_floor(skv_context *ctx, const length_setup *ls, const query_buf *qb, double min_time)
+{
+    enum { NB = 512 };
+    skv_key_block kb = ls->keys;
+    kb.n_keys = NB;
+    float scores[NB];
+    skv_indexer_query q8 = qb->q;
+    q8.n_heads = 8;
+    q8.positions = NULL;
+    skv_indexer_query q64 = q8;
+    q64.n_heads = H;
+    double ns[2];
+    for (int i = 0; i < 2; i++) {
+        block_call b = {ctx, i ? &q64 : &q8, &kb, scores};
+        bench_timing tm;
+        if (bench_time(block_scores, &b, min_time, 3, 1, 2.0, &tm))
+            bench_check(SKV_ERR_STATE, "kernel floor");
+        ns[i] = tm.median_ns / NB;
+    }
+    json_line j;
+    json_begin(&j);
+    char name[96];
+    snprintf(name, sizeof name, "misa/floor_kernel/%s", ls->dtype);
+    json_str(&j, "name", name);
+    json_int(&j, "L", NB), json_int(&j, "D", D);
+    json_str(&j, "dtype", ls->dtype);
+    json_num(&j, "scores_h8_ns_per_key", ns[0], 3);
+    json_num(&j, "scores_h64_ns_per_key", ns[1], 3);
+    json_ratio(&j, "h8_vs_h64", ns[0] / ns[1]);
+    json_ratio(&j, "h8_efficiency_per_head_vs_h64", ns[1] / 8 / ns[0]);
+    json_str(&j, "note", "one thread, keys in L2; the ideal h8_vs_h64 is 0.125");
+    json_end(&j);
+}
+
 static void scoring_floor(const bench_machine *m, const length_setup *ls,
                           const query_buf *qb, double min_time)
 {
@@ -425,6 +471,10 @@ int main(int argc, char **argv)
                 setup_length(ctx, &in, SKV_BF16, &lb);
                 measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, 1, &r);
                 scoring_floor(&m, &lb, qb, min_time);
+                if (li == 1) {
+                    kernel_floor(ctx, &ls, qb, min_time);
+                    kernel_floor(ctx, &lb, qb, min_time);
+                }
                 free_length(&lb);
             }
             make_query(&in, PREFILL_T, qb);

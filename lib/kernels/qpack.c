@@ -54,8 +54,7 @@ skv_qchunk skv_qpack_chunk(const skv_qpack_hdr *h, int32_t c)
     return r;
 }
 
-/* Head h of the token as compute-dtype bits: f32 values, or bf16 bits (exact: only BF16
- * and FP8 queries are packed for bf16). */
+/* Head h of the token as f32 values. */
 static void q_row_f32(const skv_qpack_args *a, int32_t h, float *out)
 {
     const size_t i0 = (size_t)h * a->D;
@@ -65,12 +64,18 @@ static void q_row_f32(const skv_qpack_args *a, int32_t h, float *out)
                                           : skv_fp8_to_f32(((const uint8_t *)a->q)[i0 + d]);
 }
 
-static void q_row_bf16(const skv_qpack_args *a, int32_t h, uint16_t *out)
+/* Dims 2u and 2u + 1 of head h as a pair of bf16 bits (low half first; an odd D's last pair
+ * ends with 0). */
+static inline uint32_t q_pair_bf16(const skv_qpack_args *a, int32_t h, int32_t u)
 {
-    const size_t i0 = (size_t)h * a->D;
-    for (int32_t d = 0; d < a->D; d++)
-        out[d] = a->q_dtype == SKV_BF16 ? ((const uint16_t *)a->q)[i0 + d]
-                                        : skv_fp8_bf16_lut[((const uint8_t *)a->q)[i0 + d]];
+    const size_t i = (size_t)h * a->D + 2 * (size_t)u;
+    const int two = 2 * u + 1 < a->D;
+    if (a->q_dtype == SKV_BF16) {
+        const uint16_t *q = (const uint16_t *)a->q + i;
+        return q[0] | (two ? (uint32_t)q[1] << 16 : 0);
+    }
+    const uint8_t *q = (const uint8_t *)a->q + i;
+    return skv_fp8_bf16_lut[q[0]] | (two ? (uint32_t)skv_fp8_bf16_lut[q[1]] << 16 : 0);
 }
 
 void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, skv_dtype compute)
@@ -96,14 +101,15 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
     h->n_chunks = (a->H + per_chunk - 1) / per_chunk;
     h->compute = compute;
     h->chunk_bytes = chunk_bytes(a->D, hv_max * lanes, h->g, compute);
-    const int g = h->g;
+    const int g = h->g, lg = __builtin_ctz((unsigned)g); /* g is a power of two: shifts, not
+                                                            divisions, in the loops below */
     for (int32_t c = 0; c < h->n_chunks; c++) {
         skv_qchunk ch = skv_qpack_chunk(h, c);
         const int32_t h0 = c * per_chunk, width = ch.hv * lanes;
         float *w = (float *)ch.w, *s = (float *)ch.s, *wf = (float *)ch.wf;
         for (int32_t l = 0; l < width; l++) {
-            const int32_t hh = h0 + l / g;
-            const int real = l < ch.active, leader = real && l % g == 0;
+            const int32_t hh = h0 + (l >> lg);
+            const int real = l < ch.active, leader = real && (l & (g - 1)) == 0;
             w[l] = leader ? a->w[hh] : 0.0f;
             s[l] = real && a->qscale ? a->qscale[hh] : 1.0f;
             wf[l] = leader ? a->w[hh] * s[l] : 0.0f;
@@ -111,20 +117,22 @@ void skv_qpack_fill(void *dst, const skv_qpack_args *a, int lanes, int hv_max, s
         /* Zero first: padded lanes, and the odd-D pad of the last bf16 pair. */
         const int32_t units = units_of(a->D, compute);
         memset((void *)ch.q, 0, (size_t)(units / g) * width * 4);
-        for (int32_t hl = 0; hl < ch.heads; hl++) {
-            if (compute == SKV_BF16) {
-                uint16_t *q = (uint16_t *)ch.q, *row = (uint16_t *)scratch;
-                q_row_bf16(a, h0 + hl, row);
-                for (int32_t d = 0; d < a->D; d++) { /* unit u = d / 2 at [u / g][lane][d % 2] */
-                    const int32_t u = d >> 1, lane = hl * g + u % g;
-                    q[((size_t)(u / g) * width + lane) * 2 + (d & 1)] = row[d];
-                }
-            } else {
-                float *q = (float *)ch.q, *row = (float *)scratch;
-                q_row_f32(a, h0 + hl, row);
-                for (int32_t d = 0; d < a->D; d++)
-                    q[(size_t)(d / g) * width + hl * g + d % g] = row[d];
+        if (compute == SKV_BF16) {
+            /* unit u (dims 2u, 2u + 1) of head hl at [u / g][hl * g + u % g]; the heads run
+               innermost so that the stores are consecutive */
+            uint32_t *q = (uint32_t *)ch.q;
+            for (int32_t u = 0; u < units; u++) {
+                uint32_t *qu = q + (size_t)(u >> lg) * width + (u & (g - 1));
+                for (int32_t hl = 0; hl < ch.heads; hl++)
+                    qu[hl * g] = q_pair_bf16(a, h0 + hl, u);
             }
+            continue;
+        }
+        float *q = (float *)ch.q, *row = scratch;
+        for (int32_t hl = 0; hl < ch.heads; hl++) {
+            q_row_f32(a, h0 + hl, row);
+            for (int32_t d = 0; d < a->D; d++)
+                q[(size_t)(d >> lg) * width + hl * g + (d & (g - 1))] = row[d];
         }
     }
 }
