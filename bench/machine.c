@@ -62,12 +62,11 @@ static double peak_once(peak_kind kind, int threads, int64_t iters)
     return peak_flops_per_iter(kind) * (double)iters * team / (t1 - t0) * 1e-9;
 }
 
-static void measure_peak(peak_kind kind, int threads, int reps, double seconds, double *best,
-                         double *median)
+/* Trip count of the peak loop for one repetition of about `seconds`: calibrated on the calling
+ * thread alone (no team to wake), fastest of three tries, so that a descheduled moment during
+ * calibration cannot shrink the repetitions to the size of a scheduler tick. */
+static int64_t calibrate_peak(peak_kind kind, double seconds)
 {
-    /* Calibrate the trip count so one repetition lasts about `seconds`: on the calling thread
-       alone (no team to wake), fastest of three tries, so that a descheduled moment during
-       calibration cannot shrink the repetitions to the size of a scheduler tick. */
     int64_t iters = 1 << 12;
     double dt;
     for (;;) {
@@ -81,11 +80,25 @@ static void measure_peak(peak_kind kind, int threads, int reps, double seconds, 
             break;
         iters *= 4;
     }
-    iters = (int64_t)((double)iters * seconds / dt) + 1;
-    double v[32];
-    for (int r = 0; r < reps; r++)
-        v[r] = peak_once(kind, threads, iters);
-    best_and_median(v, reps, best, median);
+    return (int64_t)((double)iters * seconds / dt) + 1;
+}
+
+/* The fp32 and (when present) bf16 peaks, their repetitions interleaved: a neighbour busy for
+ * a while then lowers a few repetitions of each rather than every repetition of one. */
+static void measure_peaks(peak_kind fma, int bf16, int threads, int reps, double seconds,
+                          bench_machine *m)
+{
+    const int64_t it32 = calibrate_peak(fma, seconds);
+    const int64_t it16 = bf16 ? calibrate_peak(PEAK_DPBF16, seconds) : 0;
+    double v32[32], v16[32];
+    for (int r = 0; r < reps; r++) {
+        v32[r] = peak_once(fma, threads, it32);
+        if (bf16)
+            v16[r] = peak_once(PEAK_DPBF16, threads, it16);
+    }
+    best_and_median(v32, reps, &m->peak_fp32_gflops, &m->peak_fp32_median);
+    if (bf16)
+        best_and_median(v16, reps, &m->peak_bf16_gflops, &m->peak_bf16_median);
 }
 
 static int measure_triad(int threads, int reps, double *best, double *median)
@@ -147,9 +160,6 @@ int machine_measure(int threads, int quick, bench_machine *m)
         fma = PEAK_FMA_AVX2;
         m->peak_isa = "avx2";
     }
-    measure_peak(fma, threads, reps, seconds, &m->peak_fp32_gflops, &m->peak_fp32_median);
-    if (cpu & SKV_CPU_AVX512BF16)
-        measure_peak(PEAK_DPBF16, threads, reps, seconds, &m->peak_bf16_gflops,
-                     &m->peak_bf16_median);
+    measure_peaks(fma, (cpu & SKV_CPU_AVX512BF16) != 0, threads, reps, seconds, m);
     return measure_triad(threads, reps, &m->stream_gbps, &m->stream_median);
 }
