@@ -239,14 +239,21 @@ void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t spl
     m->splits = splits;
 }
 
-void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
-                          skv_topk_state *st)
+/* Copies a state's candidates, as they are, into its (row, split) slot. */
+static void store_state(const skv_topk_parts *m, int64_t row, int32_t split,
+                        const skv_topk_state *st)
 {
-    rank(st);
     const size_t slot = (size_t)row * (size_t)m->splits + (size_t)split;
     memcpy(m->key + slot * (size_t)m->k, st->key, (size_t)st->n * 4);
     memcpy(m->idx + slot * (size_t)m->k, st->idx, (size_t)st->n * 4);
     m->n[slot] = st->n;
+}
+
+void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
+                          skv_topk_state *st)
+{
+    rank(st);
+    store_state(m, row, split, st);
 }
 
 /* Each split's list is ranked and the splits cover disjoint index ranges, so the best k of
@@ -287,11 +294,8 @@ void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_id
 void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,
                               skv_topk_state *st)
 {
-    skv_topk_compact(st);
-    const size_t slot = (size_t)row * (size_t)m->splits + (size_t)split;
-    memcpy(m->key + slot * (size_t)m->k, st->key, (size_t)st->n * 4);
-    memcpy(m->idx + slot * (size_t)m->k, st->idx, (size_t)st->n * 4);
-    m->n[slot] = st->n;
+    skv_topk_compact(st); /* keeps index order */
+    store_state(m, row, split, st);
 }
 
 /* The splits cover ascending, disjoint index ranges: laid end to end they are one candidate
