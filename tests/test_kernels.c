@@ -224,6 +224,68 @@ static void check_filter(const skv_kernels *ref, const skv_kernels *kn, const ch
     CHECK(bad == 0, "%s filter: %ld mismatches", lv, bad);
 }
 
+/* The keys-in-lanes kernel (few heads, D a multiple of 32): the transposed layout exactly, its
+ * scores against the scalar reference, and a key's score alone equal to the same key in a
+ * tile. */
+static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
+{
+    if (!kn->lanes.to_lanes)
+        return;
+    rng r = {77};
+    long bad = 0, layout = 0, tiling = 0;
+    static const int32_t Ds[] = {32, 64, 96, 128};
+    for (int t = 0; t < 240; t++) {
+        const int32_t H = 1 + t % SKV_LANES_MAX_HEADS, D = Ds[(t / 8) % 4];
+        const int32_t n = t % 3 == 0 ? (int32_t)rng_int(&r, 1, 40) : (int32_t)rng_int(&r, 1, 300);
+        score_case c;
+        make_case(&c, &r, H, D, n, t % 5 == 4);
+        if (c.qt == SKV_F32) { /* the bf16 pack serves bf16 and fp8 queries */
+            free_case(&c);
+            continue;
+        }
+        const int32_t units = D / 2, tiles = (n + 15) / 16;
+        uint16_t *rows = xmalloc((size_t)n * D * 2);
+        for (int32_t j = 0; j < n; j++)
+            memcpy(rows + (size_t)j * D, c.kb + (size_t)j * c.stride, (size_t)D * 2);
+        uint32_t *lanes = xmalloc((size_t)tiles * units * 16 * 4), *one_lane = xmalloc((size_t)units * 16 * 4);
+        kn->lanes.to_lanes(rows, D, n, lanes);
+        for (int32_t tt = 0; tt < tiles; tt++)
+            for (int32_t u = 0; u < units; u++)
+                for (int32_t l = 0; l < 16; l++) {
+                    const int32_t j = 16 * tt + l < n ? 16 * tt + l : n - 1; /* a partial tile repeats its last key */
+                    const uint32_t want = rows[(size_t)j * D + 2 * u] | (uint32_t)rows[(size_t)j * D + 2 * u + 1] << 16;
+                    if (lanes[((size_t)tt * units + u) * 16 + l] != want && layout++ < 3)
+                        CHECK(0, "%s to_lanes D=%d n=%d: key %d pair %d", lv, D, n, j, u);
+                }
+        const skv_qpack_args a = {c.q, c.qt, c.scaled ? c.qs : NULL, c.w, H, D, c.scaled};
+        void *pack = aligned_alloc(64, skv_round_up_test(kn->score_bf16.pack_size(H, D)));
+        kn->score_bf16.pack(pack, &a);
+        float *want = xmalloc((size_t)n * 4), *got = xmalloc((size_t)n * 4), one;
+        run_score(&ref->score_f32, &c, c.kf, 0, n, want);
+        kn->lanes.score(pack, lanes, c.scaled ? c.ks : NULL, n, got);
+        for (int32_t j = 0; j < n; j++) {
+            const double tol = 4.0 * (D + H + 8) * 0x1p-24 * case_mag(&c, j) + 1e-30;
+            const int ok = isnan(want[j]) ? isnan(got[j])
+                           : isinf(want[j]) ? got[j] == want[j]
+                                            : fabs((double)got[j] - want[j]) <= tol;
+            if (!ok && bad++ < 5)
+                CHECK(ok, "%s lanes H=%d D=%d n=%d j=%d scaled=%d qt=%d: %.9g vs scalar %.9g", lv,
+                      H, D, n, j, c.scaled, c.qt, got[j], want[j]);
+            if (j % 7 == 0 || j == n - 1) {
+                kn->lanes.to_lanes(rows + (size_t)j * D, D, 1, one_lane);
+                kn->lanes.score(pack, one_lane, c.scaled ? c.ks + j : NULL, 1, &one);
+                if (!same_float(one, got[j]) && tiling++ < 3)
+                    CHECK(0, "%s lanes H=%d D=%d: key %d alone %.9g, among %d %.9g", lv, H, D, j,
+                          one, n, got[j]);
+            }
+        }
+        free(pack), free(want), free(got), free(rows), free(lanes), free(one_lane);
+        free_case(&c);
+    }
+    CHECK(bad == 0 && layout == 0 && tiling == 0, "%s lanes: %ld scores, %ld layout, %ld tiling mismatches",
+          lv, bad, layout, tiling);
+}
+
 /* Same bits, or NaN on both sides (a NaN's payload may come from either operand). */
 static int same_f32(float a, float b)
 {
@@ -332,6 +394,7 @@ int main(int argc, char **argv)
         check_conversions(&ref, &kn, all_levels[lv].name);
         check_filter(&ref, &kn, all_levels[lv].name);
         check_router_kernels(&ref, &kn, all_levels[lv].name);
+        check_lanes_kernel(&ref, &kn, all_levels[lv].name);
         if (bench)
             bench_scores(&ref, &kn, all_levels[lv].name);
     }

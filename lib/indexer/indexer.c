@@ -5,7 +5,9 @@
  * stays in L1 while a score kernel computes that token's scores for the group, which go
  * straight into the token's streaming top-k state (or into the caller's score matrix). When
  * there are fewer token blocks than threads, a block's keys are split across threads and the
- * per-split candidates merged at the end; the result is unique, so the split never changes it. */
+ * per-split candidates merged at the end; the result is unique, so the split never changes it.
+ * A block of several tokens with few heads transposes each key group once into the keys-in-
+ * lanes layout (kernels.h) and scores every token on it. */
 #include <math.h>
 #include <string.h>
 
@@ -21,6 +23,7 @@
 #define SPLIT_MIN_KEYS 1024 /* below this a split costs more than it saves */
 #define CVT_STEP 32         /* keys converted per step */
 #define PREFETCH_NEXT 16    /* keys of the next segment asked for ahead */
+#define LANES_MIN_TOKENS 4  /* tokens of a block that share one transposition into lanes */
 
 #define ONE4 1.0f, 1.0f, 1.0f, 1.0f
 #define ONE16 ONE4, ONE4, ONE4, ONE4
@@ -70,7 +73,8 @@ typedef struct plan {
     int scaled;
     int32_t k, tb, n_blocks, splits;
     int index_order; /* top-k as a set in index order, not ranked (out_score unused) */
-    size_t pack_bytes, scratch_bytes, state_bytes, thread_bytes;
+    int lanes;      /* few heads, D a multiple of 32: blocks of LANES_MIN_TOKENS score in lanes */
+    size_t pack_bytes, rows_bytes, scratch_bytes, state_bytes, thread_bytes;
     float *scores;
     int32_t *out_idx;
     float *out_score;
@@ -187,6 +191,39 @@ static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
     return tile + (size_t)(t % p->tb) * KEY_GROUP;
 }
 
+/* Keys [g, ge) of a token block in lanes: converted (or copied) into contiguous rows,
+ * transposed once, then scored for every token that sees them and pushed to its top-k. */
+static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64_t g, int64_t ge,
+                              int64_t hi, const int64_t *vis, int32_t nt, const uint8_t *packs,
+                              uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
+{
+    const int32_t D = p->src->head_dim;
+    prefetch_keys(p->src, ge, KEY_GROUP, hi); /* the next group arrives while this one scores */
+    uint16_t *rows = (uint16_t *)scratch;
+    uint32_t *lanes = (uint32_t *)(scratch + p->rows_bytes);
+    float *scale = (float *)(scratch + 2 * p->rows_bytes);
+    for (int e = 0; e < nseg; e++) {
+        uint16_t *dst = rows + (size_t)(seg[e].start - g) * D;
+        if (p->cvt)
+            p->cvt(seg[e].rows, dst, seg[e].n * D);
+        else
+            memcpy(dst, seg[e].rows, (size_t)seg[e].n * D * 2);
+        if (p->scaled)
+            memcpy(scale + (seg[e].start - g), seg[e].scale, (size_t)seg[e].n * 4);
+    }
+    p->kern->lanes.to_lanes(rows, D, ge - g, lanes);
+    for (int32_t i = 0; i < nt; i++) {
+        const int64_t end = vis[i] < ge ? vis[i] : ge;
+        if (end <= g)
+            continue;
+        p->kern->lanes.score(packs + (size_t)i * p->pack_bytes, lanes, p->scaled ? scale : NULL,
+                             end - g, token_out(p, t0 + i, tile, g));
+        if (p->out_idx)
+            skv_topk_push(p->kern, &st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
+                          (int32_t)g);
+    }
+}
+
 static void run_item(const plan *p, int64_t item, uint8_t *ws)
 {
     const int32_t T = p->q->n_tokens, D = p->src->head_dim;
@@ -237,6 +274,10 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
         for (int e = 0; e < nseg; e++)
             if (p->scaled && !seg[e].scale)
                 seg[e].scale = ones;
+        if (p->lanes && nt >= LANES_MIN_TOKENS) {
+            score_group_lanes(p, seg, nseg, g, ge, hi, vis, nt, packs, scratch, t0, tile, st);
+            continue;
+        }
         if (p->cvt) {
             /* Convert in small steps, scoring the lead token on each while the next one
                streams in: the conversion's memory reads overlap that token's arithmetic. */
@@ -333,7 +374,12 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     p.splits = skv_topk_split_count(p.n_blocks, nth, lmax, SPLIT_MIN_KEYS);
 
     p.pack_bytes = p.sk->pack_size(q->n_heads, q->head_dim);
-    p.scratch_bytes = p.cvt ? skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN) : 0;
+    /* lanes: the bf16 kernel of a level that has them, few heads, whole tiles of dim pairs */
+    p.lanes = p.sk->compute == SKV_BF16 && ctx->kern.lanes.to_lanes && q->n_heads <= SKV_LANES_MAX_HEADS &&
+              q->head_dim % 32 == 0 && !src->lists && T >= LANES_MIN_TOKENS;
+    p.rows_bytes = skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN);
+    /* converted rows; with lanes also the transposed tiles and the group's key scales */
+    p.scratch_bytes = p.lanes ? 2 * p.rows_bytes + KEY_GROUP * sizeof(float) : p.cvt ? p.rows_bytes : 0;
     p.state_bytes = topk ? skv_topk_state_bytes(k) : 0;
     const size_t gather_bytes = src->lists ? (size_t)KEY_GROUP * (src->row_bytes + 4) : 0;
     p.thread_bytes = skv_round_up((size_t)p.tb * p.pack_bytes + p.scratch_bytes +

@@ -8,8 +8,10 @@
 
 static int32_t state_limit(int32_t k)
 {
-    /* After a cut there are k candidates and room for at least one more piece. */
-    const int64_t a = 2 * (int64_t)k, b = (int64_t)k + SKV_TOPK_PIECE;
+    /* After a cut there are k candidates and room for 2k more, and at least one piece: each
+       cut passes over the whole buffer, so a larger one cuts less often (2k measured 2-3 %
+       slower over 32K keys; 3k and 4k alike). */
+    const int64_t a = 3 * (int64_t)k, b = (int64_t)k + SKV_TOPK_PIECE;
     return (int32_t)(a > b ? a : b);
 }
 

@@ -69,6 +69,22 @@ typedef struct skv_score_kernel {
     skv_dtype compute; /* SKV_F32 or SKV_BF16 */
 } skv_score_kernel;
 
+/* ---- few heads, keys in lanes ------------------------------------------------------------
+ * With at most 8 heads a vector of heads leaves most of each key's work to a horizontal sum;
+ * putting 16 keys in the lanes instead makes every dot-product step a full vector. The lanes
+ * layout of n keys of D dims (D a multiple of 32): tile t (keys 16t..16t+15) at
+ * out + t * (D / 2) * 16 holds, for each pair u of dims, the 16 keys' bf16 pairs [u][16]; a last
+ * partial tile repeats its last key. score takes a score_bf16 pack of at most 8 heads and
+ * computes the same formula per key (each key's result depends only on that key), with the
+ * rounding of its own summation order. */
+typedef struct skv_lanes_kernel {
+    void (*to_lanes)(const uint16_t *rows, int32_t D, int64_t n, uint32_t *out);
+    void (*score)(const void *pack, const uint32_t *lanes, const float *ks, int64_t n,
+                  float *out);
+} skv_lanes_kernel;
+
+#define SKV_LANES_MAX_HEADS 8
+
 /* ---- conversion to a compute dtype (n elements, any n) --------------------------------- */
 typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
 
@@ -91,6 +107,7 @@ typedef struct skv_kernels {
     uint32_t flags;       /* SKV_CPU_* in use */
     skv_score_kernel score_f32;
     skv_score_kernel score_bf16; /* pack_size == NULL when the level has no bf16 dot product */
+    skv_lanes_kernel lanes;      /* to_lanes == NULL when the level has none */
     skv_cvt_fn bf16_to_f32, fp8_to_f32, fp8_to_bf16;
     skv_filter_fn filter;
     skv_head_dots_fn head_dots;

@@ -59,6 +59,8 @@ SKV_ALWAYS_INLINE void tile_bf16(const skv_qchunk *c, int32_t D, int hv, int g, 
 
 DEFINE_SCORE_KERNEL(score_bf16_avx512, tile_bf16, uint16_t)
 
+#include "kernels/lanes_bf16.h"
+
 static size_t pack_size_bf16(int32_t H, int32_t D)
 {
     return skv_qpack_size(H, D, LANES, HV_MAX, SKV_BF16);
@@ -119,4 +121,5 @@ void skv_kernels_init_avx512bf16(skv_kernels *k)
 {
     k->score_bf16 = (skv_score_kernel){pack_size_bf16, pack_bf16, score_bf16_avx512, SKV_BF16};
     k->fp8_to_bf16 = fp8_to_bf16_vbmi;
+    k->lanes = (skv_lanes_kernel){to_lanes_avx512, score_lanes_avx512};
 }
