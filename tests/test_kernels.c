@@ -112,6 +112,14 @@ static double case_mag(const score_case *c, int32_t j)
     return m;
 }
 
+/* A kernel's score of key j against the scalar reference's: NaN and Inf alike, otherwise
+ * within the rounding of D products and H heads. */
+static int close_to_scalar(const score_case *c, int32_t j, float got, float want)
+{
+    const double tol = 4.0 * (c->D + c->H + 8) * 0x1p-24 * case_mag(c, j) + 1e-30;
+    return isnan(want) ? isnan(got) : isinf(want) ? got == want : fabs((double)got - want) <= tol;
+}
+
 static void check_score_kernels(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
 {
     rng r = {1234};
@@ -137,10 +145,7 @@ static void check_score_kernels(const skv_kernels *ref, const skv_kernels *kn, c
             const void *keys = which ? (const void *)c.kb : (const void *)c.kf;
             run_score(sk, &c, keys, 0, n, got);
             for (int32_t j = 0; j < n; j++) {
-                const double tol = 4.0 * (D + H + 8) * 0x1p-24 * case_mag(&c, j) + 1e-30;
-                const int ok = isnan(want[j]) ? isnan(got[j])
-                               : isinf(want[j]) ? got[j] == want[j]
-                                                : fabs((double)got[j] - want[j]) <= tol;
+                const int ok = close_to_scalar(&c, j, got[j], want[j]);
                 if (!ok && bad++ < 5)
                     CHECK(ok, "%s %s H=%d D=%d n=%d j=%d scaled=%d qt=%d: %.9g vs scalar %.9g",
                           lv, which ? "bf16" : "f32", H, D, n, j, c.scaled, c.qt, got[j], want[j]);
@@ -264,10 +269,7 @@ static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, co
         run_score(&ref->score_f32, &c, c.kf, 0, n, want);
         kn->lanes.score(pack, lanes, c.scaled ? c.ks : NULL, n, got);
         for (int32_t j = 0; j < n; j++) {
-            const double tol = 4.0 * (D + H + 8) * 0x1p-24 * case_mag(&c, j) + 1e-30;
-            const int ok = isnan(want[j]) ? isnan(got[j])
-                           : isinf(want[j]) ? got[j] == want[j]
-                                            : fabs((double)got[j] - want[j]) <= tol;
+            const int ok = close_to_scalar(&c, j, got[j], want[j]);
             if (!ok && bad++ < 5)
                 CHECK(ok, "%s lanes H=%d D=%d n=%d j=%d scaled=%d qt=%d: %.9g vs scalar %.9g", lv,
                       H, D, n, j, c.scaled, c.qt, got[j], want[j]);
