@@ -253,6 +253,23 @@ static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, co
         for (int32_t j = 0; j < n; j++)
             memcpy(rows + (size_t)j * D, c.kb + (size_t)j * c.stride, (size_t)D * 2);
         uint32_t *lanes = xmalloc((size_t)tiles * units * 16 * 4), *one_lane = xmalloc((size_t)units * 16 * 4);
+        /* fp8 rows straight into lanes: the same as converting them, then to_lanes */
+        uint8_t *f8 = xmalloc((size_t)n * D);
+        const uint8_t **f8rows = xmalloc((size_t)n * sizeof *f8rows);
+        for (int32_t j = 0; j < n; j++) {
+            for (int32_t d = 0; d < D; d++)
+                f8[(size_t)j * D + d] = (uint8_t)(j * D + d < 256 ? j * D + d : rng_int(&r, 0, 255));
+            f8rows[j] = f8 + (size_t)(n - 1 - j) * D; /* rows anywhere: here in reverse */
+        }
+        uint16_t *f8b = xmalloc((size_t)n * D * 2);
+        for (int32_t j = 0; j < n; j++)
+            ref->fp8_to_bf16(f8rows[j], f8b + (size_t)j * D, D);
+        kn->lanes.to_lanes(f8b, D, n, lanes);
+        uint32_t *lanes_f8 = xmalloc((size_t)tiles * units * 16 * 4);
+        kn->lanes.fp8_to_lanes(f8rows, D, n, lanes_f8);
+        if (memcmp(lanes, lanes_f8, (size_t)tiles * units * 16 * 4) != 0 && layout++ < 3)
+            CHECK(0, "%s fp8_to_lanes D=%d n=%d differs from converting, then to_lanes", lv, D, n);
+        free(f8), free(f8rows), free(f8b), free(lanes_f8);
         kn->lanes.to_lanes(rows, D, n, lanes);
         for (int32_t tt = 0; tt < tiles; tt++)
             for (int32_t u = 0; u < units; u++)

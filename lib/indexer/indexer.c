@@ -202,16 +202,24 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
     uint16_t *rows = (uint16_t *)scratch;
     uint32_t *lanes = (uint32_t *)(scratch + p->rows_bytes);
     float *scale = (float *)(scratch + 2 * p->rows_bytes);
+    const int fp8 = p->src->dtype == SKV_FP8_E4M3; /* converted on the way into lanes */
+    const uint8_t *row[KEY_GROUP];
     for (int e = 0; e < nseg; e++) {
-        uint16_t *dst = rows + (size_t)(seg[e].start - g) * D;
-        if (p->cvt)
-            p->cvt(seg[e].rows, dst, seg[e].n * D);
+        const int64_t at = seg[e].start - g;
+        if (fp8)
+            for (int64_t j = 0; j < seg[e].n; j++)
+                row[at + j] = seg[e].rows + (size_t)j * p->src->row_bytes;
+        else if (p->cvt)
+            p->cvt(seg[e].rows, rows + (size_t)at * D, seg[e].n * D);
         else
-            memcpy(dst, seg[e].rows, (size_t)seg[e].n * D * 2);
+            memcpy(rows + (size_t)at * D, seg[e].rows, (size_t)seg[e].n * D * 2);
         if (p->scaled)
-            memcpy(scale + (seg[e].start - g), seg[e].scale, (size_t)seg[e].n * 4);
+            memcpy(scale + at, seg[e].scale, (size_t)seg[e].n * 4);
     }
-    p->kern->lanes.to_lanes(rows, D, ge - g, lanes);
+    if (fp8)
+        p->kern->lanes.fp8_to_lanes(row, D, ge - g, lanes);
+    else
+        p->kern->lanes.to_lanes(rows, D, ge - g, lanes);
     for (int32_t i = 0; i < nt; i++) {
         const int64_t end = vis[i] < ge ? vis[i] : ge;
         if (end <= g)

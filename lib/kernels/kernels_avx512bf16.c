@@ -71,21 +71,21 @@ static void pack_bf16(void *dst, const skv_qpack_args *a)
     skv_qpack_fill(dst, a, LANES, HV_MAX, SKV_BF16);
 }
 
-/* 64 fp8 values per step: two 128-entry byte lookups give the bf16 high and low bytes of the
- * magnitude (the index's top bit is ignored; the table's first half is the positive values), the sign is OR-ed in, and two byte permutes
- * interleave low/high bytes into words in the original order. */
-static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
+/* fp8 -> bf16 by byte lookups: two 128-entry tables give the bf16 high and low bytes of the
+ * magnitude (the index's top bit is ignored; the table's first half is the positive values),
+ * the sign is OR-ed in, and two byte permutes interleave low/high bytes into words in the
+ * original order. */
+typedef struct fp8_lut { __m512i lo[2], hi[2], ix0, ix1; } fp8_lut;
+
+static void fp8_lut_init(fp8_lut *t)
 {
-    const uint8_t *s = src;
-    uint16_t *d = dst;
-    __m512i lo_t[2], hi_t[2];
     for (int i = 0; i < 2; i++) {
         const __m512i w0 = _mm512_load_si512(skv_fp8_bf16_lut + 64 * i);
         const __m512i w1 = _mm512_load_si512(skv_fp8_bf16_lut + 64 * i + 32);
-        lo_t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)),
-                                     _mm512_cvtepi16_epi8(w1), 1);
-        hi_t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16(w0, 8))),
-                                     _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
+        t->lo[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)),
+                                      _mm512_cvtepi16_epi8(w1), 1);
+        t->hi[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16(w0, 8))),
+                                      _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
     }
     uint8_t il0[64], il1[64];
     for (int i = 0; i < 32; i++) {
@@ -94,17 +94,32 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
         il1[2 * i] = (uint8_t)(32 + i);
         il1[2 * i + 1] = (uint8_t)(96 + i);
     }
-    const __m512i ix0 = _mm512_loadu_si512(il0), ix1 = _mm512_loadu_si512(il1);
-    const __m512i sign = _mm512_set1_epi8((char)0x80);
+    t->ix0 = _mm512_loadu_si512(il0);
+    t->ix1 = _mm512_loadu_si512(il1);
+}
+
+/* 64 fp8 values: bf16 words of the first 32 in *w0, of the last 32 in *w1. */
+static inline __attribute__((always_inline)) void fp8x64_to_bf16(const fp8_lut *t, __m512i x,
+                                                                  __m512i *w0, __m512i *w1)
+{
+    const __m512i lo = _mm512_permutex2var_epi8(t->lo[0], x, t->lo[1]);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], x, t->hi[1]), x,
+                                                 _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
+    *w0 = _mm512_permutex2var_epi8(lo, t->ix0, hi);
+    *w1 = _mm512_permutex2var_epi8(lo, t->ix1, hi);
+}
+
+static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
+{
+    const uint8_t *s = src;
+    uint16_t *d = dst;
+    fp8_lut t;
+    fp8_lut_init(&t);
     for (int64_t i = 0; i < n; i += 64) {
         const int64_t left = n - i;
         const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
-        const __m512i x = _mm512_maskz_loadu_epi8(m, s + i);
-        const __m512i lo = _mm512_permutex2var_epi8(lo_t[0], x, lo_t[1]);
-        const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(hi_t[0], x, hi_t[1]),
-                                                     x, sign, 0xf8); /* a | (b & c) */
-        const __m512i w0 = _mm512_permutex2var_epi8(lo, ix0, hi);
-        const __m512i w1 = _mm512_permutex2var_epi8(lo, ix1, hi);
+        __m512i w0, w1;
+        fp8x64_to_bf16(&t, _mm512_maskz_loadu_epi8(m, s + i), &w0, &w1);
         if (left >= 64) {
             _mm512_storeu_si512(d + i, w0);
             _mm512_storeu_si512(d + i + 32, w1);
@@ -117,9 +132,38 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
     }
 }
 
+/* fp8 rows (one pointer per key) straight into the lanes layout: 32 dims of two keys converted
+ * in one step, 16 keys transposed, no bf16 rows in between. */
+static void fp8_to_lanes_avx512(const uint8_t *const *rows, int32_t D, int64_t n, uint32_t *out)
+{
+    fp8_lut t;
+    fp8_lut_init(&t);
+    const int32_t units = D / 2;
+    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+        uint32_t *tile = out + (size_t)(t0 / 16) * (size_t)units * 16;
+        const uint8_t *row[16];
+        for (int i = 0; i < 16; i++)
+            row[i] = rows[t0 + i < n ? t0 + i : n - 1];
+        for (int32_t u0 = 0; u0 < units; u0 += 16) {
+            __m512i r[16];
+#pragma GCC unroll 8
+            for (int i = 0; i < 16; i += 2) {
+                const __m512i x = _mm512_inserti64x4(
+                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row[i] + 2 * u0))),
+                    _mm256_loadu_si256((const __m256i *)(row[i + 1] + 2 * u0)), 1);
+                fp8x64_to_bf16(&t, x, &r[i], &r[i + 1]);
+            }
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                _mm512_storeu_si512(tile + (size_t)(u0 + j) * 16, r[j]);
+        }
+    }
+}
+
 void skv_kernels_init_avx512bf16(skv_kernels *k)
 {
     k->score_bf16 = (skv_score_kernel){pack_size_bf16, pack_bf16, score_bf16_avx512, SKV_BF16};
     k->fp8_to_bf16 = fp8_to_bf16_vbmi;
-    k->lanes = (skv_lanes_kernel){to_lanes_avx512, score_lanes_avx512};
+    k->lanes = (skv_lanes_kernel){to_lanes_avx512, fp8_to_lanes_avx512, score_lanes_avx512};
 }
