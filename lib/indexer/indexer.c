@@ -138,15 +138,18 @@ const uint8_t *skv_key_row(const skv_key_src *src, int64_t s, const float **scal
     return g.rows;
 }
 
-void skv_key_row_f32(const skv_key_src *src, int64_t s, float *out)
+void skv_key_row_f32(const skv_kernels *kern, const skv_key_src *src, int64_t s, float *out)
 {
     const segment g = segment_at(src, s, s + 1);
     const int32_t D = src->head_dim;
     if (src->dtype == SKV_FP8_E4M3) {
+        kern->fp8_to_f32(g.rows, out, D);
         for (int32_t d = 0; d < D; d++)
-            out[d] = skv_fp8_to_f32(g.rows[d]) * g.scale[0];
+            out[d] *= g.scale[0];
+    } else if (src->dtype == SKV_BF16) {
+        kern->bf16_to_f32(g.rows, out, D);
     } else {
-        skv_convert(SKV_F32, out, src->dtype, g.rows, D);
+        memcpy(out, g.rows, (size_t)D * 4);
     }
 }
 

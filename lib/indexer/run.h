@@ -33,8 +33,8 @@ typedef struct skv_key_src {
 
 /* Key s as stored (row_bytes bytes) and, for FP8, its scale. */
 const uint8_t *skv_key_row(const skv_key_src *src, int64_t s, const float **scale);
-/* Key s as f32 (dequantised). */
-void skv_key_row_f32(const skv_key_src *src, int64_t s, float *out);
+/* Key s as f32 (dequantised; the same values at every kernel level). */
+void skv_key_row_f32(const skv_kernels *kern, const skv_key_src *src, int64_t s, float *out);
 /* The pooled sum of chunk i (keys [i * pool_chunk, ...)); src->pool_chunk must be > 0. */
 const float *skv_key_chunk_sum(const skv_key_src *src, int64_t i);
 

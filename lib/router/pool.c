@@ -24,7 +24,7 @@ void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t
     if (s < end) {
         float part[4096];
         for (int64_t i = s; i < end; i++) {
-            skv_key_row_f32(src, i, i == s ? part : tmp);
+            skv_key_row_f32(kern, src, i, i == s ? part : tmp);
             if (i > s)
                 kern->add_f32(part, tmp, D);
         }
@@ -46,16 +46,17 @@ skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float *sums)
     SKV_TRY(skv_key_src_from_block(NULL, keys, &src));
     if (keys->n_keys > 0 && !sums)
         return SKV_ERR_INVALID_ARG;
+    skv_kernels kern; /* no context here: the CPU's own level (every level gives these bits) */
+    skv_kernels_init(&kern, skv_cpu_flags());
     float tmp[4096];
     const int32_t D = keys->head_dim;
     for (int64_t c = 0; c * chunk < keys->n_keys; c++) {
         float *out = sums + (size_t)c * D;
         const int64_t end = (c + 1) * chunk < keys->n_keys ? (c + 1) * chunk : keys->n_keys;
         for (int64_t i = c * chunk; i < end; i++) {
-            skv_key_row_f32(&src, i, i == c * chunk ? out : tmp);
+            skv_key_row_f32(&kern, &src, i, i == c * chunk ? out : tmp);
             if (i > c * chunk)
-                for (int32_t d = 0; d < D; d++)
-                    out[d] += tmp[d];
+                kern.add_f32(out, tmp, D);
         }
     }
     return SKV_OK;

@@ -93,7 +93,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
         const int64_t p = q->positions ? q->positions[t] : src->n_keys - 1;
         if (p < 0 || p >= src->n_keys)
             return;
-        skv_key_row_f32(src, p, tmp);
+        skv_key_row_f32(kern, src, p, tmp);
         kern->head_dots(qbuf, tmp, H, D, dots);
         for (int32_t h = 0; h < H; h++)
             E[h] = w[h] * relu(dots[h]);
