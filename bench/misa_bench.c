@@ -287,9 +287,11 @@ static int block_scores(void *arg)
 
 /* The same scoring on the first 512 and 2048 keys as a contiguous block, on one thread (a
  * context of its own) with the keys in L2: the slope between the two is the kernels' own cost
- * per key with 8 and with 64 heads, without memory traffic, selection or per-call costs (the
- * intercept). Between the fp8 and bf16 records lies the conversion. */
-static void kernel_floor(const length_setup *ls, const query_buf *qb, double min_time)
+ * per key, without memory traffic, selection or per-call costs (the intercept). One token
+ * (decode: lane groups) with 8 and with 64 heads, and blocks of 8 tokens of 8 heads (prefill:
+ * keys in lanes, transposed once per block), per token and key. Between the fp8 and bf16
+ * records lies the conversion. */
+static void kernel_floor(const length_setup *ls, const inputs *in, double min_time)
 {
     static const int64_t n[2] = {512, 2048};
     skv_context_params cp;
@@ -297,26 +299,29 @@ static void kernel_floor(const length_setup *ls, const query_buf *qb, double min
     cp.n_threads = 1; /* 2048 keys would be split over two */
     skv_context *ctx;
     bench_check(skv_context_create(&cp, &ctx), "context");
-    float *scores = bench_xmalloc((size_t)n[1] * 4);
-    skv_indexer_query q8 = qb->q;
-    q8.n_heads = 8;
-    q8.positions = NULL;
-    skv_indexer_query q64 = q8;
-    q64.n_heads = H;
-    double per_key[2], per_call[2];
-    for (int hi = 0; hi < 2; hi++) {
+    query_buf *qb = bench_xmalloc(sizeof *qb);
+    make_query(in, 8, qb);
+    float *scores = bench_xmalloc((size_t)8 * n[1] * 4);
+    /* 8-head queries cut from the 64-head data: token t, head h read as q[(8t + h) * D] */
+    skv_indexer_query q8 = qb->q, q64 = qb->q, b8 = qb->q;
+    q8.n_tokens = q64.n_tokens = 1, b8.n_tokens = 8;
+    q8.n_heads = b8.n_heads = 8;
+    q8.positions = q64.positions = b8.positions = NULL;
+    const skv_indexer_query *qs[3] = {&q8, &q64, &b8};
+    double per_key[3], per_call[3];
+    for (int qi = 0; qi < 3; qi++) {
         double ns[2];
         for (int i = 0; i < 2; i++) {
             skv_key_block kb = ls->keys;
             kb.n_keys = n[i];
-            block_call b = {ctx, hi ? &q64 : &q8, &kb, scores};
+            block_call b = {ctx, qs[qi], &kb, scores};
             bench_timing tm;
             if (bench_time(block_scores, &b, min_time, 3, 1, 2.0, &tm))
                 bench_check(SKV_ERR_STATE, "kernel floor");
-            ns[i] = tm.median_ns;
+            ns[i] = tm.median_ns / qs[qi]->n_tokens;
         }
-        per_key[hi] = (ns[1] - ns[0]) / (double)(n[1] - n[0]);
-        per_call[hi] = ns[0] - per_key[hi] * (double)n[0];
+        per_key[qi] = (ns[1] - ns[0]) / (double)(n[1] - n[0]);
+        per_call[qi] = ns[0] - per_key[qi] * (double)n[0];
     }
     json_line j;
     json_begin(&j);
@@ -327,13 +332,15 @@ static void kernel_floor(const length_setup *ls, const query_buf *qb, double min
     json_str(&j, "dtype", ls->dtype);
     json_num(&j, "h8_ns_per_key", per_key[0], 3);
     json_num(&j, "h64_ns_per_key", per_key[1], 3);
+    json_num(&j, "h8_block8_ns_per_token_key", per_key[2], 3);
     json_num(&j, "h8_ns_per_call", per_call[0], 1);
     json_num(&j, "h64_ns_per_call", per_call[1], 1);
     json_ratio(&j, "h8_vs_h64", per_key[0] / per_key[1]);
+    json_ratio(&j, "h8_block8_vs_h64", per_key[2] / per_key[1]);
     json_ratio(&j, "h8_efficiency_per_head_vs_h64", per_key[1] / 8 / per_key[0]);
     json_str(&j, "note", "one thread, keys in L2, slope between 512 and 2048 keys; the ideal h8_vs_h64 is 0.125");
     json_end(&j);
-    free(scores);
+    free(scores), free(qb);
     skv_context_destroy(ctx);
 }
 
@@ -487,8 +494,8 @@ int main(int argc, char **argv)
                 measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, 1, &r);
                 scoring_floor(&m, &lb, qb, min_time);
                 if (li == 1) {
-                    kernel_floor(&ls, qb, min_time);
-                    kernel_floor(&lb, qb, min_time);
+                    kernel_floor(&ls, &in, min_time);
+                    kernel_floor(&lb, &in, min_time);
                 }
                 free_length(&lb);
             }
