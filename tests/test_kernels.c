@@ -255,22 +255,31 @@ static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, co
         uint32_t *lanes = xmalloc((size_t)tiles * units * 16 * 4), *one_lane = xmalloc((size_t)units * 16 * 4);
         /* fp8 rows straight into lanes: the same as converting them, then to_lanes */
         uint8_t *f8 = xmalloc((size_t)n * D);
-        const uint8_t **f8rows = xmalloc((size_t)n * sizeof *f8rows);
+        const void **f8rows = xmalloc((size_t)n * sizeof *f8rows);
         for (int32_t j = 0; j < n; j++) {
             for (int32_t d = 0; d < D; d++)
                 f8[(size_t)j * D + d] = (uint8_t)(j * D + d < 256 ? j * D + d : rng_int(&r, 0, 255));
             f8rows[j] = f8 + (size_t)(n - 1 - j) * D; /* rows anywhere: here in reverse */
         }
         uint16_t *f8b = xmalloc((size_t)n * D * 2);
-        for (int32_t j = 0; j < n; j++)
+        const void **f8b_rows = xmalloc((size_t)n * sizeof *f8b_rows);
+        for (int32_t j = 0; j < n; j++) {
             ref->fp8_to_bf16(f8rows[j], f8b + (size_t)j * D, D);
-        kn->lanes.to_lanes(f8b, D, n, lanes);
+            f8b_rows[j] = f8b + (size_t)j * D;
+        }
+        kn->lanes.to_lanes(f8b_rows, D, n, lanes);
         uint32_t *lanes_f8 = xmalloc((size_t)tiles * units * 16 * 4);
         kn->lanes.fp8_to_lanes(f8rows, D, n, lanes_f8);
         if (memcmp(lanes, lanes_f8, (size_t)tiles * units * 16 * 4) != 0 && layout++ < 3)
             CHECK(0, "%s fp8_to_lanes D=%d n=%d differs from converting, then to_lanes", lv, D, n);
-        free(f8), free(f8rows), free(f8b), free(lanes_f8);
-        kn->lanes.to_lanes(rows, D, n, lanes);
+        free(f8), free(f8rows), free(f8b), free(f8b_rows), free(lanes_f8);
+        /* bf16 rows anywhere: every other key read from a second copy */
+        uint16_t *copy = xmalloc((size_t)n * D * 2);
+        memcpy(copy, rows, (size_t)n * D * 2);
+        const void **row_ptr = xmalloc((size_t)n * sizeof *row_ptr);
+        for (int32_t j = 0; j < n; j++)
+            row_ptr[j] = (j % 2 ? copy : rows) + (size_t)j * D;
+        kn->lanes.to_lanes(row_ptr, D, n, lanes);
         for (int32_t tt = 0; tt < tiles; tt++)
             for (int32_t u = 0; u < units; u++)
                 for (int32_t l = 0; l < 16; l++) {
@@ -291,14 +300,14 @@ static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, co
                 CHECK(ok, "%s lanes H=%d D=%d n=%d j=%d scaled=%d qt=%d: %.9g vs scalar %.9g", lv,
                       H, D, n, j, c.scaled, c.qt, got[j], want[j]);
             if (j % 7 == 0 || j == n - 1) {
-                kn->lanes.to_lanes(rows + (size_t)j * D, D, 1, one_lane);
+                kn->lanes.to_lanes(&row_ptr[j], D, 1, one_lane);
                 kn->lanes.score(pack, one_lane, c.scaled ? c.ks + j : NULL, 1, &one);
                 if (!same_float(one, got[j]) && tiling++ < 3)
                     CHECK(0, "%s lanes H=%d D=%d: key %d alone %.9g, among %d %.9g", lv, H, D, j,
                           one, n, got[j]);
             }
         }
-        free(pack), free(want), free(got), free(rows), free(lanes), free(one_lane);
+        free(pack), free(want), free(got), free(rows), free(copy), free(row_ptr), free(lanes), free(one_lane);
         free_case(&c);
     }
     CHECK(bad == 0 && layout == 0 && tiling == 0, "%s lanes: %ld scores, %ld layout, %ld tiling mismatches",

@@ -194,35 +194,29 @@ static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
     return tile + (size_t)(t % p->tb) * KEY_GROUP;
 }
 
-/* Keys [g, ge) of a token block in lanes: converted (or copied) into contiguous rows,
- * transposed once, then scored for every token that sees them and pushed to its top-k. */
+/* Keys [g, ge) of a token block in lanes: transposed once from wherever they lie (fp8
+ * converted on the way), then scored for every token that sees them and pushed to its top-k.
+ * Keys in lanes are bf16 or fp8: the bf16 kernel serves no other. */
 static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64_t g, int64_t ge,
                               int64_t hi, const int64_t *vis, int32_t nt, const uint8_t *packs,
                               uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
 {
     const int32_t D = p->src->head_dim;
     prefetch_keys(p->src, ge, KEY_GROUP, hi); /* the next group arrives while this one scores */
-    uint16_t *rows = (uint16_t *)scratch;
-    uint32_t *lanes = (uint32_t *)(scratch + p->rows_bytes);
-    float *scale = (float *)(scratch + 2 * p->rows_bytes);
-    const int fp8 = p->src->dtype == SKV_FP8_E4M3; /* converted on the way into lanes */
-    const uint8_t *row[KEY_GROUP];
+    uint32_t *lanes = (uint32_t *)scratch;
+    float *scale = (float *)(scratch + p->rows_bytes);
+    const void *row[KEY_GROUP];
     for (int e = 0; e < nseg; e++) {
         const int64_t at = seg[e].start - g;
-        if (fp8)
-            for (int64_t j = 0; j < seg[e].n; j++)
-                row[at + j] = seg[e].rows + (size_t)j * p->src->row_bytes;
-        else if (p->cvt)
-            p->cvt(seg[e].rows, rows + (size_t)at * D, seg[e].n * D);
-        else
-            memcpy(rows + (size_t)at * D, seg[e].rows, (size_t)seg[e].n * D * 2);
+        for (int64_t j = 0; j < seg[e].n; j++)
+            row[at + j] = seg[e].rows + (size_t)j * p->src->row_bytes;
         if (p->scaled)
             memcpy(scale + at, seg[e].scale, (size_t)seg[e].n * 4);
     }
-    if (fp8)
+    if (p->src->dtype == SKV_FP8_E4M3)
         p->kern->lanes.fp8_to_lanes(row, D, ge - g, lanes);
     else
-        p->kern->lanes.to_lanes(rows, D, ge - g, lanes);
+        p->kern->lanes.to_lanes(row, D, ge - g, lanes);
     for (int32_t i = 0; i < nt; i++) {
         const int64_t end = vis[i] < ge ? vis[i] : ge;
         if (end <= g)
@@ -389,8 +383,8 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     p.lanes = p.sk->compute == SKV_BF16 && ctx->kern.lanes.to_lanes && q->n_heads <= SKV_LANES_MAX_HEADS &&
               q->head_dim % 32 == 0 && !src->lists && T >= LANES_MIN_TOKENS;
     p.rows_bytes = skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN);
-    /* converted rows; with lanes also the transposed tiles and the group's key scales */
-    p.scratch_bytes = p.lanes ? 2 * p.rows_bytes + KEY_GROUP * sizeof(float) : p.cvt ? p.rows_bytes : 0;
+    /* converted rows; with lanes the transposed tiles (as many bytes) and the group's key scales */
+    p.scratch_bytes = p.lanes ? p.rows_bytes + KEY_GROUP * sizeof(float) : p.cvt ? p.rows_bytes : 0;
     p.state_bytes = topk ? skv_topk_state_bytes(k) : 0;
     const size_t gather_bytes = src->lists ? (size_t)KEY_GROUP * (src->row_bytes + 4) : 0;
     p.thread_bytes = skv_round_up((size_t)p.tb * p.pack_bytes + p.scratch_bytes +

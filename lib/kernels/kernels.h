@@ -78,9 +78,10 @@ typedef struct skv_score_kernel {
  * computes the same formula per key (each key's result depends only on that key), with the
  * rounding of its own summation order. */
 typedef struct skv_lanes_kernel {
-    void (*to_lanes)(const uint16_t *rows, int32_t D, int64_t n, uint32_t *out);
-    /* the same from fp8 rows, one pointer per key (converted on the way, exactly) */
-    void (*fp8_to_lanes)(const uint8_t *const *rows, int32_t D, int64_t n, uint32_t *out);
+    /* rows: one pointer per key (the keys of a group may lie on several pages) */
+    void (*to_lanes)(const void *const *rows, int32_t D, int64_t n, uint32_t *out);
+    /* the same from fp8 rows (converted on the way, exactly) */
+    void (*fp8_to_lanes)(const void *const *rows, int32_t D, int64_t n, uint32_t *out);
     void (*score)(const void *pack, const uint32_t *lanes, const float *ks, int64_t n,
                   float *out);
 } skv_lanes_kernel;

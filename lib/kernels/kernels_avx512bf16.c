@@ -134,7 +134,7 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
 
 /* fp8 rows (one pointer per key) straight into the lanes layout: 32 dims of two keys converted
  * in one step, 16 keys transposed, no bf16 rows in between. */
-static void fp8_to_lanes_avx512(const uint8_t *const *rows, int32_t D, int64_t n, uint32_t *out)
+static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint32_t *out)
 {
     fp8_lut t;
     fp8_lut_init(&t);

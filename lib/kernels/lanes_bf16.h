@@ -37,20 +37,21 @@ SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
     }
 }
 
-/* n bf16 rows of D dims (D a multiple of 32, rows D apart) into tiles of 16 keys; a last
- * partial tile repeats its last key. */
-static void to_lanes_avx512(const uint16_t *rows, int32_t D, int64_t n, uint32_t *out)
+/* n bf16 rows of D dims (D a multiple of 32; one pointer per key, wherever the rows are) into
+ * tiles of 16 keys; a last partial tile repeats its last key. */
+static void to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint32_t *out)
 {
     const int32_t units = D / 2;
     for (int64_t t0 = 0; t0 < n; t0 += 16) {
         uint32_t *tile = out + (size_t)(t0 / 16) * (size_t)units * 16;
+        const uint16_t *row[16];
+        for (int i = 0; i < 16; i++)
+            row[i] = rows[t0 + i < n ? t0 + i : n - 1];
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
             __m512i r[16];
 #pragma GCC unroll 16
-            for (int i = 0; i < 16; i++) {
-                const int64_t key = t0 + i < n ? t0 + i : n - 1;
-                r[i] = _mm512_loadu_si512(rows + (size_t)key * (size_t)D + 2 * (size_t)u0);
-            }
+            for (int i = 0; i < 16; i++)
+                r[i] = _mm512_loadu_si512(row[i] + 2 * (size_t)u0);
             transpose16(r);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
