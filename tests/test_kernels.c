@@ -229,6 +229,66 @@ static void check_filter(const skv_kernels *ref, const skv_kernels *kn, const ch
     CHECK(bad == 0, "%s filter: %ld mismatches", lv, bad);
 }
 
+/* The top-k cut's passes: key_range, in_range (with and without reaching its cap) and keep
+ * (every tie count against need, in place, nothing written past n), on keys with heavy ties,
+ * the extremes 0 and UINT32_MAX, and ragged lengths. */
+static void check_topk_cuts(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
+{
+    enum { MAXN = 300, GUARD = 20 };
+    rng r = {11};
+    uint32_t key[MAXN], ka[MAXN + GUARD], kb[MAXN + GUARD], fa[MAXN + 16], fb[MAXN + 16];
+    int32_t ia[MAXN + GUARD], ib[MAXN + GUARD];
+    long bad = 0;
+    for (int t = 0; t < 4000; t++) {
+        const int32_t n = (int32_t)rng_int(&r, t % 7 == 0 ? 0 : 1, MAXN);
+        const int few = t % 3 == 0; /* values from a handful: many ties */
+        for (int32_t i = 0; i < n; i++) {
+            const int64_t u = rng_int(&r, 0, 30);
+            key[i] = u == 0 ? 0u : u == 1 ? UINT32_MAX
+                     : few ? 0x80000000u + (uint32_t)rng_int(&r, 0, 4)
+                           : (uint32_t)rng_int(&r, 0, INT32_MAX) * 2u + (uint32_t)(u & 1);
+        }
+        if (n > 0) {
+            uint32_t lo1, hi1, lo2, hi2;
+            ref->key_range(key, n, &lo1, &hi1);
+            kn->key_range(key, n, &lo2, &hi2);
+            if ((lo1 != lo2 || hi1 != hi2) && bad++ < 3)
+                CHECK(0, "%s key_range n=%d: [%#x, %#x] vs [%#x, %#x]", lv, n, lo2, hi2, lo1, hi1);
+        }
+        const uint32_t a = n ? key[rng_int(&r, 0, n - 1)] : 0, b = n ? key[rng_int(&r, 0, n - 1)] : 0;
+        const uint32_t lo = a < b ? a : b, span = (a < b ? b : a) - lo;
+        const int32_t cap = (int32_t)rng_int(&r, 1, MAXN);
+        const int32_t m1 = ref->in_range(key, n, lo, span, fa, cap);
+        const int32_t m2 = kn->in_range(key, n, lo, span, fb, cap);
+        const int ok = m1 < cap ? m1 == m2 && memcmp(fa, fb, (size_t)m1 * 4) == 0 : m2 >= cap;
+        if (!ok && bad++ < 3)
+            CHECK(0, "%s in_range n=%d cap=%d: %d vs %d", lv, n, cap, m2, m1);
+
+        const uint32_t kth = n ? key[rng_int(&r, 0, n - 1)] : 0;
+        const int64_t need = rng_int(&r, -2, n + 2);
+        for (int32_t i = 0; i < MAXN + GUARD; i++) {
+            ka[i] = kb[i] = i < n ? key[i] : 0xdeadbeefu;
+            ia[i] = ib[i] = i < n ? (int32_t)rng_int(&r, 0, 1 << 30) : -7;
+        }
+        const int32_t c1 = ref->keep(ka, ia, n, kth, need);
+        const int32_t c2 = kn->keep(kb, ib, n, kth, need);
+        int32_t gt = 0, eq = 0;
+        for (int32_t i = 0; i < n; i++) {
+            gt += key[i] > kth;
+            eq += key[i] == kth;
+        }
+        const int32_t want = gt + (need <= 0 ? 0 : need < eq ? (int32_t)need : eq);
+        const int okk = c1 == want && c2 == c1 && memcmp(ka, kb, (size_t)c1 * 4) == 0 &&
+                        memcmp(ia, ib, (size_t)c1 * 4) == 0;
+        if (!okk && bad++ < 3)
+            CHECK(0, "%s keep n=%d need=%lld: %d vs %d (want %d)", lv, n, (long long)need, c2, c1, want);
+        for (int32_t i = n; i < MAXN + GUARD; i++)
+            if ((kb[i] != 0xdeadbeefu || ib[i] != -7) && bad++ < 3)
+                CHECK(0, "%s keep wrote past n=%d", lv, n);
+    }
+    CHECK(bad == 0, "%s top-k cuts: %ld mismatches", lv, bad);
+}
+
 /* The keys-in-lanes kernel (few heads, D a multiple of 32): the transposed layout exactly, its
  * scores against the scalar reference, and a key's score alone equal to the same key in a
  * tile. */
@@ -421,6 +481,7 @@ int main(int argc, char **argv)
         check_score_kernels(&ref, &kn, all_levels[lv].name);
         check_conversions(&ref, &kn, all_levels[lv].name);
         check_filter(&ref, &kn, all_levels[lv].name);
+        check_topk_cuts(&ref, &kn, all_levels[lv].name);
         check_router_kernels(&ref, &kn, all_levels[lv].name);
         check_lanes_kernel(&ref, &kn, all_levels[lv].name);
         if (bench)

@@ -1,7 +1,7 @@
-/* skv_topk_rows against a full sort, at every CPU level and with 1 and 2 threads: random and
+/* skv_topk_rows against a full sort, at every CPU level and with 1, 2 and 7 threads: random and
  * adversarial rows (heavy ties, NaN, +-inf, +-0, sorted ascending so every element passes
  * the threshold, descending, constant), row lengths, k around the row length, few long rows
- * (split across threads) and many short ones. */
+ * (split across threads, up to seven ranges merged, some short or empty) and many short ones. */
 #include "common.h"
 
 static void fill_row(rng *r, float *x, int64_t n, int kind)
@@ -45,6 +45,7 @@ static void run(int64_t n_rows, int64_t n_cols, int32_t k, int kind, int with_le
         if (!level_available(&all_levels[lv]))
             continue;
         skv_context *c2 = ctx_new(all_levels[lv].mask, 2), *c1 = ctx_new(all_levels[lv].mask, 1);
+        skv_context *c7 = ctx_new(all_levels[lv].mask, 7);
         CHECK_OK(skv_topk_rows(c2, x, n_rows, n_cols, stride, with_lengths ? len : NULL, k, got, gotv));
         long bad = 0;
         for (size_t i = 0; i < nk; i++)
@@ -54,10 +55,14 @@ static void run(int64_t n_rows, int64_t n_cols, int32_t k, int kind, int with_le
         CHECK_OK(skv_topk_rows(c1, x, n_rows, n_cols, stride, with_lengths ? len : NULL, k, got1, gotv1));
         CHECK(memcmp(got, got1, nk * 4) == 0 && memcmp(gotv, gotv1, nk * 4) == 0,
               "%s: 1 and 2 threads differ", all_levels[lv].name);
+        CHECK_OK(skv_topk_rows(c7, x, n_rows, n_cols, stride, with_lengths ? len : NULL, k, got1, gotv1));
+        CHECK(memcmp(got, got1, nk * 4) == 0 && memcmp(gotv, gotv1, nk * 4) == 0,
+              "%s: 7 and 2 threads differ", all_levels[lv].name);
         CHECK_OK(skv_topk_rows(c2, x, n_rows, n_cols, stride, with_lengths ? len : NULL, k, got2, NULL));
         CHECK(memcmp(got, got2, nk * 4) == 0, "%s: rerun without values differs", all_levels[lv].name);
         skv_context_destroy(c1);
         skv_context_destroy(c2);
+        skv_context_destroy(c7);
         runs++;
     }
     free(x), free(len), free(want), free(got), free(got1), free(got2), free(wantv), free(gotv), free(gotv1);
@@ -76,6 +81,8 @@ int main(void)
         run(1, 70000, 2048, kind, 0, seed++);   /* one long row: split across threads */
         run(1, 40000, 39999, kind, 0, seed++);
         run(4, 20000, 300, kind, 1, seed++);
+        run(1, 120000, 3000, kind, 1, seed++); /* seven ranges of a random length */
+        run(1, 120000, 20000, kind, 0, seed++); /* ranges shorter than k */
     }
     run(1, 200000, 2048, 0, 0, seed++);
     run(1, 200000, 5, 3, 0, seed++);

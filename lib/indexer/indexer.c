@@ -224,7 +224,7 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
         p->kern->lanes.score(packs + (size_t)i * p->pack_bytes, lanes, p->scaled ? scale : NULL,
                              end - g, token_out(p, t0 + i, tile, g));
         if (p->out_idx)
-            skv_topk_push(p->kern, &st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
+            skv_topk_push(&st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
                           (int32_t)g);
     }
 }
@@ -249,7 +249,7 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
         lb = vis[i] > lb ? vis[i] : lb;
         pack_token(p, t0 + i, packs + (size_t)i * p->pack_bytes);
         if (p->out_idx)
-            skv_topk_init(&st[i], states_mem + (size_t)i * p->state_bytes, p->k);
+            skv_topk_init(&st[i], p->kern, states_mem + (size_t)i * p->state_bytes, p->k);
     }
     const int64_t chunk = (int64_t)skv_round_up((size_t)((lb + p->splits - 1) / p->splits), 64);
     const int64_t lo = sp * chunk, hi = lo + chunk < lb ? lo + chunk : lb;
@@ -315,7 +315,7 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
                                 dst + (seg[e].start - g));
                 }
             if (p->out_idx)
-                skv_topk_push(p->kern, &st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
+                skv_topk_push(&st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
                               (int32_t)g);
         }
     }
@@ -401,7 +401,7 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     if (!p.ws)
         return SKV_ERR_NOMEM;
     if (merge_bytes)
-        skv_topk_parts_init(&p.parts, p.ws + p.thread_bytes * nth, T, p.splits, k);
+        skv_topk_parts_init(&p.parts, &ctx->kern, p.ws + p.thread_bytes * nth, T, p.splits, k);
 
     const int64_t items = (int64_t)p.n_blocks * p.splits;
 #pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)

@@ -20,8 +20,9 @@ size_t skv_topk_state_bytes(int32_t k)
     return skv_round_up((size_t)(state_limit(k) + SLACK) * 8, SKV_ALIGN);
 }
 
-void skv_topk_init(skv_topk_state *st, void *mem, int32_t k)
+void skv_topk_init(skv_topk_state *st, const skv_kernels *kern, void *mem, int32_t k)
 {
+    st->kern = kern;
     st->limit = state_limit(k);
     st->key = mem;
     st->idx = (int32_t *)(st->key + st->limit + SLACK);
@@ -34,8 +35,7 @@ void skv_topk_init(skv_topk_state *st, void *mem, int32_t k)
 /* Histogram of the keys in [lo, hi] (all of them when `all`) by the top 11 bits in which lo
  * and hi differ; narrows [lo, hi] to the bin holding the need-th largest and makes need the
  * rank inside it. */
-static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32_t *hi, int64_t *need,
-                   int64_t *in_bin)
+static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32_t *hi, int64_t *need)
 {
     uint32_t hist[2048];
     const int bits = 32 - __builtin_clz(*lo ^ *hi);
@@ -57,7 +57,6 @@ static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32
     while (above + hist[b] < *need)
         above += hist[b--];
     *need -= above;
-    *in_bin = hist[b];
     const uint32_t blo = (base + b) << sh, bhi = blo + ((1u << sh) - 1);
     *lo = blo > *lo ? blo : *lo;
     *hi = bhi < *hi ? bhi : *hi;
@@ -66,104 +65,77 @@ static void narrow(const uint32_t *key, int32_t n, int all, uint32_t *lo, uint32
 /* Keeps the k best of n > k candidates in index order; returns the k-th best key.
  * One histogram pass over every key finds the bin (of the range's top 11 differing bits) that
  * holds the k-th; that bin's keys are usually few, so they are copied out and refined alone
- * (11 more bits a pass). A last branch-free pass keeps every key above the k-th and the
- * earliest ones equal to it. */
-static uint32_t select_keep(uint32_t *key, int32_t *idx, int32_t n, int32_t k)
+ * (11 more bits a pass). A last pass keeps every key above the k-th and the earliest ones
+ * equal to it. */
+static uint32_t select_keep(const skv_kernels *kern, uint32_t *key, int32_t *idx, int32_t n,
+                            int32_t k)
 {
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (int32_t i = 0; i < n; i++) {
-        lo = key[i] < lo ? key[i] : lo;
-        hi = key[i] > hi ? key[i] : hi;
-    }
-    int64_t need = k;   /* rank of the k-th key among those in [lo, hi] */
-    int64_t in_bin = n; /* keys in [lo, hi] */
+    enum { FEW = 1024 };
+    uint32_t lo, hi;
+    kern->key_range(key, n, &lo, &hi);
+    int64_t need = k; /* rank of the k-th key among those in [lo, hi] */
     if (lo != hi)
-        narrow(key, n, 1, &lo, &hi, &need, &in_bin);
-    uint32_t few[1024];
-    int32_t m = 0;
-    const uint32_t span = hi - lo;
-    for (int32_t i = 0; i < n && m < 1024; i++) {
-        few[m] = key[i];
-        m += key[i] - lo <= span;
-    }
-    const int fits = m < 1024;
+        narrow(key, n, 1, &lo, &hi, &need);
+    uint32_t few[FEW + 16];
+    const int32_t m = kern->in_range(key, n, lo, hi - lo, few, FEW);
+    const int fits = m < FEW;
     while (lo != hi)
-        narrow(fits ? few : key, fits ? m : n, 0, &lo, &hi, &need, &in_bin);
-
-    const uint32_t kth = lo;
-    int32_t out = 0;
-    if (need == in_bin) { /* every key equal to the k-th is kept: no tie to break */
-        for (int32_t i = 0; i < n; i++) {
-            const uint32_t kv = key[i];
-            key[out] = kv;
-            idx[out] = idx[i];
-            out += kv >= kth;
-        }
-        return kth;
-    }
-    for (int32_t i = 0; i < n; i++) { /* bitwise, not ||: the branch would be a coin toss */
-        const uint32_t kv = key[i];
-        const int eq = kv == kth;
-        const int keep = (kv > kth) | (eq & (need > 0));
-        need -= eq;
-        key[out] = kv;
-        idx[out] = idx[i];
-        out += keep;
-    }
-    return kth;
+        narrow(fits ? few : key, fits ? m : n, 0, &lo, &hi, &need);
+    kern->keep(key, idx, n, lo, need);
+    return lo;
 }
 
 void skv_topk_compact(skv_topk_state *st)
 {
     if (st->n <= st->k)
         return;
-    st->thr = select_keep(st->key, st->idx, st->n, st->k);
+    st->thr = select_keep(st->kern, st->key, st->idx, st->n, st->k);
     st->have_thr = 1;
     st->n = st->k;
 }
 
-void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, int32_t n,
-                   int32_t base)
+void skv_topk_push(skv_topk_state *st, const float *s, int32_t n, int32_t base)
 {
     for (int32_t off = 0; off < n; off += SKV_TOPK_PIECE) {
         const int32_t piece = n - off < SKV_TOPK_PIECE ? n - off : SKV_TOPK_PIECE;
         if (st->n + piece > st->limit)
             skv_topk_compact(st);
-        st->n += kern->filter(s + off, piece, base + off, st->thr, !st->have_thr,
+        st->n += st->kern->filter(s + off, piece, base + off, st->thr, !st->have_thr,
                               st->key + st->n, st->idx + st->n);
     }
 }
 
 /* Stable LSD radix sort by descending key of n <= k candidates; the second half of the buffer
- * is the scratch. Index order among equal keys is kept (ties to the lower index). One pass
- * counts all three digits; digits every key shares are skipped. */
+ * is the scratch. Index order among equal keys is kept (ties to the lower index). Digits of 8
+ * bits: a k of a few thousand leaves most of 2048 bins empty, and their prefix sums cost more
+ * than a fourth pass. One pass counts all four digits; digits every key shares are skipped. */
 static void sort_desc(skv_topk_state *st)
 {
-    static const int shifts[3] = {0, 11, 22};
-    uint32_t hist[3][2048];
+    uint32_t hist[4][256];
     const int32_t n = st->n;
     uint32_t *k0 = st->key, *k1 = st->key + st->k;
     int32_t *i0 = st->idx, *i1 = st->idx + st->k;
     memset(hist, 0, sizeof hist);
     for (int32_t i = 0; i < n; i++) {
         const uint32_t v = ~k0[i];
-        hist[0][v & 2047]++;
-        hist[1][(v >> 11) & 2047]++;
-        hist[2][v >> 22]++;
+        hist[0][v & 255]++;
+        hist[1][(v >> 8) & 255]++;
+        hist[2][(v >> 16) & 255]++;
+        hist[3][v >> 24]++;
     }
-    for (int p = 0; p < 3; p++) {
-        const int sh = shifts[p];
+    for (int p = 0; p < 4; p++) {
+        const int sh = 8 * p;
         uint32_t *h = hist[p];
-        if (h[(~k0[0] >> sh) & 2047] == (uint32_t)n)
+        if (h[(~k0[0] >> sh) & 255] == (uint32_t)n)
             continue; /* digit constant: order unchanged */
         uint32_t sum = 0;
-        for (uint32_t b = 0; b < 2048; b++) {
+        for (uint32_t b = 0; b < 256; b++) {
             const uint32_t c = h[b];
             h[b] = sum;
             sum += c;
         }
         for (int32_t i = 0; i < n; i++) {
-            const uint32_t pos = h[(~k0[i] >> sh) & 2047]++;
+            const uint32_t pos = h[(~k0[i] >> sh) & 255]++;
             k1[pos] = k0[i];
             i1[pos] = i0[i];
         }
@@ -219,7 +191,7 @@ int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int
     const int64_t by_threads = (n_threads + n_rows - 1) / n_rows;
     const int64_t by_keys = row_len / min_keys > 1 ? row_len / min_keys : 1;
     const int64_t n = by_threads < by_keys ? by_threads : by_keys;
-    return (int32_t)(n < 64 ? n : 64); /* skv_topk_parts_finish merges at most 64 */
+    return (int32_t)(n < 64 ? n : 64); /* each split costs a merge of k on one thread */
 }
 
 int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out)
@@ -231,8 +203,10 @@ int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out)
     return 1;
 }
 
-void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t splits, int32_t k)
+void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, int64_t rows,
+                         int32_t splits, int32_t k)
 {
+    m->kern = kern;
     const size_t n = (size_t)rows * (size_t)splits;
     m->key = mem;
     m->idx = (int32_t *)(m->key + n * (size_t)k);
@@ -258,39 +232,54 @@ void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
     store_state(m, row, split, st);
 }
 
-/* Each split's list is ranked and the splits cover disjoint index ranges, so the best k of
- * the row come from merging the lists head by head (key descending, lower index first). */
+/* Merges ranked list b into ranked list a, whose indices are all lower, in a's storage (room
+ * for k): a becomes the best min(k, na + nb) of both, ranked (ties to a), and its count is
+ * returned. A binary search finds how many of a stay; the merge runs backwards, so every
+ * write lands past the a entries still to be read. */
+static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t *bk,
+                          const int32_t *bi, int32_t nb, int32_t k)
+{
+    const int32_t m = na + nb < k ? na + nb : k;
+    int32_t lo = m - nb > 0 ? m - nb : 0, hi = m < na ? m : na; /* a's share is in [lo, hi] */
+    while (lo < hi) { /* the largest share whose last a entry outranks b's first one left out */
+        const int32_t mid = lo + (hi - lo + 1) / 2;
+        if (m - mid >= nb || ak[mid - 1] >= bk[m - mid])
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    int32_t i = lo - 1, j = m - lo - 1, pos = m - 1;
+    while (i >= 0 && j >= 0) { /* the lower-ranked of the two heads goes last; b's on ties */
+        const uint32_t x = ak[i], y = bk[j], xi = (uint32_t)ai[i], yi = (uint32_t)bi[j];
+        const int from_b = y <= x;
+        const uint32_t pick = 0u - (uint32_t)from_b; /* a mask, not a branch: a coin toss */
+        ak[pos] = x ^ ((x ^ y) & pick);
+        ai[pos] = (int32_t)(xi ^ ((xi ^ yi) & pick));
+        j -= from_b;
+        i -= !from_b;
+        pos--;
+    }
+    for (; j >= 0; j--, pos--) {
+        ak[pos] = bk[j];
+        ai[pos] = bi[j];
+    }
+    return m;
+}
+
+/* Each split's list is ranked and the splits cover ascending, disjoint index ranges: merging
+ * them into the first split's storage one after another gives the row's best k. */
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score)
 {
-    enum { MAX_SPLITS = 64 };
-    int32_t head[MAX_SPLITS] = {0};
     const size_t base = (size_t)row * (size_t)m->splits;
-    int32_t i = 0;
-    for (; i < m->k; i++) {
-        int32_t best = -1;
-        uint32_t bk = 0;
-        int32_t bi = 0;
-        for (int32_t sp = 0; sp < m->splits; sp++) {
-            if (head[sp] >= m->n[base + sp])
-                continue;
-            const size_t at = (base + sp) * (size_t)m->k + (size_t)head[sp];
-            const uint32_t kv = m->key[at];
-            const int32_t iv = m->idx[at];
-            if (best < 0 || kv > bk || (kv == bk && iv < bi)) {
-                best = sp;
-                bk = kv;
-                bi = iv;
-            }
-        }
-        if (best < 0)
-            break;
-        head[best]++;
-        out_idx[i] = bi;
-        if (out_score)
-            out_score[i] = skv_score_from_key(bk);
+    uint32_t *key = m->key + base * (size_t)m->k;
+    int32_t *idx = m->idx + base * (size_t)m->k;
+    int32_t n = m->n[base];
+    for (int32_t sp = 1; sp < m->splits; sp++) {
+        const size_t at = (base + sp) * (size_t)m->k;
+        n = merge_into(key, idx, n, m->key + at, m->idx + at, m->n[base + sp], m->k);
     }
-    write_out(NULL, NULL, 0, m->k - i, out_idx + i, out_score ? out_score + i : NULL);
+    write_out(key, idx, n, m->k, out_idx, out_score);
 }
 
 void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,
@@ -316,7 +305,7 @@ void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, int32_t *ou
         n += c;
     }
     if (n > m->k) {
-        select_keep(key, idx, n, m->k);
+        select_keep(m->kern, key, idx, n, m->k);
         n = m->k;
     }
     write_out(NULL, idx, n, m->k, out_idx, NULL);

@@ -10,6 +10,7 @@
 #define SKV_TOPK_PIECE 256 /* scores pushed per filter call */
 
 typedef struct skv_topk_state {
+    const skv_kernels *kern;
     uint32_t *key;
     int32_t *idx;
     int32_t n, k, limit; /* count, target, compaction trigger */
@@ -19,10 +20,9 @@ typedef struct skv_topk_state {
 
 /* Bytes of buffer a state for k needs (64-byte multiple). */
 size_t skv_topk_state_bytes(int32_t k);
-void skv_topk_init(skv_topk_state *st, void *mem, int32_t k);
+void skv_topk_init(skv_topk_state *st, const skv_kernels *kern, void *mem, int32_t k);
 /* Scores s[0..n) of indices base + 0..n. */
-void skv_topk_push(const skv_kernels *kern, skv_topk_state *st, const float *s, int32_t n,
-                   int32_t base);
+void skv_topk_push(skv_topk_state *st, const float *s, int32_t n, int32_t base);
 /* Cuts the state to its best min(n, k), still in index order. */
 void skv_topk_compact(skv_topk_state *st);
 /* Writes k results in rank order, padded with -1 / -INFINITY. out_score may be NULL. */
@@ -35,6 +35,7 @@ void skv_topk_finish_set(skv_topk_state *st, int32_t *out_idx);
  * best k are stored in rank order, then the splits are merged (their index ranges must not
  * overlap). */
 typedef struct skv_topk_parts {
+    const skv_kernels *kern;
     uint32_t *key; /* [rows][splits][k] */
     int32_t *idx;
     int32_t *n; /* [rows][splits] */
@@ -45,10 +46,11 @@ typedef struct skv_topk_parts {
 int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int64_t min_keys);
 /* false on size overflow. */
 int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out);
-void skv_topk_parts_init(skv_topk_parts *m, void *mem, int64_t rows, int32_t splits, int32_t k);
+void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, int64_t rows,
+                         int32_t splits, int32_t k);
 void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
                           skv_topk_state *st);
-/* Merges a row's splits and writes its results (at most 64 splits). */
+/* Merges a row's splits (into the row's storage) and writes its results. */
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score);
 /* The set forms: a split's best k stored in index order, and a row's best k over its splits

@@ -37,12 +37,12 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
     uint8_t *ws = skv_workspace(ctx, ws_bytes);
     if (!ws)
         return SKV_ERR_NOMEM;
+    const skv_kernels *kern = &ctx->kern;
     skv_topk_parts parts;
     if (splits > 1)
-        skv_topk_parts_init(&parts, ws + state_bytes * nth, n_rows, splits, k);
+        skv_topk_parts_init(&parts, kern, ws + state_bytes * nth, n_rows, splits, k);
 
     const int64_t items = n_rows * splits;
-    const skv_kernels *kern = &ctx->kern;
 #pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
     {
 #ifdef _OPENMP
@@ -59,8 +59,8 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
             const int64_t lo = sp * chunk < len ? sp * chunk : len;
             const int64_t hi = lo + chunk < len ? lo + chunk : len;
             skv_topk_state st;
-            skv_topk_init(&st, mine, k);
-            skv_topk_push(kern, &st, x + r * row_stride + lo, (int32_t)(hi - lo), (int32_t)lo);
+            skv_topk_init(&st, kern, mine, k);
+            skv_topk_push(&st, x + r * row_stride + lo, (int32_t)(hi - lo), (int32_t)lo);
             if (splits == 1)
                 skv_topk_finish(&st, out_idx + r * k, out_val ? out_val + r * k : NULL);
             else

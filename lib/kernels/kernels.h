@@ -98,6 +98,18 @@ typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
 typedef int32_t (*skv_filter_fn)(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                                  uint32_t *keys, int32_t *idx);
 
+/* ---- the top-k cut's passes (radix select) -----------------------------------------------
+ * key_range writes the smallest and largest of n >= 1 keys.
+ * in_range copies, in order, the keys with key - lo <= span into out and returns their count;
+ * once the count reaches cap it may stop, returning some count >= cap (out holds cap + 16).
+ * keep keeps in place, in order, the pairs with key > kth and the first `need` pairs with
+ * key == kth (all of them when need >= their count), and returns how many it kept; it writes
+ * nothing past n. */
+typedef void (*skv_key_range_fn)(const uint32_t *key, int32_t n, uint32_t *lo, uint32_t *hi);
+typedef int32_t (*skv_in_range_fn)(const uint32_t *key, int32_t n, uint32_t lo, uint32_t span,
+                                   uint32_t *out, int32_t cap);
+typedef int32_t (*skv_keep_fn)(uint32_t *key, int32_t *idx, int32_t n, uint32_t kth, int64_t need);
+
 /* ---- the MISA router's dot products ------------------------------------------------------
  * dots[h] = sum_d qt[d * H + h] * x[d] for h < H (qt: the query transposed, [D][H]); each
  * head sums over d in order, with the product rounded before the add, so every level gives
@@ -113,6 +125,9 @@ typedef struct skv_kernels {
     skv_lanes_kernel lanes;      /* to_lanes == NULL when the level has none */
     skv_cvt_fn bf16_to_f32, fp8_to_f32, fp8_to_bf16;
     skv_filter_fn filter;
+    skv_key_range_fn key_range;
+    skv_in_range_fn in_range;
+    skv_keep_fn keep;
     skv_head_dots_fn head_dots;
     skv_add_fn add_f32;
 } skv_kernels;

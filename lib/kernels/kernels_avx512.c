@@ -58,6 +58,62 @@ static int32_t filter_avx512(const float *s, int32_t n, int32_t base, uint32_t t
     return m;
 }
 
+static void key_range_avx512(const uint32_t *key, int32_t n, uint32_t *lo, uint32_t *hi)
+{
+    __m512i a = _mm512_set1_epi32(-1), b = _mm512_setzero_si512();
+    for (int32_t i = 0; i < n; i += 16) {
+        const __mmask16 valid = n - i >= 16 ? (__mmask16)0xffff : lane_mask(n - i);
+        const __m512i k = _mm512_maskz_loadu_epi32(valid, key + i);
+        a = _mm512_mask_min_epu32(a, valid, a, k);
+        b = _mm512_max_epu32(b, k); /* masked-off lanes load 0 */
+    }
+    *lo = _mm512_reduce_min_epu32(a);
+    *hi = _mm512_reduce_max_epu32(b);
+}
+
+static int32_t in_range_avx512(const uint32_t *key, int32_t n, uint32_t lo, uint32_t span,
+                               uint32_t *out, int32_t cap)
+{
+    const __m512i vlo = _mm512_set1_epi32((int)lo), vspan = _mm512_set1_epi32((int)span);
+    int32_t m = 0;
+    for (int32_t i = 0; i < n && m < cap; i += 16) {
+        const __mmask16 valid = n - i >= 16 ? (__mmask16)0xffff : lane_mask(n - i);
+        const __m512i k = _mm512_maskz_loadu_epi32(valid, key + i);
+        const __mmask16 in = _mm512_mask_cmple_epu32_mask(valid, _mm512_sub_epi32(k, vlo), vspan);
+        _mm512_storeu_si512(out + m, _mm512_maskz_compress_epi32(in, k)); /* m < cap: fits */
+        m += __builtin_popcount(in);
+    }
+    return m;
+}
+
+/* In place: the compressed vector lands at or before the one just read, and a masked store
+ * writes only the kept lanes, so nothing unread and nothing past n is touched. */
+static int32_t keep_avx512(uint32_t *key, int32_t *idx, int32_t n, uint32_t kth, int64_t need)
+{
+    const __m512i vk = _mm512_set1_epi32((int)kth);
+    int32_t out = 0;
+    for (int32_t i = 0; i < n; i += 16) {
+        const __mmask16 valid = n - i >= 16 ? (__mmask16)0xffff : lane_mask(n - i);
+        const __m512i k = _mm512_maskz_loadu_epi32(valid, key + i);
+        const __m512i ix = _mm512_maskz_loadu_epi32(valid, idx + i);
+        __mmask16 eq = _mm512_mask_cmpeq_epu32_mask(valid, k, vk);
+        const int n_eq = __builtin_popcount(eq);
+        if (n_eq > need) { /* the last ties kept: only the first `need` of these */
+            unsigned late = eq;
+            for (int64_t c = need > 0 ? need : 0; c > 0; c--)
+                late &= late - 1;
+            eq = (__mmask16)(eq & ~late);
+        }
+        need -= n_eq;
+        const __mmask16 take = _mm512_mask_cmpgt_epu32_mask(valid, k, vk) | eq;
+        const __mmask16 to = lane_mask(__builtin_popcount(take));
+        _mm512_mask_storeu_epi32(key + out, to, _mm512_maskz_compress_epi32(take, k));
+        _mm512_mask_storeu_epi32(idx + out, to, _mm512_maskz_compress_epi32(take, ix));
+        out += __builtin_popcount(take);
+    }
+    return out;
+}
+
 static void bf16_to_f32_avx512(const void *src, void *dst, int64_t n)
 {
     const uint16_t *s = src;
@@ -128,6 +184,9 @@ void skv_kernels_init_avx512(skv_kernels *k)
     k->bf16_to_f32 = bf16_to_f32_avx512;
     k->fp8_to_f32 = fp8_to_f32_avx512;
     k->filter = filter_avx512;
+    k->key_range = key_range_avx512;
+    k->in_range = in_range_avx512;
+    k->keep = keep_avx512;
     k->head_dots = head_dots_avx512;
     k->add_f32 = add_f32_avx512;
 }

@@ -84,6 +84,43 @@ static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t t
     return m;
 }
 
+static void key_range_scalar(const uint32_t *key, int32_t n, uint32_t *lo, uint32_t *hi)
+{
+    uint32_t a = UINT32_MAX, b = 0;
+    for (int32_t i = 0; i < n; i++) {
+        a = key[i] < a ? key[i] : a;
+        b = key[i] > b ? key[i] : b;
+    }
+    *lo = a;
+    *hi = b;
+}
+
+static int32_t in_range_scalar(const uint32_t *key, int32_t n, uint32_t lo, uint32_t span,
+                               uint32_t *out, int32_t cap)
+{
+    int32_t m = 0;
+    for (int32_t i = 0; i < n && m < cap; i++) {
+        out[m] = key[i];
+        m += key[i] - lo <= span;
+    }
+    return m;
+}
+
+static int32_t keep_scalar(uint32_t *key, int32_t *idx, int32_t n, uint32_t kth, int64_t need)
+{
+    int32_t out = 0;
+    for (int32_t i = 0; i < n; i++) { /* bitwise, not ||: the branch would be a coin toss */
+        const uint32_t kv = key[i];
+        const int eq = kv == kth;
+        const int keep = (kv > kth) | (eq & (need > 0));
+        need -= eq;
+        key[out] = kv;
+        idx[out] = idx[i];
+        out += keep;
+    }
+    return out;
+}
+
 static void head_dots_scalar(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
 {
     for (int32_t h = 0; h < H; h++)
@@ -111,6 +148,9 @@ void skv_kernels_init_scalar(skv_kernels *k)
     k->fp8_to_f32 = fp8_to_f32_scalar;
     k->fp8_to_bf16 = fp8_to_bf16_scalar;
     k->filter = filter_scalar;
+    k->key_range = key_range_scalar;
+    k->in_range = in_range_scalar;
+    k->keep = keep_scalar;
     k->head_dots = head_dots_scalar;
     k->add_f32 = add_f32_scalar;
 }

@@ -24,28 +24,25 @@ void skv_misa_params_init(skv_misa_params *p)
     p->min_length = -1;
 }
 
-/* Dequantised q of token t, all heads, transposed: out[d * H + h] (so that the dot products of
- * every head with one vector run as independent sums over the heads, which vectorise). */
-static void q_rows_t(const skv_indexer_query *q, int32_t t, float *out)
+/* Dequantised q of token t, heads [h0, h1), transposed: out[d * H + h] (so that the dot
+ * products of every head with one vector run as independent sums over the heads, which
+ * vectorise). row: head_dim floats of scratch. */
+static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_t t, int32_t h0,
+                     int32_t h1, float *row, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    const size_t i0 = (size_t)t * H * D;
-    for (int32_t h = 0; h < H; h++) {
+    for (int32_t h = h0; h < h1; h++) {
+        const size_t i0 = ((size_t)t * H + h) * D;
+        const float *src = row;
+        if (q->dtype == SKV_F32)
+            src = (const float *)q->q + i0;
+        else if (q->dtype == SKV_BF16)
+            kern->bf16_to_f32((const uint16_t *)q->q + i0, row, D);
+        else
+            kern->fp8_to_f32((const uint8_t *)q->q + i0, row, D);
         const float s = q->dtype == SKV_FP8_E4M3 ? q->q_scale[(size_t)t * H + h] : 1.0f;
-        for (int32_t d = 0; d < D; d++) {
-            const size_t i = i0 + (size_t)h * D + d;
-            uint32_t bits; /* bf16 and fp8 widen by placing bf16 bits in the top half */
-            float v;
-            if (q->dtype == SKV_F32) {
-                v = ((const float *)q->q)[i];
-            } else {
-                bits = (uint32_t)(q->dtype == SKV_BF16 ? ((const uint16_t *)q->q)[i]
-                                                       : skv_fp8_bf16_lut[((const uint8_t *)q->q)[i]]) << 16;
-                memcpy(&v, &bits, 4);
-                v *= s;
-            }
-            out[(size_t)d * H + h] = v;
-        }
+        for (int32_t d = 0; d < D; d++)
+            out[(size_t)d * H + h] = src[d] * s;
     }
 }
 
@@ -76,7 +73,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
                          float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    q_rows_t(q, t, qbuf);
+    q_rows_t(kern, q, t, 0, H, tmp, qbuf);
     const float *w = q->weights + (size_t)t * H;
     float *dots = tmp + 2 * (size_t)D;
     if (mode == SKV_ROUTE_QNORM) {
@@ -142,7 +139,6 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
     ranked_head *rk = (ranked_head *)(E + H);
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
-        q_rows_t(q, t, qt);
 #pragma omp parallel num_threads(nth) if (nth > 1 && nb > 1)
         {
 #ifdef _OPENMP
@@ -150,6 +146,11 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
 #else
             float *tmp = (float *)ws + (size_t)H * D;
 #endif
+            /* the query's heads are dequantised in parallel too: at decode they cost as much
+               as a few blocks */
+#pragma omp for schedule(static)
+            for (int32_t h = 0; h < H; h++)
+                q_rows_t(&ctx->kern, q, t, h, h + 1, tmp, qt);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nb; b++)
                 block_terms(&ctx->kern, q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
