@@ -4,8 +4,9 @@
  * walked in groups of 256 (held in L2 across the block's tokens); each token's packed query
  * stays in L1 while a score kernel computes that token's scores for the group, which go
  * straight into the token's streaming top-k state (or into the caller's score matrix). When
- * there are fewer token blocks than threads, a block's keys are split across threads and the
- * per-split candidates merged at the end; the result is unique, so the split never changes it.
+ * there are fewer token blocks than threads, a block's keys are split into ranges that the
+ * threads take as they come free, each thread's candidates are kept apart and merged at the
+ * end; the result is unique, so the split never changes it.
  * A block of several tokens with few heads transposes each key group once into the keys-in-
  * lanes layout (kernels.h) and scores every token on it. */
 #include <math.h>
@@ -24,6 +25,7 @@
 #define CVT_STEP 32         /* keys converted per step */
 #define PREFETCH_NEXT 16    /* keys of the next segment asked for ahead */
 #define LANES_MIN_TOKENS 4  /* tokens of a block that share one transposition into lanes */
+#define RANGES_PER_THREAD 8 /* a split block's ranges: fine enough to even out unequal cores */
 
 #define ONE4 1.0f, 1.0f, 1.0f, 1.0f
 #define ONE16 ONE4, ONE4, ONE4, ONE4
@@ -229,34 +231,54 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
     }
 }
 
-static void run_item(const plan *p, int64_t item, uint8_t *ws)
-{
-    const int32_t T = p->q->n_tokens, D = p->src->head_dim;
-    const int64_t L = p->src->n_keys;
-    const int32_t b = (int32_t)(item / p->splits), sp = (int32_t)(item % p->splits);
-    const int32_t t0 = b * p->tb, nt = T - t0 < p->tb ? T - t0 : p->tb;
-
-    uint8_t *packs = ws;
-    uint8_t *scratch = packs + (size_t)p->tb * p->pack_bytes;
-    float *tile = (float *)(scratch + p->scratch_bytes);
-    uint8_t *states_mem = (uint8_t *)(tile + (size_t)p->tb * KEY_GROUP);
-    uint8_t *gathered = states_mem + (size_t)p->tb * p->state_bytes; /* key lists only */
+/* One thread's hold on one token block: its tokens' packed queries, visible lengths and top-k
+ * states (in the thread's workspace), kept across the block's key ranges the thread takes. */
+typedef struct block_work {
+    int32_t b, t0, nt, lead; /* lead: a token that sees every key the block scores */
+    int64_t vis[TOKEN_BLOCK], lb;
+    uint8_t *packs, *scratch, *gathered;
+    float *tile;
     skv_topk_state st[TOKEN_BLOCK];
+} block_work;
 
-    int64_t vis[TOKEN_BLOCK], lb = 0;
-    for (int32_t i = 0; i < nt; i++) {
-        vis[i] = visible(p, t0 + i);
-        lb = vis[i] > lb ? vis[i] : lb;
-        pack_token(p, t0 + i, packs + (size_t)i * p->pack_bytes);
+static void block_begin(const plan *p, int32_t b, uint8_t *ws, block_work *w)
+{
+    const int32_t T = p->q->n_tokens;
+    w->b = b;
+    w->t0 = b * p->tb;
+    w->nt = T - w->t0 < p->tb ? T - w->t0 : p->tb;
+    w->packs = ws;
+    w->scratch = w->packs + (size_t)p->tb * p->pack_bytes;
+    w->tile = (float *)(w->scratch + p->scratch_bytes);
+    uint8_t *states_mem = (uint8_t *)(w->tile + (size_t)p->tb * KEY_GROUP);
+    w->gathered = states_mem + (size_t)p->tb * p->state_bytes; /* key lists only */
+    w->lb = 0;
+    w->lead = 0;
+    for (int32_t i = 0; i < w->nt; i++) {
+        w->vis[i] = visible(p, w->t0 + i);
+        w->lb = w->vis[i] > w->lb ? w->vis[i] : w->lb;
+        w->lead = w->vis[i] > w->vis[w->lead] ? i : w->lead;
+        pack_token(p, w->t0 + i, w->packs + (size_t)i * p->pack_bytes);
         if (p->out_idx)
-            skv_topk_init(&st[i], p->kern, states_mem + (size_t)i * p->state_bytes, p->k);
+            skv_topk_init(&w->st[i], p->kern, states_mem + (size_t)i * p->state_bytes, p->k);
     }
-    const int64_t chunk = (int64_t)skv_round_up((size_t)((lb + p->splits - 1) / p->splits), 64);
-    const int64_t lo = sp * chunk, hi = lo + chunk < lb ? lo + chunk : lb;
+}
 
-    int32_t lead = 0; /* a token that sees every key of the item */
-    for (int32_t i = 0; i < nt; i++)
-        lead = vis[i] > vis[lead] ? i : lead;
+/* Range r of the block's n_ranges (multiples of 64 keys, or list positions). */
+static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_ranges)
+{
+    const int32_t D = p->src->head_dim, t0 = w->t0, nt = w->nt, lead = w->lead;
+    const int64_t *vis = w->vis;
+    const int64_t chunk = (int64_t)skv_round_up((size_t)((w->lb + n_ranges - 1) / n_ranges), 64);
+    const int64_t lo = range * chunk < w->lb ? range * chunk : w->lb;
+    const int64_t hi = lo + chunk < w->lb ? lo + chunk : w->lb;
+    uint8_t *packs = w->packs, *scratch = w->scratch, *gathered = w->gathered;
+    float *tile = w->tile;
+    skv_topk_state *st = w->st;
+    if (p->scores && range == 0) /* the score matrix past each token's visible keys */
+        for (int32_t i = 0; i < nt; i++)
+            for (int64_t s = vis[i]; s < p->src->n_keys; s++)
+                p->scores[(size_t)(t0 + i) * p->src->n_keys + s] = -INFINITY;
 
     for (int64_t g = lo; g < hi; g += KEY_GROUP) {
         const int64_t ge = g + KEY_GROUP < hi ? g + KEY_GROUP : hi;
@@ -320,22 +342,25 @@ static void run_item(const plan *p, int64_t item, uint8_t *ws)
         }
     }
 
-    for (int32_t i = 0; i < nt; i++) {
-        const int32_t t = t0 + i;
-        if (p->scores && sp == 0)
-            for (int64_t s = vis[i]; s < L; s++)
-                p->scores[(size_t)t * L + s] = -INFINITY;
-        if (!p->out_idx)
-            continue;
+}
+
+/* The block's results: written out when its keys were not split, else its candidates stored
+ * in the parts' slot `slot` (a range, or a thread). */
+static void block_end(const plan *p, block_work *w, int32_t slot)
+{
+    if (!p->out_idx)
+        return;
+    for (int32_t i = 0; i < w->nt; i++) {
+        const int32_t t = w->t0 + i;
         if (p->splits == 1 && p->index_order)
-            skv_topk_finish_set(&st[i], p->out_idx + (size_t)t * p->k);
+            skv_topk_finish_set(&w->st[i], p->out_idx + (size_t)t * p->k);
         else if (p->splits == 1)
-            skv_topk_finish(&st[i], p->out_idx + (size_t)t * p->k,
+            skv_topk_finish(&w->st[i], p->out_idx + (size_t)t * p->k,
                             p->out_score ? p->out_score + (size_t)t * p->k : NULL);
         else if (p->index_order)
-            skv_topk_parts_store_set(&p->parts, t, sp, &st[i]);
+            skv_topk_parts_store_set(&p->parts, t, slot, &w->st[i]);
         else
-            skv_topk_parts_store(&p->parts, t, sp, &st[i]);
+            skv_topk_parts_store(&p->parts, t, slot, &w->st[i]);
     }
 }
 
@@ -377,6 +402,18 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
         lmax = v > lmax ? v : lmax;
     }
     p.splits = skv_topk_split_count(p.n_blocks, nth, lmax, SPLIT_MIN_KEYS);
+    /* Split blocks of a ranked top-k (or of scores) are cut finer, into ranges the threads take
+       as they come free, so that a thread on a slower core (a busy sibling, a smaller core)
+       takes fewer. A thread keeps its states across its ranges: the parts get a slot per
+       thread. A set keeps one range per split: its finish lays the splits end to end. */
+    const int shared = p.splits > 1 && !index_order;
+    int32_t ranges = p.splits;
+    if (shared) {
+        const int64_t by_keys = lmax / SPLIT_MIN_KEYS, fine = (int64_t)RANGES_PER_THREAD * nth;
+        const int64_t n = fine < by_keys ? fine : by_keys;
+        ranges = n > ranges ? (int32_t)n : ranges;
+        p.splits = nth;
+    }
 
     p.pack_bytes = p.sk->pack_size(q->n_heads, q->head_dim);
     /* lanes: the bf16 kernel of a level that has them, few heads, whole tiles of dim pairs */
@@ -403,18 +440,33 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     if (merge_bytes)
         skv_topk_parts_init(&p.parts, &ctx->kern, p.ws + p.thread_bytes * nth, T, p.splits, k);
 
-    const int64_t items = (int64_t)p.n_blocks * p.splits;
+    const int64_t items = (int64_t)p.n_blocks * ranges;
 #pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
     {
 #ifdef _OPENMP
-        uint8_t *ws = p.ws + p.thread_bytes * (size_t)omp_get_thread_num();
+        const int tid = omp_get_thread_num();
 #else
-        uint8_t *ws = p.ws;
+        const int tid = 0;
 #endif
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; it++)
-            run_item(&p, it, ws);
+        uint8_t *ws = p.ws + p.thread_bytes * (size_t)tid;
+        block_work w;
+        w.b = -1;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t it = 0; it < items; it++) {
+            const int32_t b = (int32_t)(it / ranges), r = (int32_t)(it % ranges);
+            if (!shared || b != w.b) { /* a thread's items come in increasing order */
+                if (shared && w.b >= 0)
+                    block_end(&p, &w, tid);
+                block_begin(&p, b, ws, &w);
+            }
+            block_range(&p, &w, r, ranges);
+            if (!shared)
+                block_end(&p, &w, r);
+        }
+        if (shared && w.b >= 0)
+            block_end(&p, &w, tid);
         if (merge_bytes) {
+#pragma omp barrier
 #pragma omp for schedule(static)
             for (int32_t t = 0; t < T; t++) {
                 if (index_order)

@@ -213,6 +213,7 @@ void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, 
     m->n = m->idx + n * (size_t)k;
     m->k = k;
     m->splits = splits;
+    memset(m->n, 0, n * sizeof *m->n); /* a slot no thread fills is empty */
 }
 
 /* Copies a state's candidates, as they are, into its (row, split) slot. */
@@ -232,10 +233,16 @@ void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
     store_state(m, row, split, st);
 }
 
-/* Merges ranked list b into ranked list a, whose indices are all lower, in a's storage (room
- * for k): a becomes the best min(k, na + nb) of both, ranked (ties to a), and its count is
- * returned. A binary search finds how many of a stay; the merge runs backwards, so every
- * write lands past the a entries still to be read. */
+/* Rank order of candidates from any lists: key descending, then index ascending. */
+static inline uint64_t rank_of(uint32_t key, int32_t idx)
+{
+    return (uint64_t)key << 32 | (uint32_t)~idx;
+}
+
+/* Merges ranked list b into ranked list a (index ranges may interleave), in a's storage (room
+ * for k): a becomes the best min(k, na + nb) of both, ranked, and its count is returned. A
+ * binary search finds how many of a stay; the merge runs backwards, so every write lands past
+ * the a entries still to be read. */
 static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t *bk,
                           const int32_t *bi, int32_t nb, int32_t k)
 {
@@ -243,15 +250,15 @@ static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t 
     int32_t lo = m - nb > 0 ? m - nb : 0, hi = m < na ? m : na; /* a's share is in [lo, hi] */
     while (lo < hi) { /* the largest share whose last a entry outranks b's first one left out */
         const int32_t mid = lo + (hi - lo + 1) / 2;
-        if (m - mid >= nb || ak[mid - 1] >= bk[m - mid])
+        if (m - mid >= nb || rank_of(ak[mid - 1], ai[mid - 1]) > rank_of(bk[m - mid], bi[m - mid]))
             lo = mid;
         else
             hi = mid - 1;
     }
     int32_t i = lo - 1, j = m - lo - 1, pos = m - 1;
-    while (i >= 0 && j >= 0) { /* the lower-ranked of the two heads goes last; b's on ties */
+    while (i >= 0 && j >= 0) { /* the lower-ranked of the two heads goes last */
         const uint32_t x = ak[i], y = bk[j], xi = (uint32_t)ai[i], yi = (uint32_t)bi[j];
-        const int from_b = y <= x;
+        const int from_b = rank_of(y, (int32_t)yi) < rank_of(x, (int32_t)xi);
         const uint32_t pick = 0u - (uint32_t)from_b; /* a mask, not a branch: a coin toss */
         ak[pos] = x ^ ((x ^ y) & pick);
         ai[pos] = (int32_t)(xi ^ ((xi ^ yi) & pick));
@@ -266,8 +273,8 @@ static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t 
     return m;
 }
 
-/* Each split's list is ranked and the splits cover ascending, disjoint index ranges: merging
- * them into the first split's storage one after another gives the row's best k. */
+/* Each slot's list is ranked and no index is in two slots: merging them into the first
+ * slot's storage one after another gives the row's best k. */
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score)
 {
