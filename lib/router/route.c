@@ -26,23 +26,35 @@ void skv_misa_params_init(skv_misa_params *p)
 
 /* Dequantised q of token t, heads [h0, h1), transposed: out[d * H + h] (so that the dot
  * products of every head with one vector run as independent sums over the heads, which
- * vectorise). row: head_dim floats of scratch. */
-static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_t t, int32_t h0,
-                     int32_t h1, float *row, float *out)
+ * vectorise). Dims outermost: each store lands next to the last, the strided reads stay in L1. */
+static inline float bf16_bits_f32(uint32_t b)
+{
+    const uint32_t u = b << 16; /* bf16 (and fp8 through its bf16 table) widen by placement */
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void q_rows_t(const skv_indexer_query *q, int32_t t, int32_t h0, int32_t h1, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    for (int32_t h = h0; h < h1; h++) {
-        const size_t i0 = ((size_t)t * H + h) * D;
-        const float *src = row;
-        if (q->dtype == SKV_F32)
-            src = (const float *)q->q + i0;
-        else if (q->dtype == SKV_BF16)
-            kern->bf16_to_f32((const uint16_t *)q->q + i0, row, D);
-        else
-            kern->fp8_to_f32((const uint8_t *)q->q + i0, row, D);
-        const float s = q->dtype == SKV_FP8_E4M3 ? q->q_scale[(size_t)t * H + h] : 1.0f;
-        for (int32_t d = 0; d < D; d++)
-            out[(size_t)d * H + h] = src[d] * s;
+    const size_t i0 = (size_t)t * H * D;
+    for (int32_t d = 0; d < D; d++) {
+        float *o = out + (size_t)d * H;
+        if (q->dtype == SKV_F32) {
+            const float *x = (const float *)q->q + i0 + d;
+            for (int32_t h = h0; h < h1; h++)
+                o[h] = x[(size_t)h * D];
+        } else if (q->dtype == SKV_BF16) {
+            const uint16_t *x = (const uint16_t *)q->q + i0 + d;
+            for (int32_t h = h0; h < h1; h++)
+                o[h] = bf16_bits_f32(x[(size_t)h * D]);
+        } else {
+            const uint8_t *x = (const uint8_t *)q->q + i0 + d;
+            const float *s = q->q_scale + (size_t)t * H;
+            for (int32_t h = h0; h < h1; h++)
+                o[h] = bf16_bits_f32(skv_fp8_bf16_lut[x[(size_t)h * D]]) * s[h];
+        }
     }
 }
 
@@ -73,7 +85,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
                          float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    q_rows_t(kern, q, t, 0, H, tmp, qbuf);
+    q_rows_t(q, t, 0, H, qbuf);
     const float *w = q->weights + (size_t)t * H;
     float *dots = tmp + 2 * (size_t)D;
     if (mode == SKV_ROUTE_QNORM) {
@@ -147,10 +159,10 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
             float *tmp = (float *)ws + (size_t)H * D;
 #endif
             /* the query's heads are dequantised in parallel too: at decode they cost as much
-               as a few blocks */
+               as a few blocks (16 heads a share: whole cache lines of each row of qt) */
 #pragma omp for schedule(static)
-            for (int32_t h = 0; h < H; h++)
-                q_rows_t(&ctx->kern, q, t, h, h + 1, tmp, qt);
+            for (int32_t h = 0; h < H; h += 16)
+                q_rows_t(q, t, h, h + 16 < H ? h + 16 : H, qt);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < nb; b++)
                 block_terms(&ctx->kern, q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
