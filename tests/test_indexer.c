@@ -295,6 +295,14 @@ int main(int argc, char **argv)
                     const shape sh = {Ts[c], Hs[a], Ds[b], Ls[e], e == 1 ? 2048 : 64, (int)(seed % 3), FILL_RANDOM};
                     run_case(&sh, all_dtypes[di++ % N_DTYPES], seed++);
                 }
+    /* decode with few heads on fp8 keys: converted straight into lanes even for one token
+       (bf16 queries; fp8 ones), short, split across threads, odd head counts */
+    static const int32_t Hl[] = {1, 5, 8}, Dl[] = {32, 128};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 2; b++) {
+            run_case(&(shape){1, Hl[a], Dl[b], 300, 64, 0, FILL_RANDOM}, all_dtypes[4], seed++);
+            run_case(&(shape){2, Hl[a], Dl[b], 5000, 300, 2, FILL_ODD_SCALES}, all_dtypes[2], seed++);
+        }
     /* L around k = 2048, every dtype */
     static const int64_t Lk[] = {2047, 2048, 2049, 4097};
     for (int e = 0; e < 4; e++)
