@@ -75,7 +75,7 @@ static void pack_bf16(void *dst, const skv_qpack_args *a)
  * magnitude (the index's top bit is ignored; the table's first half is the positive values),
  * the sign is OR-ed in, and two byte permutes interleave low/high bytes into words in the
  * original order. */
-typedef struct fp8_lut { __m512i lo[2], hi[2], ix0, ix1; } fp8_lut;
+typedef struct fp8_lut { __m512i lo[2], hi[2], ix0, ix1, ixp0, ixp1; } fp8_lut;
 
 static void fp8_lut_init(fp8_lut *t)
 {
@@ -96,17 +96,33 @@ static void fp8_lut_init(fp8_lut *t)
     }
     t->ix0 = _mm512_loadu_si512(il0);
     t->ix1 = _mm512_loadu_si512(il1);
+    /* the same 64 values as two keys of 32 dims, their dim pairs interleaved as transpose16's
+       first step would: dword q of 128-bit lane L holds pair 4L + q / 2 (+ 2 in the high
+       half) of key q % 2 (low and high bytes of each of its two words) */
+    uint8_t ip[2][64];
+    for (int half = 0; half < 2; half++)
+        for (int p = 0; p < 16; p++) {
+            const int L = p / 4, q = p % 4, key = (q % 2) * 32, u = 4 * L + 2 * half + q / 2;
+            for (int w = 0; w < 2; w++) {
+                ip[half][4 * p + 2 * w] = (uint8_t)(key + 2 * u + w);
+                ip[half][4 * p + 2 * w + 1] = (uint8_t)(64 + key + 2 * u + w);
+            }
+        }
+    t->ixp0 = _mm512_loadu_si512(ip[0]);
+    t->ixp1 = _mm512_loadu_si512(ip[1]);
 }
 
-/* 64 fp8 values: bf16 words of the first 32 in *w0, of the last 32 in *w1. */
+/* 64 fp8 values to bf16 words, laid out by the byte indices i0 and i1 (ix0 / ix1: the first 32
+ * in *w0, the last 32 in *w1). */
 static inline __attribute__((always_inline)) void fp8x64_to_bf16(const fp8_lut *t, __m512i x,
+                                                                  __m512i i0, __m512i i1,
                                                                   __m512i *w0, __m512i *w1)
 {
     const __m512i lo = _mm512_permutex2var_epi8(t->lo[0], x, t->lo[1]);
     const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], x, t->hi[1]), x,
                                                  _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
-    *w0 = _mm512_permutex2var_epi8(lo, t->ix0, hi);
-    *w1 = _mm512_permutex2var_epi8(lo, t->ix1, hi);
+    *w0 = _mm512_permutex2var_epi8(lo, i0, hi);
+    *w1 = _mm512_permutex2var_epi8(lo, i1, hi);
 }
 
 static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
@@ -119,7 +135,7 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
         const int64_t left = n - i;
         const __mmask64 m = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
         __m512i w0, w1;
-        fp8x64_to_bf16(&t, _mm512_maskz_loadu_epi8(m, s + i), &w0, &w1);
+        fp8x64_to_bf16(&t, _mm512_maskz_loadu_epi8(m, s + i), t.ix0, t.ix1, &w0, &w1);
         if (left >= 64) {
             _mm512_storeu_si512(d + i, w0);
             _mm512_storeu_si512(d + i + 32, w1);
@@ -133,7 +149,8 @@ static void fp8_to_bf16_vbmi(const void *src, void *dst, int64_t n)
 }
 
 /* fp8 rows (one pointer per key) straight into the lanes layout: 32 dims of two keys converted
- * in one step, 16 keys transposed, no bf16 rows in between. */
+ * in one step, whose last byte permute also does the transposition's first step; then the
+ * rest of the transposition of 16 keys, no bf16 rows in between. */
 static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint32_t *out)
 {
     fp8_lut t;
@@ -145,15 +162,15 @@ static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, u
         for (int i = 0; i < 16; i++)
             row[i] = rows[t0 + i < n ? t0 + i : n - 1];
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
-            __m512i r[16];
+            __m512i p[16], r[16];
 #pragma GCC unroll 8
-            for (int i = 0; i < 16; i += 2) {
+            for (int i = 0; i < 16; i += 2) { /* the permute that makes words also pairs keys */
                 const __m512i x = _mm512_inserti64x4(
                     _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row[i] + 2 * u0))),
                     _mm256_loadu_si256((const __m256i *)(row[i + 1] + 2 * u0)), 1);
-                fp8x64_to_bf16(&t, x, &r[i], &r[i + 1]);
+                fp8x64_to_bf16(&t, x, t.ixp0, t.ixp1, &p[i], &p[i + 1]);
             }
-            transpose16(r);
+            transpose16_paired(p, r);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
                 _mm512_storeu_si512(tile + (size_t)(u0 + j) * 16, r[j]);

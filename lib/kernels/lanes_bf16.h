@@ -7,15 +7,11 @@
  * the ReLU, weights and head sum run on 16 keys at once. The keys must first be transposed
  * into tiles of 16 (to_lanes), which pays when several query tokens share them (prefill). */
 
-/* Rows of 16 dwords transposed in place (r[i] lane j -> r[j] lane i). */
-SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
+/* The rest of transpose16 once its first step is done: t[i], t[i + 1] (i even) are rows i and
+ * i + 1 interleaved dword by dword within each 128-bit lane, low halves then high halves
+ * (unpacklo / unpackhi_epi32); r receives the transposed rows. */
+SKV_ALWAYS_INLINE void transpose16_paired(__m512i t[16], __m512i r[16])
 {
-    __m512i t[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i += 4) {
         r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
@@ -35,6 +31,18 @@ SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
         r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
         r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
     }
+}
+
+/* Rows of 16 dwords transposed in place (r[i] lane j -> r[j] lane i). */
+SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
+{
+    __m512i t[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    transpose16_paired(t, r);
 }
 
 /* n bf16 rows of D dims (D a multiple of 32; one pointer per key, wherever the rows are) into
