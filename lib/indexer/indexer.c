@@ -205,11 +205,10 @@ static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
  * converted on the way), then scored for every token that sees them and pushed to its top-k.
  * Keys in lanes are bf16 or fp8: the bf16 kernel serves no other. */
 static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64_t g, int64_t ge,
-                              int64_t hi, const int64_t *vis, int32_t nt, const uint8_t *packs,
+                              const int64_t *vis, int32_t nt, const uint8_t *packs,
                               uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
 {
     const int32_t D = p->src->head_dim;
-    prefetch_keys(p->src, ge, KEY_GROUP, hi); /* the next group arrives while this one scores */
     uint32_t *lanes = (uint32_t *)scratch;
     float *scale = (float *)(scratch + p->rows_bytes);
     const void *row[KEY_GROUP];
@@ -307,7 +306,7 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
             if (p->scaled && !seg[e].scale)
                 seg[e].scale = ones;
         if (p->lanes && nt >= p->lanes_min) {
-            score_group_lanes(p, seg, nseg, g, ge, hi, vis, nt, packs, scratch, t0, tile, st);
+            score_group_lanes(p, seg, nseg, g, ge, vis, nt, packs, scratch, t0, tile, st);
             continue;
         }
         if (p->cvt) {
