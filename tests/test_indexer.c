@@ -247,6 +247,36 @@ static void run_case(const shape *sh, dtypes dt, uint64_t seed)
     idx_data_free(&d);
 }
 
+/* The workspace bound documented at skv_indexer_topk, for decode (keys split over threads, in
+ * rows and in lanes), prefill blocks, small k, more heads than one chunk, at every level. */
+typedef struct bound_case { int32_t T, H, D; int64_t L; int32_t k; int di; } bound_case;
+
+static void check_workspace_bound(const bound_case *bc, const level *lv)
+{
+    rng r = {900 + (uint64_t)bc->H};
+    idx_data d;
+    idx_data_make(&d, &r, bc->T, bc->H, bc->D, bc->L, all_dtypes[bc->di].q, all_dtypes[bc->di].k,
+                  FILL_RANDOM, 2);
+    const skv_indexer_query q = idx_query(&d);
+    const skv_key_block kb = idx_keys(&d);
+    const int nth = 2;
+    skv_context *c = ctx_new(lv->mask, nth);
+    int32_t *idx = xmalloc((size_t)d.T * bc->k * 4);
+    const size_t before = skv_context_memory(c);
+    CHECK_OK(skv_indexer_topk(c, &q, &kb, bc->k, idx, NULL));
+    const size_t used = skv_context_memory(c) - before, k = (size_t)bc->k;
+    const size_t h64 = ((size_t)bc->H + 63) / 64 * 64, D = (size_t)bc->D;
+    size_t need = nth * (8 * (3 * k + 272) * 8 + 8 * h64 * (D + 3) * 4 + 256 * D * 4 + 16384);
+    if ((bc->T + 7) / 8 < nth)
+        need += (size_t)bc->T * nth * (8 * k + 4);
+    const size_t bound = (need + need / 4 + 4095) / 4096 * 4096; /* held: grown by 1.25 */
+    CHECK(used <= bound, "%s T=%d H=%d D=%d k=%d: workspace %zu above the documented %zu",
+          lv->name, bc->T, bc->H, bc->D, bc->k, used, bound);
+    free(idx);
+    skv_context_destroy(c);
+    idx_data_free(&d);
+}
+
 /* Calls from inside a host's parallel region: each host thread with its own context gets the
  * same result as a plain call. */
 static void run_in_host_region(void)
@@ -342,6 +372,15 @@ int main(int argc, char **argv)
         run_case(&(shape){3, 16, 32, 2000, 64, 2, FILL_ODD_SCALES}, all_dtypes[t], seed++);
     }
     run_in_host_region();
+    static const bound_case bcs[] = {
+        {1, 64, 128, 8192, 2048, 2}, {1, 8, 128, 8192, 2048, 2}, {3, 8, 64, 6000, 300, 4},
+        {64, 64, 128, 4096, 2048, 1}, {16, 16, 32, 3000, 16, 0}, {1, 5, 96, 3000, 5000, 3},
+        {2, 100, 64, 3000, 64, 0},
+    };
+    for (size_t i = 0; i < sizeof bcs / sizeof bcs[0]; i++)
+        for (int lv = 0; lv < N_LEVELS; lv++)
+            if (level_available(&all_levels[lv]))
+                check_workspace_bound(&bcs[i], &all_levels[lv]);
     printf("%ld cases (shape x dtype x level)\n", cases_run);
     return test_summary("test_indexer");
 }

@@ -56,11 +56,13 @@ SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query 
  * skv_indexer_scores, for any thread count.
  *
  * Nothing of size n_tokens x n_keys is materialised: scores are computed on tiles and streamed
- * through a threshold filter. Workspace, held by the context and reused across calls, is at most
- *   threads * (8 * (2k + 272) * 8 + 8 * H16 * (head_dim + 2) * 4 + 256 * head_dim * 4 + 16 KiB)
+ * through a threshold filter. The workspace a call needs is at most
+ *   threads * (8 * (3k + 272) * 8 + 8 * H64 * (head_dim + 3) * 4 + 256 * head_dim * 4 + 16 KiB)
  * bytes, plus n_tokens * threads * (8k + 4) when fewer than `threads` blocks of 8 tokens split
- * their keys across threads (decode); H16 is n_heads rounded up to 16. It is independent of
- * n_keys, and of n_tokens except in that split case.
+ * their keys across threads (decode); H64 is n_heads rounded up to 64. It is independent of
+ * n_keys, and of n_tokens except in that split case. The context holds it for later calls,
+ * grown to 1.25 times a new need (rounded up to 4 KiB) so that slowly growing calls do not
+ * reallocate each time.
  * Errors: as skv_indexer_scores, plus INVALID_ARG for k <= 0. */
 SKV_API skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
                                     const skv_key_block *keys, int32_t k, int32_t *out_idx,
