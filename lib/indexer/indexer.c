@@ -209,6 +209,7 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
                               uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
 {
     const int32_t D = p->src->head_dim;
+    prefetch_keys(p->src, ge, SKV_LANES_PREFETCH, p->src->n_keys); /* the kernel asks for the rest */
     uint32_t *lanes = (uint32_t *)scratch;
     float *scale = (float *)(scratch + p->rows_bytes);
     const void *row[KEY_GROUP];

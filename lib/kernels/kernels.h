@@ -87,6 +87,10 @@ typedef struct skv_lanes_kernel {
 } skv_lanes_kernel;
 
 #define SKV_LANES_MAX_HEADS 8
+/* Keys stream from memory once: to_lanes and fp8_to_lanes ask for the rows this many keys
+ * ahead of the tile they transpose, and a caller that walks groups of keys asks for the next
+ * group's first ones (MISA prefill at 128K measured 14 % faster, decode 3 %). */
+#define SKV_LANES_PREFETCH 32
 
 /* ---- conversion to a compute dtype (n elements, any n) --------------------------------- */
 typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);

@@ -161,6 +161,7 @@ static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, u
         const uint8_t *row[16];
         for (int i = 0; i < 16; i++)
             row[i] = rows[t0 + i < n ? t0 + i : n - 1];
+        prefetch_ahead(rows, t0, n, (size_t)D);
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
             __m512i p[16], r[16];
 #pragma GCC unroll 8

@@ -45,6 +45,15 @@ SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
     transpose16_paired(t, r);
 }
 
+/* Asks for the rows SKV_LANES_PREFETCH keys past tile t0 (row_bytes each). */
+SKV_ALWAYS_INLINE void prefetch_ahead(const void *const *rows, int64_t t0, int64_t n,
+                                      size_t row_bytes)
+{
+    for (int64_t i = t0 + SKV_LANES_PREFETCH; i < t0 + SKV_LANES_PREFETCH + 16 && i < n; i++)
+        for (size_t b = 0; b < row_bytes; b += 64)
+            __builtin_prefetch((const char *)rows[i] + b);
+}
+
 /* n bf16 rows of D dims (D a multiple of 32; one pointer per key, wherever the rows are) into
  * tiles of 16 keys; a last partial tile repeats its last key. */
 static void to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint32_t *out)
@@ -55,6 +64,7 @@ static void to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint3
         const uint16_t *row[16];
         for (int i = 0; i < 16; i++)
             row[i] = rows[t0 + i < n ? t0 + i : n - 1];
+        prefetch_ahead(rows, t0, n, (size_t)D * 2);
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
             __m512i r[16];
 #pragma GCC unroll 16
