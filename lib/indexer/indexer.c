@@ -87,6 +87,8 @@ typedef struct plan {
     float *out_score;
     uint8_t *ws;
     skv_topk_parts parts; /* when splits > 1 */
+    int32_t ranges;       /* ranges per block (1 unless split) */
+    int32_t *owner;       /* set form, split: [n_blocks][ranges] thread that took each range */
 } plan;
 
 static int64_t visible(const plan *p, int32_t t)
@@ -246,6 +248,17 @@ typedef struct block_work {
     skv_topk_state st[TOKEN_BLOCK];
 } block_work;
 
+/* The most keys (or list positions) a token of block b sees. */
+static int64_t block_visible(const plan *p, int32_t b)
+{
+    int64_t lb = 0;
+    for (int32_t t = b * p->tb; t < p->q->n_tokens && t < (b + 1) * p->tb; t++) {
+        const int64_t v = visible(p, t);
+        lb = v > lb ? v : lb;
+    }
+    return lb;
+}
+
 static void block_begin(const plan *p, int32_t b, uint8_t *ws, block_work *w)
 {
     const int32_t T = p->q->n_tokens;
@@ -257,11 +270,10 @@ static void block_begin(const plan *p, int32_t b, uint8_t *ws, block_work *w)
     w->tile = (float *)(w->scratch + p->scratch_bytes);
     uint8_t *states_mem = (uint8_t *)(w->tile + (size_t)p->tb * KEY_GROUP);
     w->gathered = states_mem + (size_t)p->tb * p->state_bytes; /* key lists only */
-    w->lb = 0;
+    w->lb = block_visible(p, b);
     w->lead = 0;
     for (int32_t i = 0; i < w->nt; i++) {
         w->vis[i] = visible(p, w->t0 + i);
-        w->lb = w->vis[i] > w->lb ? w->vis[i] : w->lb;
         w->lead = w->vis[i] > w->vis[w->lead] ? i : w->lead;
         pack_token(p, w->t0 + i, w->packs + (size_t)i * p->pack_bytes);
         if (p->out_idx)
@@ -269,12 +281,18 @@ static void block_begin(const plan *p, int32_t b, uint8_t *ws, block_work *w)
     }
 }
 
-/* Range r of the block's n_ranges (multiples of 64 keys, or list positions). */
+/* Keys (or list positions) per range of a block whose tokens see lb: a multiple of 64. */
+static int64_t range_len(int64_t lb, int32_t n_ranges)
+{
+    return (int64_t)skv_round_up((size_t)((lb + n_ranges - 1) / n_ranges), 64);
+}
+
+/* Range r of the block's n_ranges. */
 static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_ranges)
 {
     const int32_t D = p->src->head_dim, t0 = w->t0, nt = w->nt, lead = w->lead;
     const int64_t *vis = w->vis;
-    const int64_t chunk = (int64_t)skv_round_up((size_t)((w->lb + n_ranges - 1) / n_ranges), 64);
+    const int64_t chunk = range_len(w->lb, n_ranges);
     const int64_t lo = range * chunk < w->lb ? range * chunk : w->lb;
     const int64_t hi = lo + chunk < w->lb ? lo + chunk : w->lb;
     uint8_t *packs = w->packs, *scratch = w->scratch, *gathered = w->gathered;
@@ -350,7 +368,7 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
 }
 
 /* The block's results: written out when its keys were not split, else its candidates stored
- * in the parts' slot `slot` (a range, or a thread). */
+ * in the parts' slot `slot` (the thread's). */
 static void block_end(const plan *p, block_work *w, int32_t slot)
 {
     if (!p->out_idx)
@@ -407,16 +425,14 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
         lmax = v > lmax ? v : lmax;
     }
     p.splits = skv_topk_split_count(p.n_blocks, nth, lmax, SPLIT_MIN_KEYS);
-    /* Split blocks of a ranked top-k (or of scores) are cut finer, into ranges the threads take
-       as they come free, so that a thread on a slower core (a busy sibling, a smaller core)
-       takes fewer. A thread keeps its states across its ranges: the parts get a slot per
-       thread. A set keeps one range per split: its finish lays the splits end to end. */
-    const int shared = p.splits > 1 && !index_order;
-    int32_t ranges = p.splits;
-    if (shared) {
+    /* Split blocks are cut finer, into ranges the threads take as they come free, so that a
+       thread on a slower core (a busy sibling, a smaller core) takes fewer. A thread keeps its
+       states across its ranges: the parts get a slot per thread. */
+    p.ranges = 1;
+    if (p.splits > 1) {
         const int64_t by_keys = lmax / SPLIT_MIN_KEYS, fine = (int64_t)RANGES_PER_THREAD * nth;
         const int64_t n = fine < by_keys ? fine : by_keys;
-        ranges = n > ranges ? (int32_t)n : ranges;
+        p.ranges = n > p.splits ? (int32_t)n : p.splits;
         p.splits = nth;
     }
 
@@ -435,19 +451,23 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
                                       (size_t)p.tb * KEY_GROUP * sizeof(float) +
                                       (size_t)p.tb * p.state_bytes + gather_bytes,
                                   SKV_ALIGN);
+    const int64_t items = (int64_t)p.n_blocks * p.ranges;
     size_t merge_bytes = 0, ws_bytes;
-    if (topk && p.splits > 1 && !skv_topk_parts_bytes(T, p.splits, k, &merge_bytes))
+    if (topk && p.splits > 1 && !skv_topk_parts_bytes(T, p.splits, k, index_order, &merge_bytes))
         return SKV_ERR_NOMEM;
+    const size_t owner_bytes = merge_bytes && index_order ? skv_round_up((size_t)items * 4, SKV_ALIGN) : 0;
     if (!skv_mul_ok(p.thread_bytes, (size_t)nth, &ws_bytes) ||
-        __builtin_add_overflow(ws_bytes, merge_bytes, &ws_bytes))
+        __builtin_add_overflow(ws_bytes, merge_bytes, &ws_bytes) ||
+        __builtin_add_overflow(ws_bytes, owner_bytes, &ws_bytes))
         return SKV_ERR_NOMEM;
     p.ws = skv_workspace(ctx, ws_bytes);
     if (!p.ws)
         return SKV_ERR_NOMEM;
     if (merge_bytes)
-        skv_topk_parts_init(&p.parts, &ctx->kern, p.ws + p.thread_bytes * nth, T, p.splits, k);
+        skv_topk_parts_init(&p.parts, &ctx->kern, p.ws + p.thread_bytes * nth, T, p.splits, k,
+                            index_order);
+    p.owner = owner_bytes ? (int32_t *)(p.ws + p.thread_bytes * nth + merge_bytes) : NULL;
 
-    const int64_t items = (int64_t)p.n_blocks * ranges;
 #pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
     {
 #ifdef _OPENMP
@@ -460,25 +480,28 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
         w.b = -1;
 #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t it = 0; it < items; it++) {
-            const int32_t b = (int32_t)(it / ranges), r = (int32_t)(it % ranges);
-            if (!shared || b != w.b) { /* a thread's items come in increasing order */
-                if (shared && w.b >= 0)
+            const int32_t b = (int32_t)(it / p.ranges), r = (int32_t)(it % p.ranges);
+            if (b != w.b) { /* a thread's items come in increasing order */
+                if (w.b >= 0)
                     block_end(&p, &w, tid);
                 block_begin(&p, b, ws, &w);
             }
-            block_range(&p, &w, r, ranges);
-            if (!shared)
-                block_end(&p, &w, r);
+            if (p.owner)
+                p.owner[it] = tid;
+            block_range(&p, &w, r, p.ranges);
         }
-        if (shared && w.b >= 0)
+        if (w.b >= 0)
             block_end(&p, &w, tid);
         if (merge_bytes) {
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (int32_t t = 0; t < T; t++) {
-                if (index_order)
-                    skv_topk_parts_finish_set(&p.parts, t, out_idx + (size_t)t * k);
-                else
+                if (index_order) {
+                    const int32_t b = t / p.tb;
+                    skv_topk_parts_finish_set(&p.parts, t, p.owner + (size_t)b * p.ranges, p.ranges,
+                                              range_len(block_visible(&p, b), p.ranges),
+                                              out_idx + (size_t)t * k);
+                } else
                     skv_topk_parts_finish(&p.parts, t, out_idx + (size_t)t * k,
                                           out_score ? out_score + (size_t)t * k : NULL);
             }

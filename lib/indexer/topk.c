@@ -194,20 +194,26 @@ int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int
     return (int32_t)(n < 64 ? n : 64); /* each split costs a merge of k on one thread */
 }
 
-int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out)
+static int32_t parts_stride(int32_t splits, int set_form)
+{
+    return set_form ? 2 * splits : splits;
+}
+
+int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, int set_form, size_t *out)
 {
     size_t per;
-    if (!skv_mul_ok((size_t)rows * (size_t)splits, (size_t)k * 8 + 4, &per))
+    if (!skv_mul_ok((size_t)rows * (size_t)parts_stride(splits, set_form), (size_t)k * 8 + 4, &per))
         return 0;
     *out = skv_round_up(per, SKV_ALIGN);
     return 1;
 }
 
 void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, int64_t rows,
-                         int32_t splits, int32_t k)
+                         int32_t splits, int32_t k, int set_form)
 {
     m->kern = kern;
-    const size_t n = (size_t)rows * (size_t)splits;
+    m->stride = parts_stride(splits, set_form);
+    const size_t n = (size_t)rows * (size_t)m->stride;
     m->key = mem;
     m->idx = (int32_t *)(m->key + n * (size_t)k);
     m->n = m->idx + n * (size_t)k;
@@ -220,7 +226,7 @@ void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, 
 static void store_state(const skv_topk_parts *m, int64_t row, int32_t split,
                         const skv_topk_state *st)
 {
-    const size_t slot = (size_t)row * (size_t)m->splits + (size_t)split;
+    const size_t slot = (size_t)row * (size_t)m->stride + (size_t)split;
     memcpy(m->key + slot * (size_t)m->k, st->key, (size_t)st->n * 4);
     memcpy(m->idx + slot * (size_t)m->k, st->idx, (size_t)st->n * 4);
     m->n[slot] = st->n;
@@ -278,7 +284,7 @@ static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t 
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score)
 {
-    const size_t base = (size_t)row * (size_t)m->splits;
+    const size_t base = (size_t)row * (size_t)m->stride;
     uint32_t *key = m->key + base * (size_t)m->k;
     int32_t *idx = m->idx + base * (size_t)m->k;
     int32_t n = m->n[base];
@@ -296,20 +302,41 @@ void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t spli
     store_state(m, row, split, st);
 }
 
-/* The splits cover ascending, disjoint index ranges: laid end to end they are one candidate
- * list in index order, which one select cuts to its best k (earliest kept on ties). */
-void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, int32_t *out_idx)
+/* First position in idx[from, to) (ascending) whose index is at least bound. */
+static int32_t first_at_least(const int32_t *idx, int32_t from, int32_t to, int64_t bound)
 {
-    const size_t base = (size_t)row * (size_t)m->splits;
-    uint32_t *key = m->key + base * (size_t)m->k;
-    int32_t *idx = m->idx + base * (size_t)m->k;
+    while (from < to) {
+        const int32_t mid = from + (to - from) / 2;
+        if (idx[mid] < bound)
+            from = mid + 1;
+        else
+            to = mid;
+    }
+    return from;
+}
+
+/* The slots' lists interleave (one thread's ranges between another's): walking the ranges in
+ * order and copying each one's run from its owner's slot lays them out in index order, which
+ * one select then cuts to the best k (earliest kept on ties). */
+void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, const int32_t *owner,
+                               int32_t n_ranges, int64_t chunk, int32_t *out_idx)
+{
+    const size_t base = (size_t)row * (size_t)m->stride, k = (size_t)m->k;
+    uint32_t *key = m->key + (base + (size_t)m->splits) * k; /* the row's ordered area */
+    int32_t *idx = m->idx + (base + (size_t)m->splits) * k;
+    int32_t *cursor = m->n + base + m->splits; /* counts of the area's slots: unused */
+    for (int32_t sp = 0; sp < m->splits; sp++)
+        cursor[sp] = 0;
     int32_t n = 0;
-    for (int32_t sp = 0; sp < m->splits; sp++) {
-        const size_t at = (base + sp) * (size_t)m->k;
-        const int32_t c = m->n[base + sp];
-        memmove(key + n, m->key + at, (size_t)c * 4);
-        memmove(idx + n, m->idx + at, (size_t)c * 4);
-        n += c;
+    for (int32_t r = 0; r < n_ranges; r++) {
+        const int32_t o = owner[r];
+        const size_t at = (base + (size_t)o) * k;
+        const int32_t from = cursor[o];
+        const int32_t to = first_at_least(m->idx + at, from, m->n[base + o], (int64_t)(r + 1) * chunk);
+        memcpy(key + n, m->key + at + from, (size_t)(to - from) * 4);
+        memcpy(idx + n, m->idx + at + from, (size_t)(to - from) * 4);
+        n += to - from;
+        cursor[o] = to;
     }
     if (n > m->k) {
         select_keep(m->kern, key, idx, n, m->k);

@@ -31,32 +31,35 @@ void skv_topk_finish(skv_topk_state *st, int32_t *out_idx, float *out_score);
  * skv_topk_finish, without ranking it. */
 void skv_topk_finish_set(skv_topk_state *st, int32_t *out_idx);
 
-/* Candidates of rows whose keys were split into ranges selected separately: each split's
- * best k are stored in rank order, then the splits are merged (their index ranges must not
- * overlap). */
+/* Candidates of rows whose keys were cut into ranges that threads took as they came free:
+ * each thread's best k of the ranges it took, in a slot of its own (rank order, or index order
+ * for the set form), merged at the end. The set form's rows also hold an area as large as
+ * their slots, where the slots' runs are laid out in index order. */
 typedef struct skv_topk_parts {
     const skv_kernels *kern;
-    uint32_t *key; /* [rows][splits][k] */
+    uint32_t *key; /* [rows][stride][k] */
     int32_t *idx;
-    int32_t *n; /* [rows][splits] */
-    int32_t k, splits;
+    int32_t *n; /* [rows][stride] */
+    int32_t k, splits, stride; /* slots; slots per row (2 * splits for the set form) */
 } skv_topk_parts;
 
 /* Ranges per row: enough to give every thread work, none shorter than min_keys. */
 int32_t skv_topk_split_count(int64_t n_rows, int n_threads, int64_t row_len, int64_t min_keys);
 /* false on size overflow. */
-int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, size_t *out);
+int skv_topk_parts_bytes(int64_t rows, int32_t splits, int32_t k, int set_form, size_t *out);
 void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, int64_t rows,
-                         int32_t splits, int32_t k);
+                         int32_t splits, int32_t k, int set_form);
 void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
                           skv_topk_state *st);
-/* Merges a row's splits (into the row's storage) and writes its results. */
+/* Merges a row's slots (no index in two of them) and writes its results. */
 void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
                            float *out_score);
-/* The set forms: a split's best k stored in index order, and a row's best k over its splits
- * written in index order (padded with -1). finish_set reuses the row's storage. */
+/* The set form: a slot's best k stored in index order; and a row's best k over its slots
+ * written in index order (padded with -1). Range r of the row, indices [r * chunk, (r + 1) *
+ * chunk), was taken by the thread of slot owner[r]. */
 void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,
                               skv_topk_state *st);
-void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, int32_t *out_idx);
+void skv_topk_parts_finish_set(const skv_topk_parts *m, int64_t row, const int32_t *owner,
+                               int32_t n_ranges, int64_t chunk, int32_t *out_idx);
 
 #endif

@@ -29,7 +29,7 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
     const int32_t splits = skv_topk_split_count(n_rows, nth, n_cols, SPLIT_MIN_KEYS);
     const size_t state_bytes = skv_topk_state_bytes(k);
     size_t parts_bytes = 0, ws_bytes;
-    if (splits > 1 && !skv_topk_parts_bytes(n_rows, splits, k, &parts_bytes))
+    if (splits > 1 && !skv_topk_parts_bytes(n_rows, splits, k, 0, &parts_bytes))
         return SKV_ERR_NOMEM;
     if (!skv_mul_ok(state_bytes, (size_t)nth, &ws_bytes) ||
         __builtin_add_overflow(ws_bytes, parts_bytes, &ws_bytes))
@@ -40,7 +40,7 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
     const skv_kernels *kern = &ctx->kern;
     skv_topk_parts parts;
     if (splits > 1)
-        skv_topk_parts_init(&parts, kern, ws + state_bytes * nth, n_rows, splits, k);
+        skv_topk_parts_init(&parts, kern, ws + state_bytes * nth, n_rows, splits, k, 0);
 
     const int64_t items = n_rows * splits;
 #pragma omp parallel num_threads(nth) if (nth > 1 && items > 1)
