@@ -23,6 +23,7 @@
 #define KEY_GROUP 256
 #define SPLIT_MIN_KEYS 1024 /* below this a split costs more than it saves */
 #define CVT_STEP 32         /* keys converted per step */
+#define RUN_MIN 16          /* listed keys in a row read where they lie rather than copied */
 #define PREFETCH_NEXT 16    /* keys of the next segment asked for ahead */
 /* Tokens of a block that share one transposition into lanes. fp8 keys are converted anyway,
  * and converting them straight into lanes beats rows even for one token (measured 9.0 against
@@ -103,7 +104,7 @@ static int64_t visible(const plan *p, int32_t t)
 }
 
 /* Keys [s, end) that sit contiguously from s, and where. */
-static segment segment_at(const skv_key_src *src, int64_t s, int64_t end)
+static inline __attribute__((always_inline)) segment segment_at(const skv_key_src *src, int64_t s, int64_t end)
 {
     segment g;
     int64_t run;
@@ -238,6 +239,40 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
     }
 }
 
+/* Segments for list positions [g, ge) of a token's ascending key list: a run of RUN_MIN or
+ * more consecutive keys on one page is read where it lies (HISA's blocks); other keys are
+ * copied into `gathered` (room for a group of rows, then their scales), those of consecutive
+ * positions forming one segment. Returns the count. */
+static int list_segments(const skv_key_src *src, const int32_t *list, int64_t g, int64_t ge,
+                         uint8_t *gathered, segment *seg)
+{
+    const size_t rb = src->row_bytes;
+    float *gscale = (float *)(gathered + (size_t)KEY_GROUP * rb);
+    int nseg = 0;
+    int64_t gathered_to = -1; /* list position where the last gathered segment ends */
+    for (int64_t s = g; s < ge;) {
+        const segment r = segment_at(src, list[s], list[s] + (ge - s));
+        int64_t n = 1;
+        while (n < r.n && list[s + n] == list[s] + n)
+            n++;
+        if (n >= RUN_MIN) {
+            seg[nseg++] = (segment){r.rows, r.scale, s, n};
+        } else {
+            memcpy(gathered + (size_t)(s - g) * rb, r.rows, (size_t)n * rb);
+            for (int64_t i = 0; r.scale && i < n; i++) /* mostly one: no call */
+                gscale[s - g + i] = r.scale[i];
+            if (gathered_to == s)
+                seg[nseg - 1].n += n;
+            else
+                seg[nseg++] = (segment){gathered + (size_t)(s - g) * rb, r.scale ? gscale + (s - g) : NULL,
+                                        s, n};
+            gathered_to = s + n;
+        }
+        s += n;
+    }
+    return nseg;
+}
+
 /* One thread's hold on one token block: its tokens' packed queries, visible lengths and top-k
  * states (in the thread's workspace), kept across the block's key ranges the thread takes. */
 typedef struct block_work {
@@ -307,16 +342,9 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
         const int64_t ge = g + KEY_GROUP < hi ? g + KEY_GROUP : hi;
         segment seg[KEY_GROUP];
         int nseg = 0;
-        if (p->src->lists) { /* one token: its listed keys, gathered (list positions g..ge) */
-            const int32_t *list = p->src->lists + (size_t)t0 * p->src->list_stride;
-            float *gscale = (float *)(gathered + (size_t)KEY_GROUP * p->src->row_bytes);
-            for (int64_t s = g; s < ge; s++) {
-                const segment r = segment_at(p->src, list[s], list[s] + 1);
-                memcpy(gathered + (size_t)(s - g) * p->src->row_bytes, r.rows, p->src->row_bytes);
-                if (r.scale)
-                    gscale[s - g] = r.scale[0];
-            }
-            seg[nseg++] = (segment){gathered, p->src->dtype == SKV_FP8_E4M3 ? gscale : NULL, g, ge - g};
+        if (p->src->lists) { /* one token: its listed keys (list positions g..ge) */
+            nseg = list_segments(p->src, p->src->lists + (size_t)t0 * p->src->list_stride, g, ge,
+                                 gathered, seg);
         } else {
             for (int64_t s = g; s < ge; s += seg[nseg++].n)
                 seg[nseg] = segment_at(p->src, s, ge);
