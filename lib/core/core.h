@@ -49,6 +49,13 @@ void skv_log(skv_context *ctx, skv_log_level level, const char *fmt, ...)
 /* bf16 bits of each fp8-e4m3 value (exact; f32 bits are these << 16). */
 extern const uint16_t skv_fp8_bf16_lut[256];
 
+/* bf16 bits widened to f32 by placement (exact), inline where a loop converts elementwise. */
+static inline float skv_bf16_bits_f32(uint32_t b)
+{
+    union { uint32_t u; float f; } v = {b << 16};
+    return v.f;
+}
+
 /* Threads a kernel may use now: 1 inside a host's parallel region. */
 int skv_threads(const skv_context *ctx);
 

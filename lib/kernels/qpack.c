@@ -60,8 +60,8 @@ static void q_row_f32(const skv_qpack_args *a, int32_t h, float *out)
     const size_t i0 = (size_t)h * a->D;
     for (int32_t d = 0; d < a->D; d++)
         out[d] = a->q_dtype == SKV_F32    ? ((const float *)a->q)[i0 + d]
-                 : a->q_dtype == SKV_BF16 ? skv_bf16_to_f32(((const uint16_t *)a->q)[i0 + d])
-                                          : skv_fp8_to_f32(((const uint8_t *)a->q)[i0 + d]);
+                 : a->q_dtype == SKV_BF16 ? skv_bf16_bits_f32(((const uint16_t *)a->q)[i0 + d])
+                                          : skv_bf16_bits_f32(skv_fp8_bf16_lut[((const uint8_t *)a->q)[i0 + d]]);
 }
 
 /* Dims 2u and 2u + 1 of head h as a pair of bf16 bits (low half first; an odd D's last pair

@@ -4,6 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "router/router_impl.h"
 
 skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
@@ -159,7 +163,9 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     const size_t means_b = skv_round_up((size_t)nb * D * 4, 64), pos_b = skv_round_up((size_t)T * 4, 64);
     const size_t scores_b = skv_round_up((size_t)T * nb * 4, 64), sel_b = skv_round_up((size_t)m * 4, 64);
     const size_t list_b = skv_round_up((size_t)T * m * B * 4, 64);
-    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + 2 * pos_b + scores_b + sel_b + list_b + (size_t)D * 4);
+    const int nth = skv_threads(ctx);
+    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + 2 * pos_b + scores_b + sel_b + list_b +
+                                                 (size_t)nth * D * 4);
     if (!buf)
         return SKV_ERR_NOMEM;
     float *means = (float *)buf, *scores = (float *)(buf + means_b + pos_b);
@@ -167,11 +173,21 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     int32_t *list = (int32_t *)((uint8_t *)sel + sel_b);
     int32_t *len = (int32_t *)((uint8_t *)list + list_b);
     float *tmp = (float *)((uint8_t *)len + pos_b);
-    for (int64_t b = 0; b < nb; b++) {
-        const int64_t b0 = b * B, end = b0 + B < src->n_keys ? b0 + B : src->n_keys;
-        skv_pool_range_sum(&ctx->kern, src, b0, end, means + (size_t)b * D, tmp);
-        for (int32_t d = 0; d < D; d++)
-            means[(size_t)b * D + d] /= (float)(end - b0);
+    /* every block's mean, once per call (decode at 128K: 1024 of them) */
+#pragma omp parallel num_threads(nth) if (nth > 1 && nb > 64)
+    {
+#ifdef _OPENMP
+        float *row = tmp + (size_t)omp_get_thread_num() * D;
+#else
+        float *row = tmp;
+#endif
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t b0 = b * B, end = b0 + B < src->n_keys ? b0 + B : src->n_keys;
+            skv_pool_range_sum(&ctx->kern, src, b0, end, means + (size_t)b * D, row);
+            for (int32_t d = 0; d < D; d++)
+                means[(size_t)b * D + d] /= (float)(end - b0);
+        }
     }
     for (int32_t t = 0; t < T; t++) {
         const int64_t v = skv_visible(q, t, src->n_keys);

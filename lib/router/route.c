@@ -27,14 +27,6 @@ void skv_misa_params_init(skv_misa_params *p)
 /* Dequantised q of token t, heads [h0, h1), transposed: out[d * H + h] (so that the dot
  * products of every head with one vector run as independent sums over the heads, which
  * vectorise). Dims outermost: each store lands next to the last, the strided reads stay in L1. */
-static inline float bf16_bits_f32(uint32_t b)
-{
-    const uint32_t u = b << 16; /* bf16 (and fp8 through its bf16 table) widen by placement */
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static void q_rows_t(const skv_indexer_query *q, int32_t t, int32_t h0, int32_t h1, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
@@ -48,12 +40,12 @@ static void q_rows_t(const skv_indexer_query *q, int32_t t, int32_t h0, int32_t 
         } else if (q->dtype == SKV_BF16) {
             const uint16_t *x = (const uint16_t *)q->q + i0 + d;
             for (int32_t h = h0; h < h1; h++)
-                o[h] = bf16_bits_f32(x[(size_t)h * D]);
+                o[h] = skv_bf16_bits_f32(x[(size_t)h * D]);
         } else {
             const uint8_t *x = (const uint8_t *)q->q + i0 + d;
             const float *s = q->q_scale + (size_t)t * H;
             for (int32_t h = h0; h < h1; h++)
-                o[h] = bf16_bits_f32(skv_fp8_bf16_lut[x[(size_t)h * D]]) * s[h];
+                o[h] = skv_bf16_bits_f32(skv_fp8_bf16_lut[x[(size_t)h * D]]) * s[h];
         }
     }
 }
