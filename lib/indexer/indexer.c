@@ -104,7 +104,8 @@ static int64_t visible(const plan *p, int32_t t)
 }
 
 /* Keys [s, end) that sit contiguously from s, and where. */
-static inline __attribute__((always_inline)) segment segment_at(const skv_key_src *src, int64_t s, int64_t end)
+static inline __attribute__((always_inline)) segment segment_at(const skv_key_src *src, int64_t s,
+                                                                int64_t end)
 {
     segment g;
     int64_t run;
@@ -212,7 +213,8 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
                               uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
 {
     const int32_t D = p->src->head_dim;
-    prefetch_keys(p->src, ge, SKV_LANES_PREFETCH, p->src->n_keys); /* the kernel asks for the rest */
+    /* the next group's first keys: the kernel asks for the rest as it goes */
+    prefetch_keys(p->src, ge, SKV_LANES_PREFETCH, p->src->n_keys);
     uint32_t *lanes = (uint32_t *)scratch;
     float *scale = (float *)(scratch + p->rows_bytes);
     const void *row[KEY_GROUP];
@@ -264,8 +266,8 @@ static int list_segments(const skv_key_src *src, const int32_t *list, int64_t g,
             if (gathered_to == s)
                 seg[nseg - 1].n += n;
             else
-                seg[nseg++] = (segment){gathered + (size_t)(s - g) * rb, r.scale ? gscale + (s - g) : NULL,
-                                        s, n};
+                seg[nseg++] = (segment){gathered + (size_t)(s - g) * rb,
+                                        r.scale ? gscale + (s - g) : NULL, s, n};
             gathered_to = s + n;
         }
         s += n;
@@ -483,7 +485,8 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     size_t merge_bytes = 0, ws_bytes;
     if (topk && p.splits > 1 && !skv_topk_parts_bytes(T, p.splits, k, index_order, &merge_bytes))
         return SKV_ERR_NOMEM;
-    const size_t owner_bytes = merge_bytes && index_order ? skv_round_up((size_t)items * 4, SKV_ALIGN) : 0;
+    const size_t owner_bytes =
+        merge_bytes && index_order ? skv_round_up((size_t)items * 4, SKV_ALIGN) : 0;
     if (!skv_mul_ok(p.thread_bytes, (size_t)nth, &ws_bytes) ||
         __builtin_add_overflow(ws_bytes, merge_bytes, &ws_bytes) ||
         __builtin_add_overflow(ws_bytes, owner_bytes, &ws_bytes))
