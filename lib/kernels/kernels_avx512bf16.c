@@ -158,17 +158,15 @@ static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, u
     const int32_t units = D / 2;
     for (int64_t t0 = 0; t0 < n; t0 += 16) {
         uint32_t *tile = out + (size_t)(t0 / 16) * (size_t)units * 16;
-        const uint8_t *row[16];
-        for (int i = 0; i < 16; i++)
-            row[i] = rows[t0 + i < n ? t0 + i : n - 1];
-        prefetch_ahead(rows, t0, n, (size_t)D);
+        const void *row[16];
+        tile_rows(rows, t0, n, (size_t)D, row);
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
             __m512i p[16], r[16];
 #pragma GCC unroll 8
             for (int i = 0; i < 16; i += 2) { /* the permute that makes words also pairs keys */
-                const __m512i x = _mm512_inserti64x4(
-                    _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row[i] + 2 * u0))),
-                    _mm256_loadu_si256((const __m256i *)(row[i + 1] + 2 * u0)), 1);
+                const __m256i a = _mm256_loadu_si256((const __m256i *)((const uint8_t *)row[i] + 2 * u0));
+                const __m256i b = _mm256_loadu_si256((const __m256i *)((const uint8_t *)row[i + 1] + 2 * u0));
+                const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
                 fp8x64_to_bf16(&t, x, t.ixp0, t.ixp1, &p[i], &p[i + 1]);
             }
             transpose16_paired(p, r);

@@ -45,10 +45,13 @@ SKV_ALWAYS_INLINE void transpose16(__m512i r[16])
     transpose16_paired(t, r);
 }
 
-/* Asks for the rows SKV_LANES_PREFETCH keys past tile t0 (row_bytes each). */
-SKV_ALWAYS_INLINE void prefetch_ahead(const void *const *rows, int64_t t0, int64_t n,
-                                      size_t row_bytes)
+/* The 16 row pointers of the tile at key t0 (a last partial tile repeats its last key), and a
+ * request for the rows SKV_LANES_PREFETCH keys on (row_bytes each). */
+SKV_ALWAYS_INLINE void tile_rows(const void *const *rows, int64_t t0, int64_t n, size_t row_bytes,
+                                 const void *row[16])
 {
+    for (int i = 0; i < 16; i++)
+        row[i] = rows[t0 + i < n ? t0 + i : n - 1];
     for (int64_t i = t0 + SKV_LANES_PREFETCH; i < t0 + SKV_LANES_PREFETCH + 16 && i < n; i++)
         for (size_t b = 0; b < row_bytes; b += 64)
             __builtin_prefetch((const char *)rows[i] + b);
@@ -61,15 +64,13 @@ static void to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, uint3
     const int32_t units = D / 2;
     for (int64_t t0 = 0; t0 < n; t0 += 16) {
         uint32_t *tile = out + (size_t)(t0 / 16) * (size_t)units * 16;
-        const uint16_t *row[16];
-        for (int i = 0; i < 16; i++)
-            row[i] = rows[t0 + i < n ? t0 + i : n - 1];
-        prefetch_ahead(rows, t0, n, (size_t)D * 2);
+        const void *row[16];
+        tile_rows(rows, t0, n, (size_t)D * 2, row);
         for (int32_t u0 = 0; u0 < units; u0 += 16) {
             __m512i r[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
-                r[i] = _mm512_loadu_si512(row[i] + 2 * (size_t)u0);
+                r[i] = _mm512_loadu_si512((const uint16_t *)row[i] + 2 * (size_t)u0);
             transpose16(r);
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++)
