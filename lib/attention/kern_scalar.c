@@ -10,8 +10,7 @@ static inline float elem(const void *row, int32_t d, int bf16)
 {
     if (!bf16)
         return ((const float *)row)[d];
-    union { uint32_t u; float f; } x = {(uint32_t)((const uint16_t *)row)[d] << 16};
-    return x.f;
+    return skv_bf16_bits_f32(((const uint16_t *)row)[d]);
 }
 
 static void scores(attn_state *st, const void *const *k, int n, int bf16)

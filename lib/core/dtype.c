@@ -39,7 +39,7 @@ size_t skv_dtype_size(skv_dtype t)
     return 0;
 }
 
-float skv_bf16_to_f32(uint16_t x) { return bits_f32((uint32_t)x << 16); }
+float skv_bf16_to_f32(uint16_t x) { return skv_bf16_bits_f32(x); }
 
 uint16_t skv_f32_to_bf16(float x)
 {

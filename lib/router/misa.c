@@ -184,9 +184,7 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < nb; b++) {
             const int64_t b0 = b * B, end = b0 + B < src->n_keys ? b0 + B : src->n_keys;
-            skv_pool_range_sum(&ctx->kern, src, b0, end, means + (size_t)b * D, row);
-            for (int32_t d = 0; d < D; d++)
-                means[(size_t)b * D + d] /= (float)(end - b0);
+            skv_pool_mean(&ctx->kern, src, b0, end, means + (size_t)b * D, row);
         }
     }
     for (int32_t t = 0; t < T; t++) {

@@ -38,6 +38,14 @@ void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t
         memset(sum, 0, (size_t)D * 4);
 }
 
+void skv_pool_mean(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
+                   float *mean, float *tmp)
+{
+    skv_pool_range_sum(kern, src, b0, end, mean, tmp);
+    for (int32_t d = 0; d < src->head_dim; d++)
+        mean[d] /= (float)(end - b0);
+}
+
 skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float *sums)
 {
     skv_key_src src;
@@ -87,10 +95,7 @@ static skv_status block_means(const skv_kernels *kern, const skv_key_src *src, i
     const int32_t D = src->head_dim;
     for (int64_t b = 0; b * block < src->n_keys; b++) {
         const int64_t b0 = b * block, end = b0 + block < src->n_keys ? b0 + block : src->n_keys;
-        float *m = means + (size_t)b * D;
-        skv_pool_range_sum(kern, src, b0, end, m, tmp);
-        for (int32_t d = 0; d < D; d++)
-            m[d] /= (float)(end - b0);
+        skv_pool_mean(kern, src, b0, end, means + (size_t)b * D, tmp);
         if (counts)
             counts[b] = (int32_t)(end - b0);
     }

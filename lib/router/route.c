@@ -63,9 +63,7 @@ static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int
     const int64_t end = b0 + block < vis ? b0 + block : vis;
     const float *w = q->weights + (size_t)t * H;
     float *mean = tmp, *scratch = tmp + D;
-    skv_pool_range_sum(kern, src, b0, end, mean, scratch);
-    for (int32_t d = 0; d < D; d++)
-        mean[d] /= (float)(end - b0);
+    skv_pool_mean(kern, src, b0, end, mean, scratch);
     kern->head_dots(qt, mean, H, D, out);
     for (int32_t h = 0; h < H; h++)
         out[h] = fabsf(w[h]) * relu(out[h]);

@@ -11,6 +11,11 @@
 void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
                         float *sum, float *tmp);
 
+/* mean[D] = the mean of keys [b0, end) (end > b0), from skv_pool_range_sum divided by the
+ * count. tmp: D floats. */
+void skv_pool_mean(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
+                   float *mean, float *tmp);
+
 /* The source with contiguous pooled sums attached (pooled may be NULL: none). */
 skv_status skv_src_with_pool(skv_context *ctx, const skv_key_block *keys,
                              const skv_pooled_keys *pooled, skv_key_src *out);

@@ -295,10 +295,8 @@ static inline void row_to_f32(const skv_store *s, const void *src, float *dst, i
         memcpy(dst, src, (size_t)n * 4);
     } else if (s->p.dtype == SKV_BF16) {
         const uint16_t *h = src;
-        for (int32_t i = 0; i < n; i++) {
-            union { uint32_t u; float f; } v = {(uint32_t)h[i] << 16};
-            dst[i] = v.f;
-        }
+        for (int32_t i = 0; i < n; i++)
+            dst[i] = skv_bf16_bits_f32(h[i]);
     } else {
         const uint16_t *h = src;
         for (int32_t i = 0; i < n; i++)
