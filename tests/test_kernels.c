@@ -374,6 +374,82 @@ static void check_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, co
           lv, bad, layout, tiling);
 }
 
+/* fp8 keys scored in lanes from their rows: the same bits as fp8_to_lanes then the lanes
+ * kernel, and close to the scalar reference, on fp8 values with zeros, subnormals, NaN and the
+ * largest magnitudes among them; a key's score the same alone and among other keys. */
+static void check_fp8_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
+{
+    if (!kn->lanes.score_fp8)
+        return;
+    rng r = {78};
+    long bad = 0, tiling = 0;
+    static const int32_t Ds[] = {32, 64, 96, 128, 256};
+    static const uint8_t odd[] = {0x00, 0x80, 0x01, 0x87, 0x05, 0x7e, 0xfe, 0x7f, 0xff};
+    for (int t = 0; t < 300; t++) {
+        const int32_t H = 1 + t % SKV_LANES_MAX_HEADS, D = Ds[(t / 8) % 5];
+        const int32_t n = t % 3 == 0 ? (int32_t)rng_int(&r, 1, 40) : (int32_t)rng_int(&r, 1, 300);
+        score_case c;
+        make_case(&c, &r, H, D, n, 0);
+        if (c.qt == SKV_F32) { /* the bf16 pack serves bf16 and fp8 queries */
+            free_case(&c);
+            continue;
+        }
+        c.scaled = 1; /* fp8 keys come with scales */
+        /* special bytes: none, a few (zeros and subnormals, or any), or many */
+        const int mode = t % 4, per_mille = mode == 0 ? 0 : mode == 3 ? 50 : 3;
+        uint8_t *f8 = xmalloc((size_t)n * D);
+        const void **f8rows = xmalloc((size_t)n * sizeof *f8rows);
+        for (int32_t j = 0; j < n; j++)
+            for (int32_t d = 0; d < D; d++) {
+                uint8_t b = (uint8_t)rng_int(&r, 0, 255);
+                if ((b & 0x78) == 0 || (b & 0x7f) == 0x7f) /* normal unless chosen below */
+                    b ^= 0x40;
+                if (rng_int(&r, 0, 999) < per_mille)
+                    b = odd[rng_int(&r, 0, mode == 1 ? 4 : 8)];
+                f8[(size_t)j * D + d] = b;
+                c.kf[(size_t)j * c.stride + d] = skv_fp8_to_f32(b);
+            }
+        for (int32_t j = 0; j < n; j++)
+            f8rows[j] = f8 + (size_t)(n - 1 - j) * D; /* rows anywhere: here in reverse */
+        float *kf = xmalloc((size_t)n * c.stride * 4);
+        for (int32_t j = 0; j < n; j++) /* row j of the reference is the kernel's key j */
+            memcpy(kf + (size_t)j * c.stride, c.kf + (size_t)(n - 1 - j) * c.stride, (size_t)D * 4);
+        memcpy(c.kf, kf, (size_t)n * c.stride * 4);
+        free(kf);
+        const skv_qpack_args a = {c.q, c.qt, c.qs, c.w, H, D, 1};
+        void *pack = aligned_alloc(64, skv_round_up_test(kn->score_bf16.pack_size(H, D)));
+        kn->score_bf16.pack(pack, &a);
+        float *want = xmalloc((size_t)n * 4), *got = xmalloc((size_t)n * 4), one[17];
+        float *tiled = xmalloc((size_t)n * 4);
+        uint32_t *lanes = xmalloc((size_t)(n + 15) / 16 * (D / 2) * 16 * 4);
+        kn->lanes.fp8_to_lanes(f8rows, D, n, lanes);
+        kn->lanes.score(pack, lanes, c.ks, n, tiled);
+        run_score(&ref->score_f32, &c, c.kf, 0, n, want);
+        kn->lanes.score_fp8(pack, f8rows, c.ks, n, got);
+        for (int32_t j = 0; j < n; j++) {
+            const int ok = close_to_scalar(&c, j, got[j], want[j]) && same_float(got[j], tiled[j]);
+            if (!ok && bad++ < 5)
+                CHECK(ok, "%s fp8 lanes H=%d D=%d n=%d j=%d qt=%d: %.9g vs scalar %.9g, tiles %.9g", lv,
+                      H, D, n, j, c.qt, got[j], want[j], tiled[j]);
+            if (j % 5 == 0 || j == n - 1) { /* alone, and first of a window of other keys */
+                const int32_t m = n - j < 17 ? n - j : 17;
+                kn->lanes.score_fp8(pack, &f8rows[j], c.ks + j, 1, &one[0]);
+                if (!same_float(one[0], got[j]) && tiling++ < 3)
+                    CHECK(0, "%s fp8 lanes H=%d D=%d: key %d alone %.9g, among %d %.9g", lv, H, D, j,
+                          one[0], n, got[j]);
+                kn->lanes.score_fp8(pack, &f8rows[j], c.ks + j, m, one);
+                for (int32_t i = 0; i < m; i++)
+                    if (!same_float(one[i], got[j + i]) && tiling++ < 3)
+                        CHECK(0, "%s fp8 lanes H=%d D=%d: key %d from %d %.9g, from 0 %.9g", lv, H, D,
+                              j + i, j, one[i], got[j + i]);
+            }
+        }
+        free(pack), free(want), free(got), free(tiled), free(lanes), free(f8), free(f8rows);
+        free_case(&c);
+    }
+    CHECK(bad == 0 && tiling == 0, "%s fp8 lanes: %ld scores, %ld tiling mismatches", lv, bad, tiling);
+}
+
 /* Same bits, or NaN on both sides (a NaN's payload may come from either operand). */
 static int same_f32(float a, float b)
 {
@@ -484,6 +560,7 @@ int main(int argc, char **argv)
         check_topk_cuts(&ref, &kn, all_levels[lv].name);
         check_router_kernels(&ref, &kn, all_levels[lv].name);
         check_lanes_kernel(&ref, &kn, all_levels[lv].name);
+        check_fp8_lanes_kernel(&ref, &kn, all_levels[lv].name);
         if (bench)
             bench_scores(&ref, &kn, all_levels[lv].name);
     }

@@ -84,6 +84,10 @@ typedef struct skv_lanes_kernel {
     void (*fp8_to_lanes)(const void *const *rows, int32_t D, int64_t n, uint32_t *out);
     void (*score)(const void *pack, const uint32_t *lanes, const float *ks, int64_t n,
                   float *out);
+    /* fp8 rows scored in lanes made in registers (no tiles: for keys that one token scores);
+       the same bits as fp8_to_lanes, then score. Present wherever to_lanes is. */
+    void (*score_fp8)(const void *pack, const void *const *rows, const float *ks, int64_t n,
+                      float *out);
 } skv_lanes_kernel;
 
 #define SKV_LANES_MAX_HEADS 8

@@ -177,9 +177,12 @@ static void fp8_to_lanes_avx512(const void *const *rows, int32_t D, int64_t n, u
     }
 }
 
+#include "kernels/lanes_fp8.h"
+
 void skv_kernels_init_avx512bf16(skv_kernels *k)
 {
     k->score_bf16 = (skv_score_kernel){pack_size_bf16, pack_bf16, score_bf16_avx512, SKV_BF16};
     k->fp8_to_bf16 = fp8_to_bf16_vbmi;
-    k->lanes = (skv_lanes_kernel){to_lanes_avx512, fp8_to_lanes_avx512, score_lanes_avx512};
+    k->lanes = (skv_lanes_kernel){to_lanes_avx512, fp8_to_lanes_avx512, score_lanes_avx512,
+                                  score_fp8_avx512};
 }

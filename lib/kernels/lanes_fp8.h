@@ -1,0 +1,146 @@
+/* fp8 keys scored in lanes straight from their rows (kernels.h, score_fp8), AVX-512-BF16.
+ * Included by kernels_avx512bf16.c after lanes_bf16.h and the fp8 table conversion.
+ *
+ * The lanes kernel's arithmetic in its order, so the scores are the same bits, but the tiles
+ * never reach memory and cost no cross-lane shuffles: 16 bytes of each key are loaded into
+ * the 128-bit lane of their tile position (key 4L + m into lane L of vector m), in-lane
+ * unpacks put the four keys of a lane pair by pair, and fp8 becomes bf16 by an unpack, a
+ * shift, a mask and an add, beside the dot products, where fp8_to_lanes' byte permutes and
+ * transposition cost as much as 8 heads' scoring. The shift is exact for normal values only;
+ * zeros, subnormals and NaN take the table conversion. */
+
+/* 16 keys' bytes [off, off + 16) as fp8 pairs in tile order: u[i] lane L holds pair 2i of
+ * keys 4L..4L+3 (2 bytes each), then their pair 2i + 1. *low gathers (x | 0x80) + 1 by
+ * minimum: a byte at most 0x88 marks a zero, a subnormal or a NaN (0xff wraps to 0). */
+SKV_ALWAYS_INLINE void fp8_tile_chunk(const void *const row[16], int32_t off, __m512i u[4], __m512i *low)
+{
+    __m512i x[4];
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        const uint8_t *r0 = row[m], *r1 = row[4 + m], *r2 = row[8 + m], *r3 = row[12 + m];
+        x[m] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(r0 + off)));
+        x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r1 + off)), 1);
+        x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r2 + off)), 2);
+        x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r3 + off)), 3);
+        const __m512i mag = _mm512_or_si512(x[m], _mm512_set1_epi32((int)0x80808080u));
+        *low = _mm512_min_epu8(*low, _mm512_sub_epi8(mag, _mm512_set1_epi8(-1)));
+    }
+    const __m512i t0 = _mm512_unpacklo_epi16(x[0], x[1]), t1 = _mm512_unpackhi_epi16(x[0], x[1]);
+    const __m512i t2 = _mm512_unpacklo_epi16(x[2], x[3]), t3 = _mm512_unpackhi_epi16(x[2], x[3]);
+    u[0] = _mm512_unpacklo_epi32(t0, t2);
+    u[1] = _mm512_unpackhi_epi32(t0, t2);
+    u[2] = _mm512_unpacklo_epi32(t1, t3);
+    u[3] = _mm512_unpackhi_epi32(t1, t3);
+}
+
+/* The tile rows of pairs 2i (half 0) or 2i + 1 (half 1) from u = u[i]: by shift (t NULL:
+ * normal values only), s eeee mmm in a word's high byte -> s (eeee + 120) mmm0000, or by
+ * table. */
+SKV_ALWAYS_INLINE __m512i fp8_tile_row(__m512i u, int half, const fp8_lut *t)
+{
+    if (!t) {
+        const __m512i w = half ? _mm512_unpackhi_epi8(_mm512_setzero_si512(), u)
+                               : _mm512_unpacklo_epi8(_mm512_setzero_si512(), u);
+        const __m512i m = _mm512_and_si512(_mm512_srai_epi16(w, 4), _mm512_set1_epi16((short)0x87f0));
+        return _mm512_add_epi32(m, _mm512_set1_epi16(120 << 7)); /* no carry between words */
+    }
+    const __m512i lo = _mm512_permutex2var_epi8(t->lo[0], u, t->lo[1]);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], u, t->hi[1]), u,
+                                                 _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
+    return half ? _mm512_unpackhi_epi8(lo, hi) : _mm512_unpacklo_epi8(lo, hi);
+}
+
+/* KV tiles of 16 keys (rows: 16 * KV pointers) against H heads, lanes_block's order: for each
+ * pair of dims, each head, each tile. A chunk of 16 dims holding a byte the shift cannot
+ * convert takes the table (the same bits for the others: a key's score never depends on its
+ * neighbours). */
+SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int32_t D,
+                                       const void *const *row, const fp8_lut *lut, const float *ks,
+                                       int64_t n, float *out)
+{
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < H * KV; i++)
+        acc[i] = _mm512_setzero_ps();
+    const uint32_t *q = c->q; /* pair u of head h at [u / G][h * G + u % G] */
+    for (int32_t off = 0; off < D; off += 16) {
+        __m512i u[2][4], low = _mm512_set1_epi8((char)0xff);
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; v++)
+            fp8_tile_chunk(row + 16 * v, off, u[v], &low);
+        const fp8_lut *t = _mm512_cmple_epu8_mask(low, _mm512_set1_epi8((char)0x88)) ? lut : NULL;
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) {
+            const int32_t pair = off / 2 + p;
+            const uint32_t *qu = q + (size_t)(pair / G) * 16 + pair % G;
+            __m512bh k[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < KV; v++)
+                k[v] = (__m512bh)fp8_tile_row(u[v][p / 2], p % 2, t);
+#pragma GCC unroll 8
+            for (int h = 0; h < H; h++) {
+                const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qu[h * G]);
+#pragma GCC unroll 2
+                for (int v = 0; v < KV; v++)
+                    acc[h * KV + v] = _mm512_dpbf16_ps(acc[h * KV + v], k[v], qb);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; v++) {
+        const int64_t left = n - 16 * (int64_t)v;
+        if (left <= 0)
+            break;
+        lanes_store(c, scaled, H, G, acc + v, KV, ks ? ks + 16 * v : NULL, left < 16 ? (int)left : 16,
+                    out + 16 * v);
+    }
+}
+
+/* Every tile of n keys: two at a time, then one. */
+SKV_ALWAYS_INLINE void fp8_lanes_all(const skv_qchunk *c, int scaled, int H, int G, int32_t D,
+                                     const void *const *rows, const fp8_lut *lut, const float *ks,
+                                     int64_t n, float *out)
+{
+    for (int64_t j = 0; j < n; j += 32) {
+        const void *row[32];
+        tile_rows(rows, j, n, (size_t)D, row);
+        tile_rows(rows, j + 16, n, (size_t)D, row + 16); /* past n: the last key again */
+        const int64_t left = n - j;
+        if (left > 16)
+            fp8_lanes_block(c, scaled, H, G, 2, D, row, lut, ks ? ks + j : NULL, left, out + j);
+        else
+            fp8_lanes_block(c, scaled, H, G, 1, D, row, lut, ks ? ks + j : NULL, left, out + j);
+    }
+}
+
+#define FP8_LANES_CASE(HH, GG)                                                                \
+    case HH:                                                                                  \
+        if (hdr->scaled == 0)                                                                 \
+            fp8_lanes_all(&c, 0, HH, GG, D, rows, &lut, ks, n, out);                          \
+        else if (hdr->scaled == 1)                                                            \
+            fp8_lanes_all(&c, 1, HH, GG, D, rows, &lut, ks, n, out);                          \
+        else                                                                                  \
+            fp8_lanes_all(&c, 2, HH, GG, D, rows, &lut, ks, n, out);                          \
+        break;
+
+/* The pack is score_bf16's (one chunk: at most 8 heads, lane group G = 16 / 2^ceil(log2 H)). */
+static void score_fp8_avx512(const void *pack, const void *const *rows, const float *ks, int64_t n,
+                             float *out)
+{
+    const skv_qpack_hdr *hdr = pack;
+    const skv_qchunk c = skv_qpack_chunk(hdr, 0);
+    const int32_t D = hdr->D;
+    fp8_lut lut;
+    fp8_lut_init(&lut);
+    switch (hdr->H) {
+        FP8_LANES_CASE(1, 16)
+        FP8_LANES_CASE(2, 8)
+        FP8_LANES_CASE(3, 4)
+        FP8_LANES_CASE(4, 4)
+        FP8_LANES_CASE(5, 2)
+        FP8_LANES_CASE(6, 2)
+        FP8_LANES_CASE(7, 2)
+        FP8_LANES_CASE(8, 2)
+    default: break;
+    }
+}
