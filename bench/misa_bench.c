@@ -288,9 +288,9 @@ static int block_scores(void *arg)
 /* The same scoring on the first 512 and 2048 keys as a contiguous block, on one thread (a
  * context of its own) with the keys in L2: the slope between the two is the kernels' own cost
  * per key, without memory traffic, selection or per-call costs (the intercept). One token
- * (decode: lane groups) with 8 and with 64 heads, and blocks of 8 tokens of 8 heads (prefill:
- * keys in lanes, transposed once per block), per token and key. Between the fp8 and bf16
- * records lies the conversion. */
+ * (decode: fp8 keys in lanes made in registers, bf16 lane groups) with 8 and with 64 heads,
+ * and blocks of 8 tokens of 8 heads (prefill: keys in lanes, transposed once per block), per
+ * token and key. Between the fp8 and bf16 records lies the conversion. */
 static void kernel_floor(const length_setup *ls, const inputs *in, double min_time)
 {
     static const int64_t n[2] = {512, 2048};
