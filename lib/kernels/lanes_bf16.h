@@ -120,6 +120,35 @@ SKV_ALWAYS_INLINE void lanes_store(const skv_qchunk *c, int scaled, int H, int G
     _mm512_mask_storeu_ps(out, m, r);
 }
 
+/* One pair of dims u of KV vectors of 16 keys (k[v]) against H heads, into acc[h * KV + v]. */
+SKV_ALWAYS_INLINE void lanes_pair(const skv_qchunk *c, int H, int G, int KV, int32_t u, const __m512bh *k,
+                                  __m512 *acc)
+{
+    const uint32_t *qu = (const uint32_t *)c->q + (size_t)(u / G) * 16 + u % G; /* pair u of head
+                                                                      h at [u / G][h * G + u % G] */
+#pragma GCC unroll 8
+    for (int h = 0; h < H; h++) {
+        const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qu[h * G]);
+#pragma GCC unroll 16
+        for (int v = 0; v < KV; v++)
+            acc[h * KV + v] = _mm512_dpbf16_ps(acc[h * KV + v], k[v], qb);
+    }
+}
+
+/* The scores of the n keys (at most 16 * KV) of KV vectors from their head accumulators. */
+SKV_ALWAYS_INLINE void lanes_store_all(const skv_qchunk *c, int scaled, int H, int G, int KV,
+                                       const __m512 *acc, const float *ks, int64_t n, float *out)
+{
+#pragma GCC unroll 16
+    for (int v = 0; v < KV; v++) {
+        const int64_t left = n - 16 * (int64_t)v;
+        if (left <= 0)
+            break;
+        lanes_store(c, scaled, H, G, acc + v, KV, ks ? ks + 16 * v : NULL,
+                    left < 16 ? (int)left : 16, out + 16 * v);
+    }
+}
+
 /* KV vectors of 16 keys against H heads (H * KV <= 16 accumulators, KV <= 8 key vectors); G
  * the pack's lane group. */
 SKV_ALWAYS_INLINE void lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV,
@@ -130,32 +159,17 @@ SKV_ALWAYS_INLINE void lanes_block(const skv_qchunk *c, int scaled, int H, int G
 #pragma GCC unroll 16
     for (int i = 0; i < H * KV; i++)
         acc[i] = _mm512_setzero_ps();
-    const uint32_t *q = c->q; /* pair u of head h at [u / G][h * G + u % G] */
     for (int32_t u0 = 0; u0 < units; u0 += G) {
-        const uint32_t *qu = q + (size_t)(u0 / G) * 16;
 #pragma GCC unroll 16
         for (int du = 0; du < G; du++) {
             __m512bh k[8];
 #pragma GCC unroll 16
             for (int v = 0; v < KV; v++)
                 k[v] = (__m512bh)_mm512_loadu_si512(tile + ((size_t)v * units + u0 + du) * 16);
-#pragma GCC unroll 8
-            for (int h = 0; h < H; h++) {
-                const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qu[h * G + du]);
-#pragma GCC unroll 16
-                for (int v = 0; v < KV; v++)
-                    acc[h * KV + v] = _mm512_dpbf16_ps(acc[h * KV + v], k[v], qb);
-            }
+            lanes_pair(c, H, G, KV, u0 + du, k, acc);
         }
     }
-#pragma GCC unroll 16
-    for (int v = 0; v < KV; v++) {
-        const int64_t left = n - 16 * (int64_t)v;
-        if (left <= 0)
-            break;
-        lanes_store(c, scaled, H, G, acc + v, KV, ks ? ks + 16 * v : NULL,
-                    left < 16 ? (int)left : 16, out + 16 * v);
-    }
+    lanes_store_all(c, scaled, H, G, KV, acc, ks, n, out);
 }
 
 /* Every tile of n keys: KV tiles at a time, then one at a time. */

@@ -62,7 +62,6 @@ SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, i
 #pragma GCC unroll 16
     for (int i = 0; i < H * KV; i++)
         acc[i] = _mm512_setzero_ps();
-    const uint32_t *q = c->q; /* pair u of head h at [u / G][h * G + u % G] */
     for (int32_t off = 0; off < D; off += 16) {
         __m512i u[2][4], low = _mm512_set1_epi8((char)0xff);
 #pragma GCC unroll 2
@@ -71,29 +70,14 @@ SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, i
         const fp8_lut *t = _mm512_cmple_epu8_mask(low, _mm512_set1_epi8((char)0x88)) ? lut : NULL;
 #pragma GCC unroll 8
         for (int p = 0; p < 8; p++) {
-            const int32_t pair = off / 2 + p;
-            const uint32_t *qu = q + (size_t)(pair / G) * 16 + pair % G;
             __m512bh k[2];
 #pragma GCC unroll 2
             for (int v = 0; v < KV; v++)
                 k[v] = (__m512bh)fp8_tile_row(u[v][p / 2], p % 2, t);
-#pragma GCC unroll 8
-            for (int h = 0; h < H; h++) {
-                const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)qu[h * G]);
-#pragma GCC unroll 2
-                for (int v = 0; v < KV; v++)
-                    acc[h * KV + v] = _mm512_dpbf16_ps(acc[h * KV + v], k[v], qb);
-            }
+            lanes_pair(c, H, G, KV, off / 2 + p, k, acc);
         }
     }
-#pragma GCC unroll 2
-    for (int v = 0; v < KV; v++) {
-        const int64_t left = n - 16 * (int64_t)v;
-        if (left <= 0)
-            break;
-        lanes_store(c, scaled, H, G, acc + v, KV, ks ? ks + 16 * v : NULL, left < 16 ? (int)left : 16,
-                    out + 16 * v);
-    }
+    lanes_store_all(c, scaled, H, G, KV, acc, ks, n, out);
 }
 
 /* Every tile of n keys: two at a time, then one. */
