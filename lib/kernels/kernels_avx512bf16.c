@@ -112,15 +112,23 @@ static void fp8_lut_init(fp8_lut *t)
     t->ixp1 = _mm512_loadu_si512(ip[1]);
 }
 
+/* The bf16 low and high bytes of 64 fp8 values, in their places. */
+static inline __attribute__((always_inline)) void fp8x64_bytes(const fp8_lut *t, __m512i x, __m512i *lo,
+                                                                __m512i *hi)
+{
+    *lo = _mm512_permutex2var_epi8(t->lo[0], x, t->lo[1]);
+    *hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], x, t->hi[1]), x,
+                                    _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
+}
+
 /* 64 fp8 values to bf16 words, laid out by the byte indices i0 and i1 (ix0 / ix1: the first 32
  * in *w0, the last 32 in *w1). */
 static inline __attribute__((always_inline)) void fp8x64_to_bf16(const fp8_lut *t, __m512i x,
                                                                   __m512i i0, __m512i i1,
                                                                   __m512i *w0, __m512i *w1)
 {
-    const __m512i lo = _mm512_permutex2var_epi8(t->lo[0], x, t->lo[1]);
-    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], x, t->hi[1]), x,
-                                                 _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
+    __m512i lo, hi;
+    fp8x64_bytes(t, x, &lo, &hi);
     *w0 = _mm512_permutex2var_epi8(lo, i0, hi);
     *w1 = _mm512_permutex2var_epi8(lo, i1, hi);
 }

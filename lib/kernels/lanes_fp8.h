@@ -44,9 +44,8 @@ SKV_ALWAYS_INLINE __m512i fp8_tile_row(__m512i u, int half, const fp8_lut *t)
         const __m512i m = _mm512_and_si512(_mm512_srai_epi16(w, 4), _mm512_set1_epi16((short)0x87f0));
         return _mm512_add_epi32(m, _mm512_set1_epi16(120 << 7)); /* no carry between words */
     }
-    const __m512i lo = _mm512_permutex2var_epi8(t->lo[0], u, t->lo[1]);
-    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi[0], u, t->hi[1]), u,
-                                                 _mm512_set1_epi8((char)0x80), 0xf8); /* a | (b & c) */
+    __m512i lo, hi;
+    fp8x64_bytes(t, u, &lo, &hi);
     return half ? _mm512_unpackhi_epi8(lo, hi) : _mm512_unpacklo_epi8(lo, hi);
 }
 
