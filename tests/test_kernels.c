@@ -464,51 +464,69 @@ static void check_router_kernels(const skv_kernels *ref, const skv_kernels *kn, 
     static const int32_t Ds[] = {1, 3, 32, 100, 128};
     rng r = {21};
     long bad = 0;
+    static const int32_t Ns[] = {1, 2, 3, 4, 5, 7}; /* key vectors a call: batches and tails */
     for (size_t hi = 0; hi < sizeof Hs / sizeof Hs[0]; hi++)
         for (size_t di = 0; di < sizeof Ds / sizeof Ds[0]; di++) {
-            const int32_t H = Hs[hi], D = Ds[di];
-            float *qt = malloc((size_t)H * D * 4), *x = malloc((size_t)D * 4);
-            float a[131], b[131];
+            const int32_t H = Hs[hi], D = Ds[di], n = Ns[(hi + di) % 6];
+            float *qt = malloc((size_t)H * D * 4), *x = malloc((size_t)n * D * 4);
+            float a[7 * 131], b[7 * 131];
             for (int special = 0; special < 2; special++) {
                 for (int32_t i = 0; i < H * D; i++)
                     qt[i] = (float)rng_uniform(&r, -2, 2);
-                for (int32_t d = 0; d < D; d++)
-                    x[d] = (float)rng_uniform(&r, -2, 2);
-                if (special) { /* a NaN in one head's query, an Inf in the key */
+                for (int32_t i = 0; i < n * D; i++)
+                    x[i] = (float)rng_uniform(&r, -2, 2);
+                if (special) { /* a NaN in one head's query, an Inf in the last key */
                     qt[(size_t)(D / 2) * H + H / 2] = NAN;
-                    x[D - 1] = INFINITY;
+                    x[(size_t)n * D - 1] = INFINITY;
                 }
                 memset(a, 0x5a, sizeof a), memset(b, 0x5a, sizeof b);
-                ref->head_dots(qt, x, H, D, a);
-                kn->head_dots(qt, x, H, D, b);
-                for (int32_t h = 0; h < H; h++) {
-                    double want = 0, mag = 0;
-                    for (int32_t d = 0; d < D; d++) {
-                        want += (double)qt[(size_t)d * H + h] * x[d];
-                        mag += fabs((double)qt[(size_t)d * H + h] * x[d]);
+                ref->head_dots(qt, x, n, H, D, a);
+                kn->head_dots(qt, x, n, H, D, b);
+                for (int32_t i = 0; i < n; i++)
+                    for (int32_t h = 0; h < H; h++) {
+                        const float *xi = x + (size_t)i * D;
+                        const float ah = a[(size_t)i * H + h], bh = b[(size_t)i * H + h];
+                        double want = 0, mag = 0;
+                        for (int32_t d = 0; d < D; d++) {
+                            want += (double)qt[(size_t)d * H + h] * xi[d];
+                            mag += fabs((double)qt[(size_t)d * H + h] * xi[d]);
+                        }
+                        const int ok_ref = special ? same_f32(ah, (float)want) || fabs(ah - want) <= 2 * D * 0x1p-24 * mag
+                                                   : fabs(ah - want) <= 2 * D * 0x1p-24 * mag + 1e-30;
+                        if ((!ok_ref || !same_f32(ah, bh)) && bad++ < 3)
+                            CHECK(0, "%s head_dots n=%d H=%d D=%d i=%d h=%d: %.9g, scalar %.9g, double %.9g",
+                                  lv, n, H, D, i, h, bh, ah, want);
                     }
-                    const int ok_ref = special ? same_f32(a[h], (float)want) || fabs(a[h] - want) <= 2 * D * 0x1p-24 * mag
-                                               : fabs(a[h] - want) <= 2 * D * 0x1p-24 * mag + 1e-30;
-                    if ((!ok_ref || !same_f32(a[h], b[h])) && bad++ < 3)
-                        CHECK(0, "%s head_dots H=%d D=%d h=%d: %.9g, scalar %.9g, double %.9g", lv, H, D,
-                              h, b[h], a[h], want);
-                }
-                for (int32_t h = H; h < 131; h++) /* nothing past H */
-                    if (memcmp(&b[h], &(uint32_t){0x5a5a5a5au}, 4) != 0 && bad++ < 3)
-                        CHECK(0, "%s head_dots H=%d wrote past H", lv, H);
+                for (int32_t j = n * H; j < 7 * 131; j++) /* nothing past n * H */
+                    if (memcmp(&b[j], &(uint32_t){0x5a5a5a5au}, 4) != 0 && bad++ < 3)
+                        CHECK(0, "%s head_dots n=%d H=%d wrote past its dots", lv, n, H);
             }
             free(qt), free(x);
         }
-    for (int32_t n = 0; n <= 70; n++) {
-        float acc1[72], acc2[72], x[72];
-        for (int32_t i = 0; i < 72; i++)
-            acc1[i] = acc2[i] = (float)rng_uniform(&r, -5, 5), x[i] = i == 5 ? NAN : (float)rng_uniform(&r, -5, 5);
-        ref->add_f32(acc1, x, n);
-        kn->add_f32(acc2, x, n);
-        for (int32_t i = 0; i < 72; i++)
-            if (!same_f32(acc1[i], acc2[i]) && bad++ < 3)
-                CHECK(0, "%s add_f32 n=%d i=%d", lv, n, i);
-    }
+    for (int32_t n = 0; n <= 300; n += n < 40 ? 1 : 37) /* ragged tails past 128 and 256 */
+        for (int32_t n_rows = 0; n_rows <= 5; n_rows++) {
+            float acc1[301], acc2[301], x[5][301];
+            const float *rows[5] = {x[0], x[1], x[2], x[3], x[4]};
+            for (int32_t i = 0; i < 301; i++) {
+                acc1[i] = acc2[i] = (float)rng_uniform(&r, -5, 5);
+                for (int j = 0; j < 5; j++)
+                    x[j][i] = (float)rng_uniform(&r, -5, 5) * (j == 2 ? 1e-7f : 1.0f);
+            }
+            x[1][5] = NAN, x[3][7] = INFINITY, x[4][7] = -INFINITY;
+            float start[301], want[301];
+            memcpy(start, acc1, sizeof start);
+            for (int32_t i = 0; i < 301; i++) { /* one add per row, in row order; nothing past n */
+                want[i] = start[i];
+                for (int j = 0; i < n && j < n_rows; j++)
+                    want[i] += x[j][i];
+            }
+            ref->add_rows(acc1, rows, n_rows, n);
+            kn->add_rows(acc2, rows, n_rows, n);
+            for (int32_t i = 0; i < 301; i++)
+                if ((!same_f32(acc1[i], want[i]) || !same_f32(acc2[i], want[i])) && bad++ < 3)
+                    CHECK(0, "%s add_rows n=%d rows=%d i=%d: %.9g, scalar %.9g, want %.9g", lv, n,
+                          n_rows, i, acc2[i], acc1[i], want[i]);
+        }
     CHECK(bad == 0, "%s router kernels: %ld mismatches", lv, bad);
 }
 

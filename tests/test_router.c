@@ -244,7 +244,6 @@ static void test_route_decode(void)
     const skv_pooled_keys pk = {16, sums};
     skv_misa_params mp;
     skv_misa_params_init(&mp);
-    mp.block = 64, mp.heads = 4, mp.min_length = 0;
     skv_indexer_query both = idx_query(&d), last = both;
     last.n_tokens = 1; /* the second token alone */
     last.q = (const uint8_t *)both.q + (size_t)16 * 32;
@@ -252,19 +251,23 @@ static void test_route_decode(void)
     float E2[2 * 16], E1[16], E1b[16];
     int32_t h2[2 * 4], h1[4], h1b[4];
     skv_context *c1 = ctx_new(SKV_CPU_ALL, 1), *c2 = ctx_new(SKV_CPU_ALL, 2);
-    CHECK_OK(skv_route_heads(c2, &both, &kb, &pk, &mp, h2, E2)); /* token-parallel */
-    CHECK_OK(skv_route_heads(c2, &last, &kb, &pk, &mp, h1, E1)); /* blocks over threads */
-    CHECK_OK(skv_route_heads(c1, &last, &kb, &pk, &mp, h1b, E1b));
-    CHECK(!memcmp(E1, E2 + 16, sizeof E1) && !memcmp(h1, h2 + 4, sizeof h1), "decode router differs from the token-parallel one");
-    CHECK(!memcmp(E1, E1b, sizeof E1) && !memcmp(h1, h1b, sizeof h1), "decode router depends on the thread count");
-    int32_t a[64], b[64];
-    CHECK_OK(skv_misa_topk(c2, &last, &kb, &pk, &mp, 64, a, NULL));
-    CHECK_OK(skv_misa_topk(c1, &last, &kb, &pk, &mp, 64, b, NULL));
-    CHECK(!memcmp(a, b, sizeof a), "decode MISA depends on the thread count");
-    mp.candidates = 1000;
-    CHECK_OK(skv_misa_topk(c2, &last, &kb, &pk, &mp, 64, a, NULL));
-    CHECK_OK(skv_misa_topk(c1, &last, &kb, &pk, &mp, 64, b, NULL));
-    CHECK(!memcmp(a, b, sizeof a), "decode MISA-dagger depends on the thread count");
+    /* blocks of 64: 79 blocks, spread over the threads; of 256: 20, routed on one thread */
+    for (int32_t blk = 64; blk <= 256; blk *= 4) {
+        mp.block = blk, mp.heads = 4, mp.min_length = 0, mp.candidates = 0;
+        CHECK_OK(skv_route_heads(c2, &both, &kb, &pk, &mp, h2, E2)); /* token-parallel */
+        CHECK_OK(skv_route_heads(c2, &last, &kb, &pk, &mp, h1, E1)); /* blocks over threads */
+        CHECK_OK(skv_route_heads(c1, &last, &kb, &pk, &mp, h1b, E1b));
+        CHECK(!memcmp(E1, E2 + 16, sizeof E1) && !memcmp(h1, h2 + 4, sizeof h1), "decode router differs from the token-parallel one");
+        CHECK(!memcmp(E1, E1b, sizeof E1) && !memcmp(h1, h1b, sizeof h1), "decode router depends on the thread count");
+        int32_t a[64], b[64];
+        CHECK_OK(skv_misa_topk(c2, &last, &kb, &pk, &mp, 64, a, NULL));
+        CHECK_OK(skv_misa_topk(c1, &last, &kb, &pk, &mp, 64, b, NULL));
+        CHECK(!memcmp(a, b, sizeof a), "decode MISA depends on the thread count");
+        mp.candidates = 1000;
+        CHECK_OK(skv_misa_topk(c2, &last, &kb, &pk, &mp, 64, a, NULL));
+        CHECK_OK(skv_misa_topk(c1, &last, &kb, &pk, &mp, 64, b, NULL));
+        CHECK(!memcmp(a, b, sizeof a), "decode MISA-dagger depends on the thread count");
+    }
     skv_context_destroy(c1), skv_context_destroy(c2);
     free(sums);
     idx_data_free(&d);

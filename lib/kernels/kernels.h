@@ -119,12 +119,13 @@ typedef int32_t (*skv_in_range_fn)(const uint32_t *key, int32_t n, uint32_t lo, 
 typedef int32_t (*skv_keep_fn)(uint32_t *key, int32_t *idx, int32_t n, uint32_t kth, int64_t need);
 
 /* ---- the MISA router's dot products ------------------------------------------------------
- * dots[h] = sum_d qt[d * H + h] * x[d] for h < H (qt: the query transposed, [D][H]); each
- * head sums over d in order, with the product rounded before the add, so every level gives
- * the same bits. add: acc[i] += x[i]. */
-typedef void (*skv_head_dots_fn)(const float *qt, const float *x, int32_t H, int32_t D,
-                                 float *dots);
-typedef void (*skv_add_fn)(float *acc, const float *x, int64_t n);
+ * dots[i * H + h] = sum_d qt[d * H + h] * x[i * D + d] for n vectors x and h < H (qt: the
+ * query transposed, [D][H]); each head sums over d in order, with the product rounded before
+ * the add, so every level gives the same bits. add_rows: acc[i] += rows[0][i], then rows[1][i], ... in row order (the bits of
+ * one add per row), the sums kept in registers across the rows. */
+typedef void (*skv_head_dots_fn)(const float *qt, const float *x, int32_t n, int32_t H,
+                                 int32_t D, float *dots);
+typedef void (*skv_add_rows_fn)(float *acc, const float *const *rows, int32_t n_rows, int64_t n);
 
 typedef struct skv_kernels {
     uint32_t flags;       /* SKV_CPU_* in use */
@@ -137,7 +138,7 @@ typedef struct skv_kernels {
     skv_in_range_fn in_range;
     skv_keep_fn keep;
     skv_head_dots_fn head_dots;
-    skv_add_fn add_f32;
+    skv_add_rows_fn add_rows;
 } skv_kernels;
 
 void skv_kernels_init(skv_kernels *k, uint32_t flags);

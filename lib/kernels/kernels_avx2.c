@@ -128,7 +128,7 @@ static void bf16_to_f32_avx2(const void *src, void *dst, int64_t n)
 }
 
 /* 8 heads per vector, four vectors per pass; mul then add (not FMA): the scalar kernel's bits. */
-static void head_dots_avx2(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+static void head_dots_one_avx2(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
 {
     int32_t h0 = 0;
     for (; h0 + 32 <= H; h0 += 32) {
@@ -158,13 +158,39 @@ static void head_dots_avx2(const float *qt, const float *x, int32_t H, int32_t D
     }
 }
 
-static void add_f32_avx2(float *acc, const float *x, int64_t n)
+static void head_dots_avx2(const float *qt, const float *x, int32_t n, int32_t H, int32_t D,
+                           float *dots)
+{
+    for (int32_t i = 0; i < n; i++)
+        head_dots_one_avx2(qt, x + (size_t)i * D, H, D, dots + (size_t)i * H);
+}
+
+/* 64 floats at a time in registers over all the rows. */
+static void add_rows_avx2(float *acc, const float *const *rows, int32_t n_rows, int64_t n)
 {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), _mm256_loadu_ps(x + i)));
+    for (; i + 64 <= n; i += 64) {
+        __m256 a[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++)
+            a[v] = _mm256_loadu_ps(acc + i + 8 * v);
+        for (int32_t r = 0; r < n_rows; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++)
+                a[v] = _mm256_add_ps(a[v], _mm256_loadu_ps(rows[r] + i + 8 * v));
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++)
+            _mm256_storeu_ps(acc + i + 8 * v, a[v]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_loadu_ps(acc + i);
+        for (int32_t r = 0; r < n_rows; r++)
+            a = _mm256_add_ps(a, _mm256_loadu_ps(rows[r] + i));
+        _mm256_storeu_ps(acc + i, a);
+    }
     for (; i < n; i++)
-        acc[i] += x[i];
+        for (int32_t r = 0; r < n_rows; r++)
+            acc[i] += rows[r][i];
 }
 
 void skv_kernels_init_avx2(skv_kernels *k)
@@ -173,5 +199,5 @@ void skv_kernels_init_avx2(skv_kernels *k)
     k->bf16_to_f32 = bf16_to_f32_avx2;
     k->filter = filter_avx2;
     k->head_dots = head_dots_avx2;
-    k->add_f32 = add_f32_avx2;
+    k->add_rows = add_rows_avx2;
 }

@@ -147,34 +147,76 @@ static void fp8_to_f32_avx512(const void *src, void *dst, int64_t n)
 }
 
 /* 16 heads per vector; mul then add (not FMA) to give the scalar kernel's bits. Four head
- * vectors per pass keep four independent sums in flight. */
-static void head_dots_avx512(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+ * vectors times NX key vectors per pass: each row of qt loaded once for the NX vectors, and
+ * 4 * NX independent sums in flight (one vector's four chains wait on the add's latency). */
+static inline __attribute__((always_inline)) void head_dots_nx(const float *qt, const float *x,
+                                                               int NX, int32_t H, int32_t D,
+                                                               float *dots)
 {
     for (int32_t h0 = 0; h0 < H; h0 += 64) {
-        __m512 acc[4];
+        __m512 acc[4][4];
         __mmask16 m[4];
+#pragma GCC unroll 4
         for (int v = 0; v < 4; v++) {
             const int32_t left = H - h0 - 16 * v;
             m[v] = left >= 16 ? (__mmask16)0xffff : left > 0 ? lane_mask(left) : 0;
-            acc[v] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+            for (int j = 0; j < NX; j++)
+                acc[j][v] = _mm512_setzero_ps();
         }
         for (int32_t d = 0; d < D; d++) {
-            const __m512 xd = _mm512_set1_ps(x[d]);
             const float *row = qt + (size_t)d * H + h0;
-            for (int v = 0; v < 4; v++)
-                acc[v] = _mm512_add_ps(acc[v], _mm512_mul_ps(_mm512_maskz_loadu_ps(m[v], row + 16 * v), xd));
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                const __m512 qv = _mm512_maskz_loadu_ps(m[v], row + 16 * v);
+#pragma GCC unroll 4
+                for (int j = 0; j < NX; j++)
+                    acc[j][v] = _mm512_add_ps(acc[j][v], _mm512_mul_ps(qv, _mm512_set1_ps(x[(size_t)j * D + d])));
+            }
         }
-        for (int v = 0; v < 4; v++)
-            _mm512_mask_storeu_ps(dots + h0 + 16 * v, m[v], acc[v]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NX; j++)
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                _mm512_mask_storeu_ps(dots + (size_t)j * H + h0 + 16 * v, m[v], acc[j][v]);
     }
 }
 
-static void add_f32_avx512(float *acc, const float *x, int64_t n)
+static void head_dots_avx512(const float *qt, const float *x, int32_t n, int32_t H, int32_t D,
+                             float *dots)
 {
-    for (int64_t i = 0; i < n; i += 16) {
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        head_dots_nx(qt, x + (size_t)i * D, 4, H, D, dots + (size_t)i * H);
+    for (; i + 2 <= n; i += 2)
+        head_dots_nx(qt, x + (size_t)i * D, 2, H, D, dots + (size_t)i * H);
+    for (; i < n; i++)
+        head_dots_nx(qt, x + (size_t)i * D, 1, H, D, dots + (size_t)i * H);
+}
+
+/* 128 floats at a time in registers over all the rows, then a vector at a time (masked last). */
+static void add_rows_avx512(float *acc, const float *const *rows, int32_t n_rows, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 128 <= n; i += 128) {
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++)
+            a[v] = _mm512_loadu_ps(acc + i + 16 * v);
+        for (int32_t r = 0; r < n_rows; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < 8; v++)
+                a[v] = _mm512_add_ps(a[v], _mm512_loadu_ps(rows[r] + i + 16 * v));
+#pragma GCC unroll 8
+        for (int v = 0; v < 8; v++)
+            _mm512_storeu_ps(acc + i + 16 * v, a[v]);
+    }
+    for (; i < n; i += 16) {
         const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : lane_mask((int)(n - i));
-        _mm512_mask_storeu_ps(acc + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + i),
-                                                        _mm512_maskz_loadu_ps(m, x + i)));
+        __m512 a = _mm512_maskz_loadu_ps(m, acc + i);
+        for (int32_t r = 0; r < n_rows; r++)
+            a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, rows[r] + i));
+        _mm512_mask_storeu_ps(acc + i, m, a);
     }
 }
 
@@ -188,5 +230,5 @@ void skv_kernels_init_avx512(skv_kernels *k)
     k->in_range = in_range_avx512;
     k->keep = keep_avx512;
     k->head_dots = head_dots_avx512;
-    k->add_f32 = add_f32_avx512;
+    k->add_rows = add_rows_avx512;
 }

@@ -121,23 +121,27 @@ static int32_t keep_scalar(uint32_t *key, int32_t *idx, int32_t n, uint32_t kth,
     return out;
 }
 
-static void head_dots_scalar(const float *qt, const float *x, int32_t H, int32_t D, float *dots)
+static void head_dots_scalar(const float *qt, const float *x, int32_t n, int32_t H, int32_t D,
+                             float *dots)
 {
-    for (int32_t h = 0; h < H; h++)
-        dots[h] = 0;
-    for (int32_t d = 0; d < D; d++) {
-        const float xd = x[d], *row = qt + (size_t)d * H;
-        for (int32_t h = 0; h < H; h++) {
-            const float p = row[h] * xd; /* rounded apart from the add, as every level */
-            dots[h] += p;
+    for (int32_t i = 0; i < n; i++, x += D, dots += H) {
+        for (int32_t h = 0; h < H; h++)
+            dots[h] = 0;
+        for (int32_t d = 0; d < D; d++) {
+            const float xd = x[d], *row = qt + (size_t)d * H;
+            for (int32_t h = 0; h < H; h++) {
+                const float p = row[h] * xd; /* rounded apart from the add, as every level */
+                dots[h] += p;
+            }
         }
     }
 }
 
-static void add_f32_scalar(float *acc, const float *x, int64_t n)
+static void add_rows_scalar(float *acc, const float *const *rows, int32_t n_rows, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        acc[i] += x[i];
+    for (int32_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < n; i++)
+            acc[i] += rows[r][i];
 }
 
 void skv_kernels_init_scalar(skv_kernels *k)
@@ -152,5 +156,5 @@ void skv_kernels_init_scalar(skv_kernels *k)
     k->in_range = in_range_scalar;
     k->keep = keep_scalar;
     k->head_dots = head_dots_scalar;
-    k->add_f32 = add_f32_scalar;
+    k->add_rows = add_rows_scalar;
 }

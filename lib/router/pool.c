@@ -7,31 +7,38 @@
 void skv_pool_range_sum(const skv_kernels *kern, const skv_key_src *src, int64_t b0, int64_t end,
                         float *sum, float *tmp)
 {
+    enum { BATCH = 32 }; /* chunk sums added per kernel call */
     const int32_t D = src->head_dim, C = src->pool_chunk;
     int first = 1;
     int64_t s = b0;
     /* whole chunks, and a last chunk that ends where the keys end (its sum holds exactly
-       those keys) */
+       those keys): the first copied, the others added in order */
+    const float *cs[BATCH];
+    int32_t n = 0;
     for (; s < end && (s + C <= end || end == src->n_keys); s += C) {
-        const float *cs = skv_key_chunk_sum(src, s / C);
-        if (first)
-            memcpy(sum, cs, (size_t)D * 4);
-        else
-            kern->add_f32(sum, cs, D);
-        first = 0;
+        if (first) {
+            memcpy(sum, skv_key_chunk_sum(src, s / C), (size_t)D * 4);
+            first = 0;
+            continue;
+        }
+        cs[n++] = skv_key_chunk_sum(src, s / C);
+        if (n == BATCH)
+            kern->add_rows(sum, cs, n, D), n = 0;
     }
+    if (n)
+        kern->add_rows(sum, cs, n, D);
     /* a partial chunk: its keys summed the way the chunk sum is built, then added */
     if (s < end) {
         float part[4096];
         for (int64_t i = s; i < end; i++) {
             skv_key_row_f32(kern, src, i, i == s ? part : tmp);
             if (i > s)
-                kern->add_f32(part, tmp, D);
+                kern->add_rows(part, (const float *const[]){tmp}, 1, D);
         }
         if (first)
             memcpy(sum, part, (size_t)D * 4);
         else
-            kern->add_f32(sum, part, D);
+            kern->add_rows(sum, (const float *const[]){part}, 1, D);
         first = 0;
     }
     if (first)
@@ -64,7 +71,7 @@ skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float *sums)
         for (int64_t i = c * chunk; i < end; i++) {
             skv_key_row_f32(&kern, &src, i, i == c * chunk ? out : tmp);
             if (i > c * chunk)
-                kern.add_f32(out, tmp, D);
+                kern.add_rows(out, (const float *const[]){tmp}, 1, D);
         }
     }
     return SKV_OK;

@@ -24,60 +24,90 @@ void skv_misa_params_init(skv_misa_params *p)
     p->min_length = -1;
 }
 
+/* Heads whose query rows are dequantised together, then written down their columns. */
+enum { Q_GROUP = 16 };
+
 /* Dequantised q of token t, heads [h0, h1), transposed: out[d * H + h] (so that the dot
  * products of every head with one vector run as independent sums over the heads, which
- * vectorise). Dims outermost: each store lands next to the last, the strided reads stay in L1. */
-static void q_rows_t(const skv_indexer_query *q, int32_t t, int32_t h0, int32_t h1, float *out)
+ * vectorise). The kernel table converts Q_GROUP heads' rows into rows (Q_GROUP * head_dim
+ * floats), which are then written out a dim at a time: whole runs of heads per store, where
+ * a head at a time strides every store across the buffer. */
+static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_t t, int32_t h0,
+                     int32_t h1, float *rows, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    const size_t i0 = (size_t)t * H * D;
-    for (int32_t d = 0; d < D; d++) {
-        float *o = out + (size_t)d * H;
-        if (q->dtype == SKV_F32) {
-            const float *x = (const float *)q->q + i0 + d;
-            for (int32_t h = h0; h < h1; h++)
-                o[h] = x[(size_t)h * D];
-        } else if (q->dtype == SKV_BF16) {
-            const uint16_t *x = (const uint16_t *)q->q + i0 + d;
-            for (int32_t h = h0; h < h1; h++)
-                o[h] = skv_bf16_bits_f32(x[(size_t)h * D]);
-        } else {
-            const uint8_t *x = (const uint8_t *)q->q + i0 + d;
-            const float *s = q->q_scale + (size_t)t * H;
-            for (int32_t h = h0; h < h1; h++)
-                o[h] = skv_bf16_bits_f32(skv_fp8_bf16_lut[x[(size_t)h * D]]) * s[h];
+    const size_t esize = skv_dtype_size(q->dtype);
+    for (int32_t g = h0; g < h1; g += Q_GROUP) {
+        const int32_t n = h1 - g < Q_GROUP ? h1 - g : Q_GROUP;
+        for (int32_t j = 0; j < n; j++) {
+            const size_t i = (size_t)t * H + g + j;
+            const void *src = (const uint8_t *)q->q + i * D * esize;
+            float *row = rows + (size_t)j * D;
+            if (q->dtype == SKV_F32) {
+                memcpy(row, src, (size_t)D * 4);
+            } else if (q->dtype == SKV_BF16) {
+                kern->bf16_to_f32(src, row, D);
+            } else {
+                kern->fp8_to_f32(src, row, D);
+                const float s = q->q_scale[i];
+                for (int32_t d = 0; d < D; d++)
+                    row[d] *= s;
+            }
         }
+        for (int32_t d = 0; d < D; d++)
+            for (int32_t j = 0; j < n; j++)
+                out[(size_t)d * H + g + j] = rows[(size_t)j * D + d];
     }
 }
 
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 
-/* The pooled router's terms of block b for token t: out[h] = |w[h]| * relu(q_h . mean_b), the
- * block's mean over the keys token t sees. tmp: 2 * head_dim floats. */
-static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
-                        const skv_key_src *src, int32_t block, int64_t b, const float *qt,
-                        float *tmp, float *out)
+/* Blocks whose means go through head_dots together (its registers hold four key vectors). */
+enum { ROUTE_BATCH = 4 };
+
+/* Fewer blocks than this are routed on the calling thread: on the development machine a
+ * parallel region costs 3-6 us to fork and join (fp8, H = 64, D = 128: one thread routed 16 /
+ * 32 / 64 / 128 blocks in 9.6 / 14 / 23 / 46 us, two threads in 11.3 / 13.7 / 19 / 29). */
+enum { ROUTE_PARALLEL_MIN_BLOCKS = 48 };
+
+/* A thread's router scratch after the transposed query: the block means, a scratch row and
+ * the dot products of a batch; before them, q_rows_t's rows. */
+static size_t tmp_floats(int32_t H, int32_t D)
 {
-    const int32_t H = q->n_heads, D = q->head_dim;
-    const int64_t vis = skv_visible(q, t, src->n_keys), b0 = b * block;
-    const int64_t end = b0 + block < vis ? b0 + block : vis;
-    const float *w = q->weights + (size_t)t * H;
-    float *mean = tmp, *scratch = tmp + D;
-    skv_pool_mean(kern, src, b0, end, mean, scratch);
-    kern->head_dots(qt, mean, H, D, out);
-    for (int32_t h = 0; h < H; h++)
-        out[h] = fabsf(w[h]) * relu(out[h]);
+    const size_t terms = (size_t)(ROUTE_BATCH + 1) * D + (size_t)ROUTE_BATCH * H;
+    return terms > (size_t)Q_GROUP * D ? terms : (size_t)Q_GROUP * D;
 }
 
-/* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: 2 * head_dim + n_heads. */
+/* The pooled router's terms of blocks [b, b + n) (n <= ROUTE_BATCH) for token t:
+ * out[i * H + h] = |w[h]| * relu(q_h . mean_{b+i}), each block's mean over the keys token t
+ * sees. tmp: tmp_floats. */
+static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
+                        const skv_key_src *src, int32_t block, int64_t b, int32_t n,
+                        const float *qt, float *tmp, float *out)
+{
+    const int32_t H = q->n_heads, D = q->head_dim;
+    const int64_t vis = skv_visible(q, t, src->n_keys);
+    const float *w = q->weights + (size_t)t * H;
+    float *means = tmp, *scratch = tmp + (size_t)ROUTE_BATCH * D;
+    for (int32_t i = 0; i < n; i++) {
+        const int64_t b0 = (b + i) * block, end = b0 + block < vis ? b0 + block : vis;
+        skv_pool_mean(kern, src, b0, end, means + (size_t)i * D, scratch);
+    }
+    kern->head_dots(qt, means, n, H, D, out);
+    for (int32_t i = 0; i < n; i++)
+        for (int32_t h = 0; h < H; h++)
+            out[(size_t)i * H + h] = fabsf(w[h]) * relu(out[(size_t)i * H + h]);
+}
+
+/* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: tmp_floats. */
 static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
                          const skv_key_src *src, skv_route_mode mode, int32_t block, float *qbuf,
                          float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
-    q_rows_t(q, t, 0, H, qbuf);
+    q_rows_t(kern, q, t, 0, H, tmp, qbuf);
     const float *w = q->weights + (size_t)t * H;
-    float *dots = tmp + 2 * (size_t)D;
+    float *dots = tmp + (size_t)(ROUTE_BATCH + 1) * D;
     if (mode == SKV_ROUTE_QNORM) {
         memset(E, 0, (size_t)H * 4);
         for (int32_t d = 0; d < D; d++)
@@ -93,16 +123,18 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
         if (p < 0 || p >= src->n_keys)
             return;
         skv_key_row_f32(kern, src, p, tmp);
-        kern->head_dots(qbuf, tmp, H, D, dots);
+        kern->head_dots(qbuf, tmp, 1, H, D, dots);
         for (int32_t h = 0; h < H; h++)
             E[h] = w[h] * relu(dots[h]);
         return;
     }
-    const int64_t vis = skv_visible(q, t, src->n_keys);
-    for (int64_t b0 = 0; b0 < vis; b0 += block) {
-        block_terms(kern, q, t, src, block, b0 / block, qbuf, tmp, dots);
-        for (int32_t h = 0; h < H; h++)
-            E[h] += dots[h];
+    const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + block - 1) / block;
+    for (int64_t b = 0; b < nb; b += ROUTE_BATCH) {
+        const int32_t n = nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH;
+        block_terms(kern, q, t, src, block, b, n, qbuf, tmp, dots);
+        for (int32_t i = 0; i < n; i++) /* in block order */
+            for (int32_t h = 0; h < H; h++)
+                E[h] += dots[(size_t)i * H + h];
     }
 }
 
@@ -136,26 +168,30 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
     const int32_t H = q->n_heads, D = q->head_dim;
     const int nth = skv_threads(ctx);
     float *terms = (float *)(ws + per_thread * (size_t)nth); /* [blocks][H], sized by the caller */
-    /* thread 0's area as in skv_route_src: q | tmp (2D + H) | E (H) | ranks (H) */
-    float *qt = (float *)ws, *E = qt + (size_t)H * D + 2 * (size_t)D + H;
+    /* thread 0's area as in skv_route_src: q | tmp | E (H) | ranks (H) */
+    float *E = (float *)ws + (size_t)H * D + tmp_floats(H, D);
     ranked_head *rk = (ranked_head *)(E + H);
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
-#pragma omp parallel num_threads(nth) if (nth > 1 && nb > 1)
+        const int64_t batches = (nb + ROUTE_BATCH - 1) / ROUTE_BATCH;
+#pragma omp parallel num_threads(nth) if (nth > 1 && nb >= ROUTE_PARALLEL_MIN_BLOCKS)
         {
 #ifdef _OPENMP
-            float *tmp = (float *)(ws + per_thread * (size_t)omp_get_thread_num()) + (size_t)H * D;
+            float *mine = (float *)(ws + per_thread * (size_t)omp_get_thread_num());
 #else
-            float *tmp = (float *)ws + (size_t)H * D;
+            float *mine = (float *)ws;
 #endif
-            /* the query's heads are dequantised in parallel too: at decode they cost as much
-               as a few blocks (16 heads a share: whole cache lines of each row of qt) */
+            /* each thread dequantises the whole query for itself: cheaper than a barrier and
+               than moving half of it between cores */
+            float *tmp = mine + (size_t)H * D;
+            q_rows_t(&ctx->kern, q, t, 0, H, tmp, mine);
 #pragma omp for schedule(static)
-            for (int32_t h = 0; h < H; h += 16)
-                q_rows_t(q, t, h, h + 16 < H ? h + 16 : H, qt);
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < nb; b++)
-                block_terms(&ctx->kern, q, t, src, p->block, b, qt, tmp, terms + (size_t)b * H);
+            for (int64_t i = 0; i < batches; i++) {
+                const int64_t b = i * ROUTE_BATCH;
+                block_terms(&ctx->kern, q, t, src, p->block, b,
+                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, mine, tmp,
+                            terms + (size_t)b * H);
+            }
         }
         memset(E, 0, (size_t)H * 4);
         for (int64_t b = 0; b < nb; b++)
@@ -175,7 +211,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
     if (p->route == SKV_ROUTE_POOLED && src->pool_chunk < 1)
         return SKV_ERR_STATE;
     const int nth = skv_threads(ctx);
-    const size_t per_thread = ((size_t)H * D + 2 * (size_t)D + 2 * (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
+    const size_t per_thread = ((size_t)H * D + tmp_floats(H, D) + (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
     const int by_blocks = p->route == SKV_ROUTE_POOLED && T < nth;
     const size_t terms = by_blocks ? (size_t)((src->n_keys + p->block - 1) / p->block) * H * 4 : 0;
     uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth + terms);
@@ -190,7 +226,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
 #else
         uint8_t *mine = ws;
 #endif
-        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + 2 * (size_t)D + H;
+        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + tmp_floats(H, D);
         ranked_head *rk = (ranked_head *)(E + H);
 #pragma omp for schedule(dynamic, 1)
         for (int32_t t = 0; t < T; t++) {
