@@ -5,7 +5,11 @@
  * The engine prefills a prompt in chunks, appending each layer's indexer keys to the paged key
  * cache (fp8, quantised on append) and selecting top-k tokens per query, then decodes token by
  * token: append the new key, ask for the top-k from the pages. Every selection is checked
- * against skv_indexer_topk on the same keys laid out contiguously.
+ * against skv_indexer_topk on the same keys laid out contiguously. Each decode step also routes
+ * 8 of the H indexer heads (MISA, on the cache's pooled chunk sums) and reports how much of the
+ * dense top-k they recover; routing every head must give the dense selection back. (This toy
+ * model's heads are independent random projections, so 8 of them recover about half of the
+ * dense top-k; a trained indexer's heads agree far more: docs/misa.md.)
  *
  *   host_decode [prompt_tokens] [decode_steps] */
 #include <math.h>
@@ -66,9 +70,11 @@ static void project(const layer_weights *lw, const float *x, int n, float *q, fl
     }
 }
 
-/* Selection from the pages vs skv_indexer_topk on the same keys, contiguous. */
+/* Selection from the pages vs skv_indexer_topk on the same keys, contiguous; with recall, the
+ * share of the dense top-k that the selection `routed` recovers (skv_selection_quality). */
 static int same_as_contiguous(skv_context *ctx, skv_kcache *cache, int32_t seq, int layer,
-                              const skv_indexer_query *q, const int32_t *idx, int64_t len)
+                              const skv_indexer_query *q, const int32_t *idx, int64_t len,
+                              const int32_t *routed, double *recall)
 {
     uint8_t *keys = malloc((size_t)len * D);
     float *scales = malloc((size_t)len * sizeof(float));
@@ -77,7 +83,28 @@ static int same_as_contiguous(skv_context *ctx, skv_kcache *cache, int32_t seq, 
     skv_key_block kb = {len, D, SKV_FP8_E4M3, keys, scales};
     TRY(skv_indexer_topk(ctx, q, &kb, TOPK, want, NULL));
     const int same = memcmp(want, idx, (size_t)q->n_tokens * TOPK * sizeof(int32_t)) == 0;
+    if (routed)
+        TRY(skv_selection_quality(ctx, q, &kb, routed, TOPK, recall, NULL));
     free(keys), free(scales), free(want);
+    return same;
+}
+
+/* MISA on one decode token: the 8 routed heads' top-k into routed (timed), and the dial that
+ * routes every head, which must give the dense selection idx bit for bit. */
+static int misa_step(skv_kcache *cache, int32_t seq, int layer, const skv_indexer_query *q,
+                     const int32_t *idx, int32_t *routed, double *ms)
+{
+    skv_misa_params mp;
+    skv_misa_params_init(&mp); /* pooled router, h = 8, blocks of 1024 tokens */
+    mp.min_length = 0;         /* route at any length (the default gate runs dense below 1K) */
+    const double t0 = now_ms();
+    TRY(skv_kcache_misa_topk(cache, seq, layer, q, &mp, TOPK, routed, NULL));
+    *ms += now_ms() - t0;
+    int32_t *all = malloc((size_t)TOPK * sizeof(int32_t));
+    mp.heads = H;
+    TRY(skv_kcache_misa_topk(cache, seq, layer, q, &mp, TOPK, all, NULL));
+    const int same = memcmp(all, idx, (size_t)TOPK * sizeof(int32_t)) == 0;
+    free(all);
     return same;
 }
 
@@ -101,6 +128,7 @@ int main(int argc, char **argv)
     kp.n_layers = LAYERS;
     kp.head_dim = D;
     kp.dtype = SKV_FP8_E4M3;
+    kp.pool_chunk = 64; /* running key sums per 64 tokens: MISA's router reads block means */
     skv_kcache *cache;
     TRY(skv_kcache_create(ctx, &kp, &cache));
     int32_t seq;
@@ -122,6 +150,7 @@ int main(int argc, char **argv)
     float *x = malloc(sizeof(float) * CHUNK * HIDDEN), *q = malloc(sizeof(float) * CHUNK * H * D);
     float *k = malloc(sizeof(float) * CHUNK * D), *w = malloc(sizeof(float) * CHUNK * H);
     int32_t *pos = malloc(sizeof(int32_t) * CHUNK), *idx = malloc(sizeof(int32_t) * CHUNK * TOPK);
+    int32_t *routed = malloc(sizeof(int32_t) * TOPK);
     int mismatches = 0;
 
     /* prefill, chunk by chunk: each layer appends its keys, then selects for the chunk */
@@ -141,7 +170,7 @@ int main(int argc, char **argv)
             TRY(skv_kcache_topk(cache, seq, l, &iq, TOPK, idx, NULL));
             t_select += now_ms() - ts;
             if (start + n == prompt || start == 0) /* check the first and last chunks */
-                mismatches += !same_as_contiguous(ctx, cache, seq, l, &iq, idx, start + n);
+                mismatches += !same_as_contiguous(ctx, cache, seq, l, &iq, idx, start + n, NULL, NULL);
         }
     }
     printf("prefill %d tokens: %.1f ms (top-k selection %.1f ms over %d layers)\n", prompt,
@@ -152,7 +181,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < HIDDEN; i++)
             x[i] = frand();
         pos[0] = prompt + step;
-        double sel = 0;
+        double sel = 0, sel_misa = 0, recall = 0;
         int ok = 1;
         for (int l = 0; l < LAYERS; l++) {
             project(&lw[l], x, 1, q, k, w);
@@ -162,11 +191,15 @@ int main(int argc, char **argv)
             const double ts = now_ms();
             TRY(skv_kcache_topk(cache, seq, l, &iq, TOPK, idx, NULL));
             sel += now_ms() - ts;
-            ok &= same_as_contiguous(ctx, cache, seq, l, &iq, idx, prompt + step + 1);
+            ok &= misa_step(cache, seq, l, &iq, idx, routed, &sel_misa);
+            double r;
+            ok &= same_as_contiguous(ctx, cache, seq, l, &iq, idx, prompt + step + 1, routed, &r);
+            recall += r / LAYERS;
         }
         mismatches += !ok;
-        printf("step %3d  context %6d  top-%d over %d layers: %.3f ms (%.3f ms/layer)  %s\n", step,
-               prompt + step + 1, TOPK, LAYERS, sel, sel / LAYERS, ok ? "matches" : "MISMATCH");
+        printf("step %3d  context %6d  top-%d over %d layers: %.3f ms (%.3f ms/layer)  %s;"
+               "  MISA h=8: %.3f ms, recall %.2f\n", step, prompt + step + 1, TOPK, LAYERS, sel,
+               sel / LAYERS, ok ? "matches" : "MISMATCH", sel_misa, recall);
     }
 
     skv_kcache_stats st = {.struct_size = sizeof st};
@@ -174,12 +207,12 @@ int main(int argc, char **argv)
     printf("key cache: %lld pages of %lld bytes, %lld bytes/token over %d layers\n",
            (long long)st.pages_in_use, (long long)st.bytes_per_page, (long long)st.bytes_per_token,
            LAYERS);
-    printf("%s: every selection %s skv_indexer_topk on contiguous keys\n",
-           mismatches ? "FAILED" : "ok", mismatches ? "did not match" : "matched");
+    printf("%s: every selection %s skv_indexer_topk on contiguous keys (MISA with every head "
+           "routed too)\n", mismatches ? "FAILED" : "ok", mismatches ? "did not match" : "matched");
 
     for (int l = 0; l < LAYERS; l++)
         free(lw[l].wq), free(lw[l].wk), free(lw[l].ww);
-    free(x), free(q), free(k), free(w), free(pos), free(idx);
+    free(x), free(q), free(k), free(w), free(pos), free(idx), free(routed);
     skv_kcache_destroy(cache);
     skv_context_destroy(ctx);
     return mismatches != 0;
