@@ -78,20 +78,32 @@ static size_t tmp_floats(int32_t H, int32_t D)
     return terms > (size_t)Q_GROUP * D ? terms : (size_t)Q_GROUP * D;
 }
 
+/* Means of the first n blocks, whole for every token of a call (prefill): computed once, where
+ * each token would otherwise read all their chunk sums again. */
+typedef struct shared_means { const float *mean; int64_t n; } shared_means;
+
 /* The pooled router's terms of blocks [b, b + n) (n <= ROUTE_BATCH) for token t:
  * out[i * H + h] = |w[h]| * relu(q_h . mean_{b+i}), each block's mean over the keys token t
- * sees. tmp: tmp_floats. */
+ * sees (from sh where it has them: the same bits). tmp: tmp_floats. */
 static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
                         const skv_key_src *src, int32_t block, int64_t b, int32_t n,
-                        const float *qt, float *tmp, float *out)
+                        const shared_means *sh, const float *qt, float *tmp, float *out)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     const int64_t vis = skv_visible(q, t, src->n_keys);
     const float *w = q->weights + (size_t)t * H;
-    float *means = tmp, *scratch = tmp + (size_t)ROUTE_BATCH * D;
-    for (int32_t i = 0; i < n; i++) {
-        const int64_t b0 = (b + i) * block, end = b0 + block < vis ? b0 + block : vis;
-        skv_pool_mean(kern, src, b0, end, means + (size_t)i * D, scratch);
+    float *scratch = tmp + (size_t)ROUTE_BATCH * D;
+    const float *means = tmp;
+    if (b + n <= sh->n) {
+        means = sh->mean + (size_t)b * D;
+    } else {
+        for (int32_t i = 0; i < n; i++) {
+            const int64_t b0 = (b + i) * block, end = b0 + block < vis ? b0 + block : vis;
+            if (b + i < sh->n)
+                memcpy(tmp + (size_t)i * D, sh->mean + (size_t)(b + i) * D, (size_t)D * 4);
+            else
+                skv_pool_mean(kern, src, b0, end, tmp + (size_t)i * D, scratch);
+        }
     }
     kern->head_dots(qt, means, n, H, D, out);
     for (int32_t i = 0; i < n; i++)
@@ -101,8 +113,8 @@ static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int
 
 /* Router scores E[h] of token t. qbuf: n_heads * head_dim floats; tmp: tmp_floats. */
 static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, int32_t t,
-                         const skv_key_src *src, skv_route_mode mode, int32_t block, float *qbuf,
-                         float *tmp, float *E)
+                         const skv_key_src *src, skv_route_mode mode, int32_t block,
+                         const shared_means *sh, float *qbuf, float *tmp, float *E)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     q_rows_t(kern, q, t, 0, H, tmp, qbuf);
@@ -131,7 +143,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
     const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + block - 1) / block;
     for (int64_t b = 0; b < nb; b += ROUTE_BATCH) {
         const int32_t n = nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH;
-        block_terms(kern, q, t, src, block, b, n, qbuf, tmp, dots);
+        block_terms(kern, q, t, src, block, b, n, sh, qbuf, tmp, dots);
         for (int32_t i = 0; i < n; i++) /* in block order */
             for (int32_t h = 0; h < H; h++)
                 E[h] += dots[(size_t)i * H + h];
@@ -171,6 +183,7 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
     /* thread 0's area as in skv_route_src: q | tmp | E (H) | ranks (H) */
     float *E = (float *)ws + (size_t)H * D + tmp_floats(H, D);
     ranked_head *rk = (ranked_head *)(E + H);
+    const shared_means none = {NULL, 0};
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
         const int64_t batches = (nb + ROUTE_BATCH - 1) / ROUTE_BATCH;
@@ -189,8 +202,8 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
             for (int64_t i = 0; i < batches; i++) {
                 const int64_t b = i * ROUTE_BATCH;
                 block_terms(&ctx->kern, q, t, src, p->block, b,
-                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, mine, tmp,
-                            terms + (size_t)b * H);
+                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, &none, mine,
+                            tmp, terms + (size_t)b * H);
             }
         }
         memset(E, 0, (size_t)H * 4);
@@ -214,11 +227,24 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
     const size_t per_thread = ((size_t)H * D + tmp_floats(H, D) + (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
     const int by_blocks = p->route == SKV_ROUTE_POOLED && T < nth;
     const size_t terms = by_blocks ? (size_t)((src->n_keys + p->block - 1) / p->block) * H * 4 : 0;
-    uint8_t *ws = skv_workspace_aux(ctx, 0, per_thread * (size_t)nth + terms);
+    /* blocks every token sees whole: their means are shared (pooled, several tokens) */
+    int64_t n_shared = 0;
+    if (p->route == SKV_ROUTE_POOLED && !by_blocks && T > 1) {
+        n_shared = INT64_MAX;
+        for (int32_t t = 0; t < T; t++) {
+            const int64_t whole = skv_visible(q, t, src->n_keys) / p->block;
+            n_shared = whole < n_shared ? whole : n_shared;
+        }
+    }
+    const size_t shared_b = skv_round_up((size_t)n_shared * D * 4, 64);
+    uint8_t *ws = skv_workspace_aux(ctx, 0, shared_b + per_thread * (size_t)nth + terms);
     if (!ws)
         return SKV_ERR_NOMEM;
+    float *shared = (float *)ws;
+    ws += shared_b;
     if (by_blocks)
         return route_by_blocks(ctx, q, src, p, ws, per_thread, out_heads, out_scores);
+    const shared_means sh = {shared, n_shared};
 #pragma omp parallel num_threads(nth) if (nth > 1 && T > 1)
     {
 #ifdef _OPENMP
@@ -228,9 +254,13 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
 #endif
         float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + tmp_floats(H, D);
         ranked_head *rk = (ranked_head *)(E + H);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < n_shared; b++)
+            skv_pool_mean(&ctx->kern, src, b * p->block, (b + 1) * p->block,
+                          shared + (size_t)b * D, tmp);
 #pragma omp for schedule(dynamic, 1)
         for (int32_t t = 0; t < T; t++) {
-            route_scores(&ctx->kern, q, t, src, p->route, p->block, qbuf, tmp, E);
+            route_scores(&ctx->kern, q, t, src, p->route, p->block, &sh, qbuf, tmp, E);
             if (out_scores)
                 memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
             top_heads(E, H, h, rk, out_heads + (size_t)t * h);
