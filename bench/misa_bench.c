@@ -96,32 +96,35 @@ typedef struct method {
     const char *name;
     kind kind;
     int32_t heads, candidates, blocks; /* MISA h and C; HISA m (B = 128) */
+    int32_t route_block;               /* MISA's router block; 0: the default (1024) */
 } method;
 
 enum { N_MAIN = 4 };
 static const method main_methods[N_MAIN] = {
-    {"dense", DENSE, 0, 0, 0},
-    {"misa_h8", MISA, 8, 0, 0},
-    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0},
-    {"hisa_b128_m64", HISA, 0, 0, 64}, /* the defaults: m * B = 4k */
+    {"dense", DENSE, 0, 0, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0},
+    {"hisa_b128_m64", HISA, 0, 0, 64, 0}, /* the defaults: m * B = 4k */
 };
 
 /* Recall against cost: each method's dials swept, so that a host can pick. */
 static const method tradeoff_methods[] = {
-    {"dense", DENSE, 0, 0, 0},
-    {"misa_h2", MISA, 2, 0, 0},
-    {"misa_h4", MISA, 4, 0, 0},
-    {"misa_h8", MISA, 8, 0, 0},
-    {"misa_h16", MISA, 16, 0, 0},
-    {"misa_h32", MISA, 32, 0, 0},
-    {"misa_dagger_h4_c8192", MISA, 4, 8192, 0},
-    {"misa_dagger_h8_c4096", MISA, 8, 4096, 0},
-    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0},
-    {"misa_dagger_h8_c16384", MISA, 8, 16384, 0},
-    {"misa_dagger_h16_c8192", MISA, 16, 8192, 0},
-    {"hisa_b128_m16", HISA, 0, 0, 16},
-    {"hisa_b128_m32", HISA, 0, 0, 32},
-    {"hisa_b128_m64", HISA, 0, 0, 64},
+    {"dense", DENSE, 0, 0, 0, 0},
+    {"misa_h2", MISA, 2, 0, 0, 0},
+    {"misa_h4", MISA, 4, 0, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0, 0},
+    {"misa_h16", MISA, 16, 0, 0, 0},
+    {"misa_h32", MISA, 32, 0, 0, 0},
+    {"misa_dagger_h4_c8192", MISA, 4, 8192, 0, 0},
+    {"misa_dagger_h8_c4096", MISA, 8, 4096, 0, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0},
+    {"misa_dagger_h8_c16384", MISA, 8, 16384, 0, 0},
+    {"misa_dagger_h16_c8192", MISA, 16, 8192, 0, 0},
+    {"misa_h8_rb128", MISA, 8, 0, 0, 128}, /* the router on blocks of 128 */
+    {"misa_dagger_h8_c8192_rb128", MISA, 8, 8192, 0, 128},
+    {"hisa_b128_m16", HISA, 0, 0, 16, 0},
+    {"hisa_b128_m32", HISA, 0, 0, 32, 0},
+    {"hisa_b128_m64", HISA, 0, 0, 64, 0},
 };
 enum { N_TRADEOFF = sizeof tradeoff_methods / sizeof tradeoff_methods[0], MAX_METHODS = 16 };
 
@@ -143,6 +146,8 @@ static int run_call(void *arg)
     mp.min_length = 0;
     mp.heads = c->m->heads;
     mp.candidates = c->m->candidates;
+    if (c->m->route_block)
+        mp.block = c->m->route_block;
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);
     hp.min_length = 0;
@@ -236,8 +241,10 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         json_num(&j, "cpu_time", tm.cpu_ns, 1);
         json_str(&j, "time_unit", "ns");
         json_str(&j, "method", methods[mi].name);
-        if (methods[mi].kind == MISA)
+        if (methods[mi].kind == MISA) {
             json_int(&j, "heads", methods[mi].heads), json_int(&j, "candidates", methods[mi].candidates);
+            json_int(&j, "route_block", methods[mi].route_block ? methods[mi].route_block : 1024);
+        }
         if (methods[mi].kind == HISA)
             json_int(&j, "block", 128), json_int(&j, "blocks", methods[mi].blocks);
         json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
