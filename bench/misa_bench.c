@@ -5,9 +5,11 @@
  * prefill chunk; recall on structured synthetic inputs (keys around cluster centres, attention
  * sinks, a recent window, heads that specialise) and on the real activations in
  * ../shared/data; and the crossover lengths below which each method is slower than dense.
- * At 32K and 128K also: recall against cost over each method's dials (mode "tradeoff"), the
- * decode cases with bf16 keys ("decode_bf16"), and the floor under any 8-head routed pass
- * (misa/floor: 8-head scoring alone; misa/floor_kernel: the same on keys in cache).
+ * The fp8 cache keeps a lane copy (skv_kcache_params.lane_copy: the few-head decode kernel's
+ * layout, 128 bytes more per token). At 32K and 128K also: recall against cost over each
+ * method's dials (mode "tradeoff"), the decode cases without the lane copy ("decode_rows") and
+ * with bf16 keys ("decode_bf16"), and the floor under any 8-head routed pass (misa/floor:
+ * 8-head scoring alone; misa/floor_kernel: the same on keys in cache).
  * JSON Lines; the machine's limits come first.
  *
  *   sparsekv-bench-misa [--quick] [--threads N] [--min-time S] */
@@ -166,16 +168,24 @@ typedef struct length_setup {
     void *kd;  /* the keys in the cache's dtype */
     float *ks; /* fp8 scales, or NULL */
     skv_key_block keys; /* the same keys, contiguous (for recall) */
-    const char *dtype;
+    const char *dtype;  /* "fp8" (with the lane copy), "fp8_rows" (without), "bf16" */
+    int lane_copy;
+    int64_t bytes_per_token;
 } length_setup;
 
-/* A key cache holding the keys as fp8 (DeepSeek's indexer cache) or bf16. */
-static void setup_length(skv_context *ctx, const inputs *in, skv_dtype dt, length_setup *ls)
+/* A key cache holding the keys as fp8 (DeepSeek's indexer cache; with or without the lane
+ * copy) or bf16. */
+static void setup_length(skv_context *ctx, const inputs *in, skv_dtype dt, int lane_copy,
+                         length_setup *ls)
 {
     skv_kcache_params kp;
     skv_kcache_params_init(&kp);
-    kp.head_dim = D, kp.dtype = dt, kp.pool_chunk = CHUNK;
+    kp.head_dim = D, kp.dtype = dt, kp.pool_chunk = CHUNK, kp.lane_copy = lane_copy;
     bench_check(skv_kcache_create(ctx, &kp, &ls->cache), "kcache");
+    skv_kcache_stats st = {.struct_size = sizeof st};
+    bench_check(skv_kcache_get_stats(ls->cache, &st), "stats");
+    ls->bytes_per_token = st.bytes_per_token;
+    ls->lane_copy = lane_copy;
     bench_check(skv_kcache_seq_create(ls->cache, &ls->seq), "seq");
     ls->kd = bench_xmalloc((size_t)in->L * D * skv_dtype_size(dt));
     ls->ks = NULL;
@@ -186,7 +196,7 @@ static void setup_length(skv_context *ctx, const inputs *in, skv_dtype dt, lengt
         bench_check(skv_convert(dt, ls->kd, SKV_F32, in->keys, in->L * D), "convert");
     }
     ls->keys = (skv_key_block){in->L, D, dt, ls->kd, ls->ks};
-    ls->dtype = dt == SKV_FP8_E4M3 ? "fp8" : "bf16";
+    ls->dtype = dt == SKV_BF16 ? "bf16" : lane_copy ? "fp8" : "fp8_rows";
     bench_check(skv_kcache_append(ls->cache, ls->seq, 0, &ls->keys), "append");
 }
 
@@ -250,6 +260,7 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
         json_int(&j, "L", ls->keys.n_keys);
         json_str(&j, "dtype", ls->dtype);
+        json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
         json_str(&j, "inputs", inputs_name);
         json_ratio(&j, "time_vs_dense", tm.median_ns / out->ns[0]);
         if (want_recall) {
@@ -297,7 +308,8 @@ static int block_scores(void *arg)
  * per key, without memory traffic, selection or per-call costs (the intercept). One token
  * (decode: fp8 keys in lanes made in registers, bf16 lane groups) with 8 and with 64 heads,
  * and blocks of 8 tokens of 8 heads (prefill: keys in lanes, transposed once per block), per
- * token and key. Between the fp8 and bf16 records lies the conversion. */
+ * token and key; with a lane copy, one token of 8 heads also on a key cache keeping one.
+ * Between the fp8 and bf16 records lies the conversion. */
 static void kernel_floor(const length_setup *ls, const inputs *in, double min_time)
 {
     static const int64_t n[2] = {512, 2048};
@@ -315,7 +327,7 @@ static void kernel_floor(const length_setup *ls, const inputs *in, double min_ti
     q8.n_heads = b8.n_heads = 8;
     q8.positions = q64.positions = b8.positions = NULL;
     const skv_indexer_query *qs[3] = {&q8, &q64, &b8};
-    double per_key[3], per_call[3];
+    double per_key[4], per_call[4];
     for (int qi = 0; qi < 3; qi++) {
         double ns[2];
         for (int i = 0; i < 2; i++) {
@@ -330,6 +342,30 @@ static void kernel_floor(const length_setup *ls, const inputs *in, double min_ti
         per_key[qi] = (ns[1] - ns[0]) / (double)(n[1] - n[0]);
         per_call[qi] = ns[0] - per_key[qi] * (double)n[0];
     }
+    per_key[3] = per_call[3] = NAN;
+    if (ls->lane_copy) { /* one token, 8 heads, from a key cache's lane copy (still in L2) */
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = D, kp.lane_copy = 1;
+        skv_kcache *kc;
+        bench_check(skv_kcache_create(ctx, &kp, &kc), "kcache");
+        double ns[2];
+        for (int i = 0; i < 2; i++) {
+            int32_t seq;
+            bench_check(skv_kcache_seq_create(kc, &seq), "seq");
+            skv_key_block kb = ls->keys;
+            kb.n_keys = n[i];
+            bench_check(skv_kcache_append(kc, seq, 0, &kb), "append");
+            floor_call f = {kc, seq, &q8, scores, NULL};
+            bench_timing tm;
+            if (bench_time(floor_scores, &f, min_time, 3, 1, 2.0, &tm))
+                bench_check(SKV_ERR_STATE, "kernel floor");
+            ns[i] = tm.median_ns;
+        }
+        per_key[3] = (ns[1] - ns[0]) / (double)(n[1] - n[0]);
+        per_call[3] = ns[0] - per_key[3] * (double)n[0];
+        skv_kcache_destroy(kc);
+    }
     json_line j;
     json_begin(&j);
     char name[96];
@@ -340,10 +376,14 @@ static void kernel_floor(const length_setup *ls, const inputs *in, double min_ti
     json_num(&j, "h8_ns_per_key", per_key[0], 3);
     json_num(&j, "h64_ns_per_key", per_key[1], 3);
     json_num(&j, "h8_block8_ns_per_token_key", per_key[2], 3);
+    if (ls->lane_copy)
+        json_num(&j, "h8_lane_copy_ns_per_key", per_key[3], 3);
     json_num(&j, "h8_ns_per_call", per_call[0], 1);
     json_num(&j, "h64_ns_per_call", per_call[1], 1);
     json_ratio(&j, "h8_vs_h64", per_key[0] / per_key[1]);
     json_ratio(&j, "h8_block8_vs_h64", per_key[2] / per_key[1]);
+    if (ls->lane_copy)
+        json_ratio(&j, "h8_lane_copy_vs_h64", per_key[3] / per_key[1]);
     json_ratio(&j, "h8_efficiency_per_head_vs_h64", per_key[1] / 8 / per_key[0]);
     json_str(&j, "note", "one thread, keys in L2, slope between 512 and 2048 keys; the ideal h8_vs_h64 is 0.125");
     json_end(&j);
@@ -375,6 +415,7 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     json_str(&j, "name", name);
     json_int(&j, "L", L), json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K);
     json_str(&j, "dtype", ls->dtype);
+    json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
     for (int i = 0; i < 4; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s_ns", names[i]);
@@ -485,7 +526,7 @@ int main(int argc, char **argv)
             inputs in;
             make_inputs(&in, Ls[li], structured);
             length_setup ls;
-            setup_length(ctx, &in, SKV_FP8_E4M3, &ls);
+            setup_length(ctx, &in, SKV_FP8_E4M3, 1, &ls);
             query_buf *qb = bench_xmalloc(sizeof *qb);
             measured r;
             make_query(&in, 1, qb);
@@ -495,9 +536,15 @@ int main(int argc, char **argv)
                 measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", "structured", min_time, 1, &r);
             if (structured && li > 0) {
                 scoring_floor(&m, &ls, qb, min_time);
+                /* the same without the lane copy: fp8 rows only */
+                length_setup lr;
+                setup_length(ctx, &in, SKV_FP8_E4M3, 0, &lr);
+                measure(ctx, &m, &lr, qb, main_methods, N_MAIN, "decode_rows", "structured", min_time, 1, &r);
+                scoring_floor(&m, &lr, qb, min_time);
+                free_length(&lr);
                 /* the same with bf16 keys: no per-key conversion, twice the key bytes */
                 length_setup lb;
-                setup_length(ctx, &in, SKV_BF16, &lb);
+                setup_length(ctx, &in, SKV_BF16, 0, &lb);
                 measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, 1, &r);
                 scoring_floor(&m, &lb, qb, min_time);
                 if (li == 1) {
@@ -521,7 +568,7 @@ int main(int argc, char **argv)
         inputs in;
         make_inputs(&in, sweep[si], 1);
         length_setup ls;
-        setup_length(ctx, &in, SKV_FP8_E4M3, &ls);
+        setup_length(ctx, &in, SKV_FP8_E4M3, 1, &ls);
         query_buf *qb = bench_xmalloc(sizeof *qb);
         make_query(&in, 1, qb);
         measured r;

@@ -555,6 +555,18 @@ static void test_kcache_create(skv_context *ctx)
     BAD(dtype, SKV_F16, SKV_ERR_UNSUPPORTED);
     BAD(dtype, (skv_dtype)99, SKV_ERR_INVALID_ARG);
     BAD(dtype, (skv_dtype)-1, SKV_ERR_INVALID_ARG);
+    BAD(lane_copy, 2, SKV_ERR_INVALID_ARG);
+    BAD(lane_copy, -1, SKV_ERR_INVALID_ARG);
+#define BAD_LANES(field, value) /* a lane copy where its layout cannot be kept */              \
+    do {                                                                                      \
+        BAD(field, value, SKV_ERR_INVALID_ARG);                                               \
+        cases[n - 1].what = "lane_copy = 1 with " #field " = " #value;                        \
+        cases[n - 1].p.lane_copy = 1;                                                         \
+    } while (0)
+    BAD_LANES(dtype, SKV_BF16);
+    BAD_LANES(head_dim, 48);
+    BAD_LANES(page_tokens, 40);
+#undef BAD_LANES
 #undef BAD
     for (int i = 0; i < n; i++) {
         c = KC_NOT_SET;
@@ -573,6 +585,11 @@ static void test_kcache_create(skv_context *ctx)
     CHECK_OK(skv_kcache_create(ctx, &p, &c));
     skv_kcache_destroy(c);
     p.head_dim = 1, p.page_tokens = 1, p.dtype = SKV_F32;
+    c = NULL;
+    CHECK_OK(skv_kcache_create(ctx, &p, &c));
+    skv_kcache_destroy(c);
+    skv_kcache_params_init(&p); /* a lane copy: FP8, head_dim 32, pages of 16 */
+    p.head_dim = 32, p.page_tokens = 16, p.lane_copy = 1;
     c = NULL;
     CHECK_OK(skv_kcache_create(ctx, &p, &c));
     skv_kcache_destroy(c);

@@ -579,6 +579,8 @@ static void episode(uint64_t seed, long n_ops)
     p.dtype = dts[rng_int(&r, 0, 2)];
     p.page_tokens = Ps[rng_int(&r, 0, 4)];
     p.quant_flags = (uint32_t)rng_int(&r, 0, 1);
+    if (p.dtype == SKV_FP8_E4M3 && p.head_dim % 32 == 0 && p.page_tokens % 16 == 0)
+        p.lane_copy = (int32_t)rng_int(&r, 0, 1); /* top-k of few heads reads it: compared below */
     const int64_t max_len = p.page_tokens == 1 ? 300 : 1200;
     if (rng_int(&r, 0, 2) == 0)
         p.max_pages = rng_int(&r, 1, 3 * max_len / p.page_tokens);
@@ -599,11 +601,15 @@ static void episode(uint64_t seed, long n_ops)
     model m;
     model_init(&m, &p);
     {
-        const int64_t want_tok = (int64_t)p.n_layers * ((int64_t)m.row + (m.fp8 ? 4 : 0));
+        /* values, scales and the lane copy (whole 64-byte vectors: up to 63 bytes of padding) */
+        const int64_t want_tok = (int64_t)p.n_layers * ((int64_t)m.row + (m.fp8 ? 4 : 0) +
+                                                        (p.lane_copy ? p.head_dim : 0));
+        const int64_t pad = p.lane_copy ? 64 : 8;
         CHECK(created.n_seqs == 0 && created.pages_in_use == 0 && created.page_refs == 0 &&
                   created.bytes_in_use == 0 && created.bytes_per_page >= want_tok * p.page_tokens &&
-                  created.bytes_per_page < want_tok * p.page_tokens + 8 * p.n_layers &&
-                  created.bytes_per_token >= want_tok && created.bytes_per_token <= want_tok + 4 * p.n_layers,
+                  created.bytes_per_page < want_tok * p.page_tokens + pad * p.n_layers &&
+                  created.bytes_per_token >= want_tok &&
+                  created.bytes_per_token <= want_tok + (pad / 2 + 4) * p.n_layers,
               "seed %llu: fresh stats: bytes per page %lld, per token %lld, want %lld per token",
               (unsigned long long)seed, (long long)created.bytes_per_page,
               (long long)created.bytes_per_token, (long long)want_tok);
@@ -1026,11 +1032,15 @@ static void topk_matrix(void)
         skv_context *ctx = ctx_new(all_levels[lv].mask, 2);
         for (int di = 0; di < 3; di++)
             for (int pi = 0; pi < 3; pi++)
-                for (int hi = 0; hi < 3; hi++) {
+                for (int hi = 0; hi < 3; hi++)
+                    for (int lc = 0; lc < 2; lc++) { /* the lane copy where a cache can keep one */
+                    if (lc && !(dts[di] == SKV_FP8_E4M3 && Ds[hi] % 32 == 0 && Ps[pi] % 16 == 0))
+                        continue;
                     skv_kcache_params p;
                     skv_kcache_params_init(&p);
                     p.n_layers = 2, p.head_dim = Ds[hi], p.dtype = dts[di], p.page_tokens = Ps[pi];
                     p.quant_flags = (uint32_t)(seed & 1);
+                    p.lane_copy = lc;
                     skv_kcache *c = NULL;
                     CHECK_OK(skv_kcache_create(ctx, &p, &c));
                     if (!c)
@@ -1078,7 +1088,7 @@ static void topk_matrix(void)
                     CHECK_OK(skv_kcache_seq_create(c, &ids[2]));
                     model_add_seq(&m, ids[2]);
                     n_ids = 3;
-                    if (hi == 0 && pi > 0) {
+                    if ((hi == 0 || lc) && pi > 0) { /* split over threads */
                         CHECK_OK(skv_kcache_seq_create(c, &ids[3]));
                         model_add_seq(&m, ids[3]);
                         n_ids = 4;
@@ -1104,11 +1114,11 @@ static void topk_matrix(void)
                                                m.s[ids[si]].ly[layer].len);
                                     char label[160];
                                     snprintf(label, sizeof label,
-                                             "%s cache=%s P=%d D=%d H=%d T=%d q=%s pos=%d seq %d "
+                                             "%s cache=%s%s P=%d D=%d H=%d T=%d q=%s pos=%d seq %d "
                                              "(seed %llu)",
-                                             all_levels[lv].name, dname(p.dtype), p.page_tokens,
-                                             p.head_dim, Hs[h], Ts[t], dname(qt), pm, si,
-                                             (unsigned long long)seed);
+                                             all_levels[lv].name, dname(p.dtype), lc ? "+lanes" : "",
+                                             p.page_tokens, p.head_dim, Hs[h], Ts[t], dname(qt), pm,
+                                             si, (unsigned long long)seed);
                                     compare_topk(ctx, c, &m, ids[si], layer, &qq, ks, 4, label);
                                     query_free(&qq);
                                 }

@@ -426,11 +426,27 @@ static void check_fp8_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn
         kn->lanes.score(pack, lanes, c.ks, n, tiled);
         run_score(&ref->score_f32, &c, c.kf, 0, n, want);
         kn->lanes.score_fp8(pack, f8rows, c.ks, n, got);
+        /* the same keys in fp8 tiles, stored in reverse order; the last tile's unused keys
+           hold junk (NaN, zeros, anything), which must not reach a score */
+        const int32_t n_tiles = (n + 15) / 16;
+        uint8_t *tiles = xmalloc((size_t)n_tiles * 16 * D);
+        const void **tilep = xmalloc((size_t)n_tiles * sizeof *tilep);
+        for (size_t i = 0; i < (size_t)n_tiles * 16 * D; i++)
+            tiles[i] = (uint8_t)rng_int(&r, 0, 255);
+        for (int32_t tt = 0; tt < n_tiles; tt++)
+            tilep[tt] = tiles + (size_t)(n_tiles - 1 - tt) * 16 * D;
+        for (int32_t j = 0; j < n; j++)
+            for (int32_t d = 0; d < D; d++)
+                ((uint8_t *)tilep[j / 16])[skv_fp8_tile_offset(j % 16, d)] =
+                    ((const uint8_t *)f8rows[j])[d];
+        float *from_tiles = xmalloc((size_t)n * 4);
+        kn->lanes.score_fp8_tiles(pack, tilep, c.ks, n, from_tiles);
         for (int32_t j = 0; j < n; j++) {
-            const int ok = close_to_scalar(&c, j, got[j], want[j]) && same_float(got[j], tiled[j]);
+            const int ok = close_to_scalar(&c, j, got[j], want[j]) && same_float(got[j], tiled[j]) &&
+                           same_float(from_tiles[j], got[j]);
             if (!ok && bad++ < 5)
-                CHECK(ok, "%s fp8 lanes H=%d D=%d n=%d j=%d qt=%d: %.9g vs scalar %.9g, tiles %.9g", lv,
-                      H, D, n, j, c.qt, got[j], want[j], tiled[j]);
+                CHECK(ok, "%s fp8 lanes H=%d D=%d n=%d j=%d qt=%d: %.9g vs scalar %.9g, tiles %.9g, fp8 tiles %.9g",
+                      lv, H, D, n, j, c.qt, got[j], want[j], tiled[j], from_tiles[j]);
             if (j % 5 == 0 || j == n - 1) { /* alone, and first of a window of other keys */
                 const int32_t m = n - j < 17 ? n - j : 17;
                 kn->lanes.score_fp8(pack, &f8rows[j], c.ks + j, 1, &one[0]);
@@ -443,7 +459,16 @@ static void check_fp8_lanes_kernel(const skv_kernels *ref, const skv_kernels *kn
                         CHECK(0, "%s fp8 lanes H=%d D=%d: key %d from %d %.9g, from 0 %.9g", lv, H, D,
                               j + i, j, one[i], got[j + i]);
             }
+            if (j % 16 == 0) { /* from the fp8 tile of key j on, a few keys */
+                const int32_t m = n - j < 17 ? n - j : 17;
+                kn->lanes.score_fp8_tiles(pack, &tilep[j / 16], c.ks + j, m, one);
+                for (int32_t i = 0; i < m; i++)
+                    if (!same_float(one[i], got[j + i]) && tiling++ < 3)
+                        CHECK(0, "%s fp8 tiles H=%d D=%d: key %d from %d %.9g, from 0 %.9g", lv, H, D,
+                              j + i, j, one[i], got[j + i]);
+            }
         }
+        free(tiles), free(tilep), free(from_tiles);
         free(pack), free(want), free(got), free(tiled), free(lanes), free(f8), free(f8rows);
         free_case(&c);
     }

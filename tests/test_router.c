@@ -127,6 +127,64 @@ static void test_kcache_pool(void)
     }
 }
 
+/* A key cache with a lane copy (the few-head decode kernel's layout) against one without: MISA
+ * and MISA-dagger decode return the same keys and scores to the bit, after appends, a removal
+ * and a fork (fp8 keys with zeros, subnormals and NaN among them). */
+static void test_lane_copy(void)
+{
+    rng r = {29};
+    enum { D = 32, H = 16, L = 3000, K = 64 };
+    skv_kcache *c[2];
+    int32_t seq[2], fork[2];
+    uint8_t *k8 = xmalloc((size_t)L * D);
+    float *ks = xmalloc((size_t)L * 4), *kf = xmalloc((size_t)L * D * 4);
+    for (int64_t i = 0; i < (int64_t)L * D; i++)
+        kf[i] = (float)rng_uniform(&r, -2, 2) * (i % 97 == 0 ? 1e-4f : 1.0f);
+    CHECK_OK(skv_quantize_fp8(kf, L, D, D, 0, k8, ks));
+    for (int64_t i = 0; i < (int64_t)L * D; i += 131)
+        k8[i] = i % 3 == 0 ? 0x00 : i % 3 == 1 ? 0x03 : 0x7f; /* zero, subnormal, NaN */
+    for (int v = 0; v < 2; v++) {
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = D, kp.page_tokens = 64, kp.pool_chunk = 16, kp.lane_copy = v;
+        CHECK_OK(skv_kcache_create(ctx, &kp, &c[v]));
+        CHECK_OK(skv_kcache_seq_create(c[v], &seq[v]));
+        for (int64_t at = 0; at < L; at += 700) { /* appends that end inside a tile */
+            const int64_t n = L - at < 700 ? L - at : 700;
+            const skv_key_block kb = {n, D, SKV_FP8_E4M3, k8 + at * D, ks + at};
+            CHECK_OK(skv_kcache_append(c[v], seq[v], 0, &kb));
+        }
+        CHECK_OK(skv_kcache_seq_remove(c[v], seq[v], 1000, 1037)); /* rows move by 37 */
+        CHECK_OK(skv_kcache_seq_fork(c[v], seq[v], &fork[v]));
+        const skv_key_block kb = {5, D, SKV_FP8_E4M3, k8, ks};
+        CHECK_OK(skv_kcache_append(c[v], fork[v], 0, &kb)); /* the fork's last page copied */
+    }
+    idx_data d;
+    idx_data_make(&d, &r, 1, H, D, L, SKV_FP8_E4M3, SKV_FP8_E4M3, FILL_RANDOM, 1);
+    skv_indexer_query q = idx_query(&d);
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.heads = 4, mp.block = 64, mp.min_length = 0;
+    for (int dagger = 0; dagger < 2; dagger++)
+        for (int f = 0; f < 2; f++) {
+            int32_t idx[2][K];
+            float sc[2][K];
+            mp.candidates = dagger ? 4 * K : 0;
+            for (int v = 0; v < 2; v++) {
+                const int32_t sq = f ? fork[v] : seq[v];
+                int32_t pos = f ? L - 37 + 4 : L - 37 - 1 - 100; /* the fork's end; inside */
+                q.positions = &pos;
+                CHECK_OK(skv_kcache_misa_topk(c[v], sq, 0, &q, &mp, K, idx[v], sc[v]));
+            }
+            CHECK(!memcmp(idx[0], idx[1], sizeof idx[0]) && !memcmp(sc[0], sc[1], sizeof sc[0]),
+                  "lane copy changes MISA%s (fork %d)", dagger ? "-dagger" : "", f);
+        }
+    for (int v = 0; v < 2; v++)
+        skv_kcache_destroy(c[v]);
+    idx_data_free(&d);
+    free(k8), free(ks), free(kf);
+}
+
 /* ---- the router formula -------------------------------------------------------------------- */
 
 static double ddot(const double *a, const double *b, int n)
@@ -617,6 +675,7 @@ int main(void)
     ctx = ctx_new(SKV_CPU_ALL, 2);
     test_pool();
     test_kcache_pool();
+    test_lane_copy();
     test_router_formula();
     test_route_decode();
     test_dials();

@@ -82,7 +82,8 @@ SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_row
 /* Keys of many sequences for n_layers layers, in pages of page_tokens tokens. A page id serves
  * every layer (one block table per sequence); each (page, layer) slot stores page_tokens rows
  * of head_dim values and, for FP8, then page_tokens f32 scales (132 bytes per token for
- * head_dim 128, DeepGEMM's paged layout), then the pooled chunk sums when pool_chunk > 0. Sequences are numbered by the cache. Forked
+ * head_dim 128, DeepGEMM's paged layout), then the pooled chunk sums when pool_chunk > 0,
+ * then the lane copy when lane_copy is set. Sequences are numbered by the cache. Forked
  * sequences share pages by reference count; a shared page is copied on its first write. Each
  * layer has its own length (layers append one after another during a step). Page memory is
  * returned as soon as no sequence references it; the small bookkeeping arrays (sequence slots,
@@ -104,6 +105,11 @@ typedef struct skv_kcache_params {
                              of every chunk of this many tokens, a divisor of page_tokens, kept in
                              the page (head_dim * 4 bytes per chunk and layer), updated on every
                              append and removal; 0 = none; default 0 */
+    int32_t lane_copy;    /* 1: also keep each FP8 key in the page as "fp8 tiles" of 16 tokens,
+                             the layout the few-head decode kernel reads without unpacking (MISA's
+                             routed pass, 8 heads or fewer: about 1.5x faster per key); head_dim
+                             bytes more per token and layer, the same scores to the bit; needs
+                             FP8, head_dim a multiple of 32 and page_tokens of 16; default 0 */
 } skv_kcache_params;
 
 typedef struct skv_kcache_stats {

@@ -210,27 +210,43 @@ static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
 }
 
 /* Keys [g, ge) of a token block in lanes: transposed once from wherever they lie (fp8
- * converted on the way), then scored for every token that sees them and pushed to its top-k.
- * Keys in lanes are bf16 or fp8: the bf16 kernel serves no other. */
+ * converted on the way), then scored for every token that sees them and pushed to its top-k;
+ * one token's fp8 keys instead go into lanes in registers, from their rows or from the key
+ * cache's lane copy. Keys in lanes are bf16 or fp8: the bf16 kernel serves no other. */
 static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64_t g, int64_t ge,
                               const int64_t *vis, int32_t nt, const uint8_t *packs,
                               uint8_t *scratch, int32_t t0, float *tile, skv_topk_state *st)
 {
-    const int32_t D = p->src->head_dim;
-    /* the next group's first keys: the kernel asks for the rest as it goes */
-    prefetch_keys(p->src, ge, SKV_LANES_PREFETCH, p->src->n_keys);
+    const skv_key_src *src = p->src;
+    const int32_t D = src->head_dim;
+    const int fp8 = src->dtype == SKV_FP8_E4M3;
+    const int in_registers = fp8 && nt <= FP8_LANES_IN_REGISTERS_MAX_TOKENS;
+    /* the cache's lane copy holds these keys as fp8 tiles (groups start on whole tiles) */
+    const int fp8_tiles = in_registers && src->lane_offset && g % 16 == 0;
     uint32_t *lanes = (uint32_t *)scratch;
     float *scale = (float *)(scratch + p->rows_bytes);
     const void *row[KEY_GROUP];
+    if (fp8_tiles) {
+        for (int64_t i = 0; i < (ge - g + 15) / 16; i++) {
+            const int64_t s = g + 16 * i;
+            row[i] = src->pages[src->table[s / src->page_tokens]] + src->lane_offset +
+                     (size_t)(s % src->page_tokens) * D;
+        }
+        if (ge < src->n_keys) /* the next group's first tiles: the kernel asks for the rest */
+            for (size_t b = 0; b < (size_t)32 * D; b += 64)
+                __builtin_prefetch(src->pages[src->table[ge / src->page_tokens]] + src->lane_offset +
+                                   (size_t)(ge % src->page_tokens) * D + b);
+    } else {
+        /* the next group's first keys: the kernel asks for the rest as it goes */
+        prefetch_keys(src, ge, SKV_LANES_PREFETCH, src->n_keys);
+    }
     for (int e = 0; e < nseg; e++) {
         const int64_t at = seg[e].start - g;
-        for (int64_t j = 0; j < seg[e].n; j++)
-            row[at + j] = seg[e].rows + (size_t)j * p->src->row_bytes;
+        for (int64_t j = 0; !fp8_tiles && j < seg[e].n; j++)
+            row[at + j] = seg[e].rows + (size_t)j * src->row_bytes;
         if (p->scaled)
             memcpy(scale + at, seg[e].scale, (size_t)seg[e].n * 4);
     }
-    const int fp8 = p->src->dtype == SKV_FP8_E4M3;
-    const int in_registers = fp8 && nt <= FP8_LANES_IN_REGISTERS_MAX_TOKENS;
     if (fp8 && !in_registers)
         p->kern->lanes.fp8_to_lanes(row, D, ge - g, lanes);
     else if (!fp8)
@@ -240,12 +256,14 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
         if (end <= g)
             continue;
         const uint8_t *pack = packs + (size_t)i * p->pack_bytes;
-        if (in_registers)
-            p->kern->lanes.score_fp8(pack, row, p->scaled ? scale : NULL, end - g,
-                                     token_out(p, t0 + i, tile, g));
+        float *out = token_out(p, t0 + i, tile, g);
+        const float *ks = p->scaled ? scale : NULL;
+        if (fp8_tiles)
+            p->kern->lanes.score_fp8_tiles(pack, row, ks, end - g, out);
+        else if (in_registers)
+            p->kern->lanes.score_fp8(pack, row, ks, end - g, out);
         else
-            p->kern->lanes.score(pack, lanes, p->scaled ? scale : NULL, end - g,
-                                 token_out(p, t0 + i, tile, g));
+            p->kern->lanes.score(pack, lanes, ks, end - g, out);
         if (p->out_idx)
             skv_topk_push(&st[i], tile + (size_t)i * KEY_GROUP, (int32_t)(end - g),
                           (int32_t)g);

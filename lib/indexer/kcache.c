@@ -20,7 +20,7 @@ typedef struct kseq {
 struct skv_kcache {
     skv_context *ctx;
     skv_kcache_params p;
-    size_t row_bytes, scale_offset, pool_offset, slot_bytes, page_bytes;
+    size_t row_bytes, scale_offset, pool_offset, lane_offset, slot_bytes, page_bytes;
     uint8_t **pages; /* [id_cap]; NULL for a free id */
     int32_t *refcnt; /* [id_cap] */
     int32_t *free_ids, n_free, id_cap, ids_used;
@@ -55,6 +55,8 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     SKV_CHECK(ctx, p->max_pages >= 0 && p->max_pages <= INT32_MAX && p->max_seqs >= 0);
     SKV_CHECK(ctx, (p->quant_flags & ~(uint32_t)SKV_QUANT_POW2_SCALE) == 0);
     SKV_CHECK(ctx, p->pool_chunk >= 0 && (p->pool_chunk == 0 || p->page_tokens % p->pool_chunk == 0));
+    SKV_CHECK(ctx, p->lane_copy == 0 || (p->lane_copy == 1 && p->dtype == SKV_FP8_E4M3 &&
+                                         p->head_dim % 32 == 0 && p->page_tokens % 16 == 0));
     if (p->dtype == SKV_F16)
         return SKV_ERR_UNSUPPORTED;
     SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_FP8_E4M3);
@@ -70,6 +72,10 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     c->slot_bytes = p->pool_chunk ? c->pool_offset + (size_t)(p->page_tokens / p->pool_chunk) *
                                                          (size_t)p->head_dim * 4
                                   : c->pool_offset;
+    if (p->lane_copy) { /* whole 64-byte vectors: every layer's copy starts on one */
+        c->lane_offset = skv_round_up(c->slot_bytes, 64);
+        c->slot_bytes = c->lane_offset + (size_t)p->page_tokens * (size_t)p->head_dim;
+    }
     c->page_bytes = c->slot_bytes * (size_t)p->n_layers;
     *out = c;
     return SKV_OK;
@@ -365,6 +371,16 @@ static void pool_add(skv_kcache *c, kseq *s, int32_t layer, int64_t pos)
             sum[d] += x[d];
 }
 
+/* Key pos's bytes into its page's lane copy (the fp8 tile of its 16 tokens). */
+static void lane_put(skv_kcache *c, kseq *s, int32_t layer, int64_t pos)
+{
+    const int32_t P = c->p.page_tokens, D = c->p.head_dim, j = (int32_t)(pos % P);
+    uint8_t *tile = slot(c, s->table[pos / P], layer) + c->lane_offset + (size_t)(j / 16) * 16 * D;
+    const uint8_t *row = row_at(c, s, layer, pos);
+    for (int32_t d = 0; d < D; d++)
+        tile[skv_fp8_tile_offset(j % 16, d)] = row[d];
+}
+
 /* Writes one key row (already validated) at pos. */
 static void write_row(skv_kcache *c, kseq *s, int32_t layer, int64_t pos,
                       const skv_key_block *keys, int64_t i)
@@ -405,6 +421,8 @@ skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer, const sk
         write_row(c, s, layer, start + i, keys, i);
         if (c->p.pool_chunk)
             pool_add(c, s, layer, start + i);
+        if (c->p.lane_copy)
+            lane_put(c, s, layer, start + i);
     }
     s->len[layer] = end;
     return SKV_OK;
@@ -444,6 +462,8 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
         if (c->p.pool_chunk && b > a) /* rebuild the chunks the rows moved into */
             for (int64_t i = a / c->p.pool_chunk * c->p.pool_chunk; i < s->len[l]; i++)
                 pool_add(c, s, l, i);
+        for (int64_t i = a; c->p.lane_copy && b > a && i < s->len[l]; i++) /* and the copy */
+            lane_put(c, s, l, i);
     }
     while (s->n_pages > keep_pages)
         unref_page(c, s->table[--s->n_pages]);
@@ -483,6 +503,7 @@ skv_status skv_kcache_src(const skv_kcache *c, int32_t seq, int32_t layer, skv_k
         .page_tokens = c->p.page_tokens,
         .pool_chunk = c->p.pool_chunk,
         .pool_offset = (size_t)layer * c->slot_bytes + c->pool_offset,
+        .lane_offset = c->p.lane_copy ? (size_t)layer * c->slot_bytes + c->lane_offset : 0,
     };
     return SKV_OK;
 }

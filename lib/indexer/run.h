@@ -25,6 +25,9 @@ typedef struct skv_key_src {
     int32_t pool_chunk;
     const float *pool_sums;
     size_t pool_offset;
+    /* paged FP8 keys with a lane copy (skv_kcache_params.lane_copy) when lane_offset > 0: the
+       fp8 tile of keys 16i..16i+15 of a page at page + lane_offset + i * 16 * head_dim */
+    size_t lane_offset;
     /* per-token key lists (top-k only): token t sees exactly keys lists[t * list_stride + i],
        i < list_len[t], ascending; positions are ignored and results are keys of src */
     const int32_t *lists, *list_len;

@@ -88,7 +88,23 @@ typedef struct skv_lanes_kernel {
        the same bits as fp8_to_lanes, then score. Present wherever to_lanes is. */
     void (*score_fp8)(const void *pack, const void *const *rows, const float *ks, int64_t n,
                       float *out);
+    /* The same from fp8 keys already in "fp8 tiles" (tiles: one pointer per 16 keys, the last
+       tile's keys past n ignored): tile t holds, for each 16 dims d0 of its keys, 256 bytes
+       at tile + d0 * 16: four 64-byte vectors, vector i's 128-bit lane L holding keys 4L..4L+3,
+       each its bytes of dims d0 + 4i, d0 + 4i + 1 (bytes 0-7: key 4L + j at 2j), then dims
+       d0 + 4i + 2, + 3 (bytes 8-15), so that a byte unpack widens them into lanes rows (the
+       key cache's lane copy: skv_kcache_params.lane_copy). The same bits again. */
+    void (*score_fp8_tiles)(const void *pack, const void *const *tiles, const float *ks,
+                            int64_t n, float *out);
 } skv_lanes_kernel;
+
+/* The byte offset of dim d of key j (0..15) within its fp8 tile (layout above). */
+static inline size_t skv_fp8_tile_offset(int32_t j, int32_t d)
+{
+    const int32_t pair = (d % 16) / 2;
+    return (size_t)(d / 16) * 256 + (size_t)(pair / 2) * 64 + (size_t)(j / 4) * 16 +
+           (size_t)(pair % 2) * 8 + (size_t)(j % 4) * 2 + (size_t)(d % 2);
+}
 
 #define SKV_LANES_MAX_HEADS 8
 /* Keys stream from memory once: to_lanes and fp8_to_lanes ask for the rows this many keys

@@ -192,5 +192,5 @@ void skv_kernels_init_avx512bf16(skv_kernels *k)
     k->score_bf16 = (skv_score_kernel){pack_size_bf16, pack_bf16, score_bf16_avx512, SKV_BF16};
     k->fp8_to_bf16 = fp8_to_bf16_vbmi;
     k->lanes = (skv_lanes_kernel){to_lanes_avx512, fp8_to_lanes_avx512, score_lanes_avx512,
-                                  score_fp8_avx512};
+                                  score_fp8_avx512, score_fp8_tiles_avx512};
 }

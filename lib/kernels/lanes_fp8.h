@@ -7,7 +7,9 @@
  * unpacks put the four keys of a lane pair by pair, and fp8 becomes bf16 by an unpack, a
  * shift, a mask and an add, beside the dot products, where fp8_to_lanes' byte permutes and
  * transposition cost as much as 8 heads' scoring. The shift is exact for normal values only;
- * zeros, subnormals and NaN take the table conversion. */
+ * zeros, subnormals and NaN take the table conversion. Keys kept in fp8 tiles (the vectors
+ * those unpacks make, stored once when a key is cached) skip the loads and unpacks too:
+ * score_fp8_tiles. */
 
 /* 16 keys' bytes [off, off + 16) as fp8 pairs in tile order: u[i] lane L holds pair 2i of
  * keys 4L..4L+3 (2 bytes each), then their pair 2i + 1. *low gathers (x | 0x80) + 1 by
@@ -33,6 +35,17 @@ SKV_ALWAYS_INLINE void fp8_tile_chunk(const void *const row[16], int32_t off, __
     u[3] = _mm512_unpackhi_epi32(t1, t3);
 }
 
+/* The same four vectors of 16 keys' dims [off, off + 16) from their fp8 tile (kernels.h). */
+SKV_ALWAYS_INLINE void fp8_tile_load(const uint8_t *tile, int32_t off, __m512i u[4], __m512i *low)
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        u[i] = _mm512_loadu_si512(tile + (size_t)off * 16 + 64 * i);
+        const __m512i mag = _mm512_or_si512(u[i], _mm512_set1_epi32((int)0x80808080u));
+        *low = _mm512_min_epu8(*low, _mm512_sub_epi8(mag, _mm512_set1_epi8(-1)));
+    }
+}
+
 /* The tile rows of pairs 2i (half 0) or 2i + 1 (half 1) from u = u[i]: by shift (t NULL:
  * normal values only), s eeee mmm in a word's high byte -> s (eeee + 120) mmm0000, or by
  * table. */
@@ -49,13 +62,14 @@ SKV_ALWAYS_INLINE __m512i fp8_tile_row(__m512i u, int half, const fp8_lut *t)
     return half ? _mm512_unpackhi_epi8(lo, hi) : _mm512_unpacklo_epi8(lo, hi);
 }
 
-/* KV tiles of 16 keys (rows: 16 * KV pointers) against H heads, lanes_block's order: for each
- * pair of dims, each head, each tile. A chunk of 16 dims holding a byte the shift cannot
+/* KV tiles of 16 keys against H heads, lanes_block's order: for each pair of dims, each head,
+ * each tile. The keys come from their rows (src: 16 * KV row pointers) or, with TILES, from
+ * their fp8 tiles (src: KV tile pointers). A chunk of 16 dims holding a byte the shift cannot
  * convert takes the table (the same bits for the others: a key's score never depends on its
  * neighbours). */
-SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int32_t D,
-                                       const void *const *row, const fp8_lut *lut, const float *ks,
-                                       int64_t n, float *out)
+SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int TILES,
+                                       int32_t D, const void *const *src, const fp8_lut *lut,
+                                       const float *ks, int64_t n, float *out)
 {
     __m512 acc[16];
 #pragma GCC unroll 16
@@ -64,8 +78,12 @@ SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, i
     for (int32_t off = 0; off < D; off += 16) {
         __m512i u[2][4], low = _mm512_set1_epi8((char)0xff);
 #pragma GCC unroll 2
-        for (int v = 0; v < KV; v++)
-            fp8_tile_chunk(row + 16 * v, off, u[v], &low);
+        for (int v = 0; v < KV; v++) {
+            if (TILES)
+                fp8_tile_load(src[v], off, u[v], &low);
+            else
+                fp8_tile_chunk(src + 16 * v, off, u[v], &low);
+        }
         const fp8_lut *t = _mm512_cmple_epu8_mask(low, _mm512_set1_epi8((char)0x88)) ? lut : NULL;
 #pragma GCC unroll 8
         for (int p = 0; p < 8; p++) {
@@ -90,40 +108,62 @@ SKV_ALWAYS_INLINE void fp8_lanes_all(const skv_qchunk *c, int scaled, int H, int
         tile_rows(rows, j + 16, n, (size_t)D, row + 16); /* past n: the last key again */
         const int64_t left = n - j;
         if (left > 16)
-            fp8_lanes_block(c, scaled, H, G, 2, D, row, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 2, 0, D, row, lut, ks ? ks + j : NULL, left, out + j);
         else
-            fp8_lanes_block(c, scaled, H, G, 1, D, row, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 1, 0, D, row, lut, ks ? ks + j : NULL, left, out + j);
     }
 }
 
-#define FP8_LANES_CASE(HH, GG)                                                                \
+/* The same from fp8 tiles, asking for the next two tiles while these are scored. */
+SKV_ALWAYS_INLINE void fp8_tiles_all(const skv_qchunk *c, int scaled, int H, int G, int32_t D,
+                                     const void *const *tiles, const fp8_lut *lut, const float *ks,
+                                     int64_t n, float *out)
+{
+    const int64_t n_tiles = (n + 15) / 16;
+    for (int64_t j = 0; j < n; j += 32) {
+        for (int64_t t = j / 16 + 2; t < j / 16 + 4 && t < n_tiles; t++)
+            for (int32_t b = 0; b < 16 * D; b += 64)
+                __builtin_prefetch((const uint8_t *)tiles[t] + b);
+        const int64_t left = n - j;
+        if (left > 16)
+            fp8_lanes_block(c, scaled, H, G, 2, 1, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
+        else
+            fp8_lanes_block(c, scaled, H, G, 1, 1, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
+    }
+}
+
+#define FP8_LANES_CASE(ALL, HH, GG)                                                           \
     case HH:                                                                                  \
         if (hdr->scaled == 0)                                                                 \
-            fp8_lanes_all(&c, 0, HH, GG, D, rows, &lut, ks, n, out);                          \
+            ALL(&c, 0, HH, GG, D, src, &lut, ks, n, out);                                     \
         else if (hdr->scaled == 1)                                                            \
-            fp8_lanes_all(&c, 1, HH, GG, D, rows, &lut, ks, n, out);                          \
+            ALL(&c, 1, HH, GG, D, src, &lut, ks, n, out);                                     \
         else                                                                                  \
-            fp8_lanes_all(&c, 2, HH, GG, D, rows, &lut, ks, n, out);                          \
+            ALL(&c, 2, HH, GG, D, src, &lut, ks, n, out);                                     \
         break;
 
-/* The pack is score_bf16's (one chunk: at most 8 heads, lane group G = 16 / 2^ceil(log2 H)). */
-static void score_fp8_avx512(const void *pack, const void *const *rows, const float *ks, int64_t n,
-                             float *out)
-{
-    const skv_qpack_hdr *hdr = pack;
-    const skv_qchunk c = skv_qpack_chunk(hdr, 0);
-    const int32_t D = hdr->D;
-    fp8_lut lut;
-    fp8_lut_init(&lut);
-    switch (hdr->H) {
-        FP8_LANES_CASE(1, 16)
-        FP8_LANES_CASE(2, 8)
-        FP8_LANES_CASE(3, 4)
-        FP8_LANES_CASE(4, 4)
-        FP8_LANES_CASE(5, 2)
-        FP8_LANES_CASE(6, 2)
-        FP8_LANES_CASE(7, 2)
-        FP8_LANES_CASE(8, 2)
-    default: break;
+#define FP8_LANES_KERNEL(NAME, ALL)                                                           \
+    static void NAME(const void *pack, const void *const *src, const float *ks, int64_t n,    \
+                     float *out)                                                              \
+    {                                                                                         \
+        const skv_qpack_hdr *hdr = pack;                                                      \
+        const skv_qchunk c = skv_qpack_chunk(hdr, 0);                                         \
+        const int32_t D = hdr->D;                                                             \
+        fp8_lut lut;                                                                          \
+        fp8_lut_init(&lut);                                                                   \
+        switch (hdr->H) {                                                                     \
+            FP8_LANES_CASE(ALL, 1, 16)                                                        \
+            FP8_LANES_CASE(ALL, 2, 8)                                                         \
+            FP8_LANES_CASE(ALL, 3, 4)                                                         \
+            FP8_LANES_CASE(ALL, 4, 4)                                                         \
+            FP8_LANES_CASE(ALL, 5, 2)                                                         \
+            FP8_LANES_CASE(ALL, 6, 2)                                                         \
+            FP8_LANES_CASE(ALL, 7, 2)                                                         \
+            FP8_LANES_CASE(ALL, 8, 2)                                                         \
+        default: break;                                                                       \
+        }                                                                                     \
     }
-}
+
+/* The packs are score_bf16's (one chunk: at most 8 heads, lane group G = 16 / 2^ceil(log2 H)). */
+FP8_LANES_KERNEL(score_fp8_avx512, fp8_lanes_all)
+FP8_LANES_KERNEL(score_fp8_tiles_avx512, fp8_tiles_all)
