@@ -89,9 +89,9 @@ static void t_free(void *user, void *p, size_t size)
 
 /* Results of the run without failures; later runs must reproduce them. */
 typedef struct results {
-    int32_t *idx[13];
-    float *val[13];
-    size_t n[13];
+    int32_t *idx[16];
+    float *val[16];
+    size_t n[16];
     uint8_t *cache_state;
     size_t cache_state_bytes;
 } results;
@@ -488,6 +488,30 @@ static void scenario(tracker *t)
     }
     CHECK_ACCOUNTING(t, ctx);
 
+    /* MISA decode on a key cache with pooled sums and a lane copy: the block means it remembers
+       grow with the context (a failure to grow them costs time, not the result) */
+    {
+        skv_kcache_params mk;
+        skv_kcache_params_init(&mk);
+        mk.head_dim = 32, mk.page_tokens = 16, mk.pool_chunk = 16, mk.lane_copy = 1;
+        skv_kcache *cm = NULL;
+        int32_t sq = -1;
+        ATTEMPT("kcache create", skv_kcache_create(ctx, &mk, &cm), (void)0);
+        ATTEMPT("seq_create", skv_kcache_seq_create(cm, &sq), (void)0);
+        skv_misa_params mp;
+        skv_misa_params_init(&mp);
+        mp.heads = 2, mp.block = 64, mp.min_length = 0;
+        for (int step = 0; step < 3; step++) {
+            const skv_key_block part = {1500, 32, SKV_FP8_E4M3, D.k8 + (size_t)step * 1500 * 32,
+                                        D.ks8 + step * 1500};
+            ATTEMPT("append", skv_kcache_append(cm, sq, 0, &part), (void)0);
+            COMPOSITE("kcache misa", skv_kcache_misa_topk(cm, sq, 0, &q1, &mp, 64, idx, val), idx, K * 4);
+            result(13 + step, idx, val, K, "kcache misa");
+        }
+        skv_kcache_destroy(cm);
+    }
+    CHECK_ACCOUNTING(t, ctx);
+
 out:
     skv_kcache_destroy(c);
     skv_context_destroy(ctx);
@@ -537,7 +561,7 @@ int main(void)
     CHECK(n - 1 == total, "failures injected at %ld points, the clean run made %ld allocations", n - 1, total);
     CHECK(n_nomem == n - 1, "%ld injected failures but %ld NOMEM returns", n - 1, n_nomem);
 
-    for (int i = 0; i < 13; i++)
+    for (int i = 0; i < 16; i++)
         free(ref.idx[i]), free(ref.val[i]);
     free(ref.cache_state);
     free(t.blocks);

@@ -185,6 +185,80 @@ static void test_lane_copy(void)
     free(k8), free(ks), free(kf);
 }
 
+/* The key cache remembers whole blocks' means for the router across calls: decode steps,
+ * prefill chunks, removals (which forget the means from the removed rows' block on), forks and
+ * a change of router block must give what MISA gives on the same keys laid out contiguously
+ * (pooled afresh, nothing remembered), to the bit. Two threads: blocks spread over them. */
+static void test_kcache_memo(void)
+{
+    rng r = {41};
+    enum { D = 32, H = 16, MAXL = 2600, K = 32 };
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    kp.head_dim = D, kp.page_tokens = 16, kp.pool_chunk = 16;
+    skv_kcache *c;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &c));
+    int32_t seq;
+    CHECK_OK(skv_kcache_seq_create(c, &seq));
+    float *kf = xmalloc((size_t)MAXL * D * 4), *sums = xmalloc((size_t)MAXL * D * 4);
+    uint8_t *k8 = xmalloc((size_t)MAXL * D);
+    float *ks = xmalloc((size_t)MAXL * 4);
+    idx_data d;
+    idx_data_make(&d, &r, 3, H, D, 0, SKV_FP8_E4M3, SKV_FP8_E4M3, FILL_RANDOM, 0);
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.heads = 4, mp.min_length = 0;
+    int64_t len = 0;
+    for (int step = 0; step < 90; step++) {
+        const int64_t u = rng_int(&r, 0, 19);
+        if (u < 12 || len < 100) { /* decode steps, now and then a prefill chunk */
+            const int64_t n = u < 10 ? 1 : rng_int(&r, 20, 300);
+            if (len + n > MAXL)
+                continue;
+            for (int64_t i = 0; i < n * D; i++)
+                kf[i] = (float)rng_uniform(&r, -1, 1);
+            CHECK_OK(skv_quantize_fp8(kf, n, D, D, 0, k8 + len * D, ks + len));
+            const skv_key_block kb = {n, D, SKV_FP8_E4M3, k8 + len * D, ks + len};
+            CHECK_OK(skv_kcache_append(c, seq, 0, &kb));
+            len += n;
+        } else if (u < 15) { /* a removal inside the remembered blocks */
+            const int64_t p0 = rng_int(&r, 0, len - 1), p1 = p0 + rng_int(&r, 1, 70);
+            const int64_t b = p1 < len ? p1 : len;
+            memmove(k8 + p0 * D, k8 + b * D, (size_t)(len - b) * D);
+            memmove(ks + p0, ks + b, (size_t)(len - b) * 4);
+            CHECK_OK(skv_kcache_seq_remove(c, seq, p0, p1));
+            len -= b - p0;
+        } else if (u < 17) { /* go on in a fork: it remembers nothing yet */
+            int32_t f;
+            CHECK_OK(skv_kcache_seq_fork(c, seq, &f));
+            CHECK_OK(skv_kcache_seq_free(c, seq));
+            seq = f;
+        } else { /* another router block */
+            mp.block = mp.block == 64 ? 128 : 64;
+        }
+        const skv_key_block kb = {len, D, SKV_FP8_E4M3, k8, ks};
+        CHECK_OK(skv_pool_keys(&kb, 16, sums));
+        const skv_pooled_keys pk = {16, sums};
+        for (int32_t T = 1; T <= 3; T += 2) { /* a decode token (sometimes mid-context), a chunk */
+            skv_indexer_query q = idx_query(&d);
+            int32_t pos[3];
+            for (int32_t t = 0; t < T; t++)
+                pos[t] = (int32_t)(T == 1 && step % 4 == 0 ? rng_int(&r, 0, len - 1) : len - T + t);
+            q.n_tokens = T, q.positions = pos;
+            int32_t a[3 * K], b[3 * K];
+            float sa[3 * K], sb[3 * K];
+            CHECK_OK(skv_kcache_misa_topk(c, seq, 0, &q, &mp, K, a, sa));
+            CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, b, sb));
+            CHECK(!memcmp(a, b, (size_t)T * K * 4) && !memcmp(sa, sb, (size_t)T * K * 4),
+                  "step %d: MISA on the cache (remembered means) differs from contiguous keys (T=%d L=%lld block %d)",
+                  step, T, (long long)len, mp.block);
+        }
+    }
+    skv_kcache_destroy(c);
+    idx_data_free(&d);
+    free(kf), free(sums), free(k8), free(ks);
+}
+
 /* ---- the router formula -------------------------------------------------------------------- */
 
 static double ddot(const double *a, const double *b, int n)
@@ -676,6 +750,7 @@ int main(void)
     test_pool();
     test_kcache_pool();
     test_lane_copy();
+    test_kcache_memo();
     test_router_formula();
     test_route_decode();
     test_dials();

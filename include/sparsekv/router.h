@@ -99,8 +99,10 @@ SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
                                  const skv_key_block *keys, const skv_pooled_keys *pooled,
                                  const skv_misa_params *p, int32_t k, int32_t *out_idx,
                                  float *out_score);
-/* The same on the keys of (seq, layer) in a key cache with pooled chunks. Errors also: STATE
- * when the cache keeps no pooled sums and the router needs them. */
+/* The same on the keys of (seq, layer) in a key cache with pooled chunks. The cache remembers
+ * the means of whole blocks between calls (head_dim floats per block of the sequence; a removal
+ * forgets those from its first block on), so a decode step reads only the blocks it completed.
+ * Errors also: STATE when the cache keeps no pooled sums and the router needs them. */
 SKV_API skv_status skv_kcache_misa_topk(skv_kcache *c, int32_t seq, int32_t layer,
                                         const skv_indexer_query *q, const skv_misa_params *p,
                                         int32_t k, int32_t *out_idx, float *out_score);

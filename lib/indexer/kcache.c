@@ -14,7 +14,8 @@ typedef struct kseq {
     int32_t live;
     int32_t n_pages, cap_pages;
     int32_t *table;
-    int64_t *len; /* [n_layers] */
+    int64_t *len;         /* [n_layers] */
+    skv_block_memo *memo; /* [n_layers] when the cache keeps pooled sums (the router fills it) */
 } kseq;
 
 struct skv_kcache {
@@ -167,6 +168,9 @@ static void seq_release(skv_kcache *c, kseq *s)
         unref_page(c, s->table[i]);
     skv_free(c->ctx, s->table, (size_t)s->cap_pages * sizeof *s->table);
     skv_free(c->ctx, s->len, (size_t)c->p.n_layers * sizeof *s->len);
+    for (int32_t l = 0; s->memo && l < c->p.n_layers; l++)
+        skv_free(c->ctx, s->memo[l].mean, (size_t)s->memo[l].cap * (size_t)c->p.head_dim * 4);
+    skv_free(c->ctx, s->memo, (size_t)c->p.n_layers * sizeof *s->memo);
     memset(s, 0, sizeof *s);
     c->n_seqs--;
 }
@@ -194,12 +198,15 @@ static skv_status seq_new(skv_kcache *c, int32_t cap_pages, int32_t *out)
         c->seq_cap = cap;
     }
     kseq s = {0};
+    const size_t memo_b = c->p.pool_chunk ? (size_t)c->p.n_layers * sizeof *s.memo : 0;
     s.len = skv_alloc_zero(ctx, (size_t)c->p.n_layers * sizeof *s.len);
     s.cap_pages = cap_pages;
     s.table = cap_pages ? skv_alloc(ctx, (size_t)cap_pages * sizeof *s.table) : NULL;
-    if (!s.len || (cap_pages && !s.table)) {
+    s.memo = memo_b ? skv_alloc_zero(ctx, memo_b) : NULL;
+    if (!s.len || (cap_pages && !s.table) || (memo_b && !s.memo)) {
         skv_free(ctx, s.len, (size_t)c->p.n_layers * sizeof *s.len);
         skv_free(ctx, s.table, (size_t)cap_pages * sizeof *s.table);
+        skv_free(ctx, s.memo, memo_b);
         return SKV_ERR_NOMEM;
     }
     s.live = 1;
@@ -459,6 +466,10 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
                 *scale_at(c, s, l, a + i - b) = *scale_at(c, s, l, i);
         }
         s->len[l] = len - (b - a);
+        if (s->memo && b > a && s->memo[l].block) { /* the router's means from a's block on */
+            const int64_t keep = a / s->memo[l].block;
+            s->memo[l].valid = s->memo[l].valid < keep ? s->memo[l].valid : keep;
+        }
         if (c->p.pool_chunk && b > a) /* rebuild the chunks the rows moved into */
             for (int64_t i = a / c->p.pool_chunk * c->p.pool_chunk; i < s->len[l]; i++)
                 pool_add(c, s, l, i);
@@ -504,6 +515,7 @@ skv_status skv_kcache_src(const skv_kcache *c, int32_t seq, int32_t layer, skv_k
         .pool_chunk = c->p.pool_chunk,
         .pool_offset = (size_t)layer * c->slot_bytes + c->pool_offset,
         .lane_offset = c->p.lane_copy ? (size_t)layer * c->slot_bytes + c->lane_offset : 0,
+        .memo = s->memo ? &s->memo[layer] : NULL,
     };
     return SKV_OK;
 }

@@ -5,6 +5,15 @@
 #include "core/core.h"
 #include "sparsekv/indexer.h"
 
+/* The means of whole pooled blocks of `block` tokens that a key cache keeps for the router
+ * across calls (a sequence's keys only grow at the end: decode computes just the blocks it
+ * completed): block b's mean at mean + b * head_dim for b < valid, room for cap. */
+typedef struct skv_block_memo {
+    float *mean;
+    int64_t valid, cap;
+    int32_t block;
+} skv_block_memo;
+
 /* Where the keys are: contiguous rows, or pages through a block table. */
 typedef struct skv_key_src {
     int64_t n_keys;
@@ -28,6 +37,8 @@ typedef struct skv_key_src {
     /* paged FP8 keys with a lane copy (skv_kcache_params.lane_copy) when lane_offset > 0: the
        fp8 tile of keys 16i..16i+15 of a page at page + lane_offset + i * 16 * head_dim */
     size_t lane_offset;
+    /* the key cache's block means for (seq, layer), when it keeps pooled sums; else NULL */
+    skv_block_memo *memo;
     /* per-token key lists (top-k only): token t sees exactly keys lists[t * list_stride + i],
        i < list_len[t], ascending; positions are ignored and results are keys of src */
     const int32_t *lists, *list_len;

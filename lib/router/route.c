@@ -78,9 +78,20 @@ static size_t tmp_floats(int32_t H, int32_t D)
     return terms > (size_t)Q_GROUP * D ? terms : (size_t)Q_GROUP * D;
 }
 
-/* Means of the first n blocks, whole for every token of a call (prefill): computed once, where
- * each token would otherwise read all their chunk sums again. */
-typedef struct shared_means { const float *mean; int64_t n; } shared_means;
+/* Means of the first n blocks, whole for every token of a call: the first `have` known already
+ * (remembered by the key cache), the others computed once per call, where each token (and
+ * each decode step) would otherwise read all their chunk sums again. */
+typedef struct shared_means { float *mean; int64_t have, n; } shared_means;
+
+/* The shared means still missing, spread over the threads of the enclosing parallel region.
+ * tmp: head_dim floats. */
+static void fill_shared(const skv_kernels *kern, const skv_key_src *src, int32_t block,
+                        const shared_means *sh, float *tmp)
+{
+#pragma omp for schedule(static)
+    for (int64_t b = sh->have; b < sh->n; b++)
+        skv_pool_mean(kern, src, b * block, (b + 1) * block, sh->mean + (size_t)b * src->head_dim, tmp);
+}
 
 /* The pooled router's terms of blocks [b, b + n) (n <= ROUTE_BATCH) for token t:
  * out[i * H + h] = |w[h]| * relu(q_h . mean_{b+i}), each block's mean over the keys token t
@@ -173,9 +184,9 @@ static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *tmp, in
 /* The pooled router for fewer tokens than threads (decode): each token's blocks are spread over
  * the threads, their terms summed afterwards in block order, so the scores are those of the
  * token-parallel path for any thread count. */
-static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
-                                  const skv_key_src *src, const skv_misa_params *p, uint8_t *ws,
-                                  size_t per_thread, int32_t *out_heads, float *out_scores)
+static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                            const skv_misa_params *p, shared_means *sh, uint8_t *ws,
+                            size_t per_thread, int32_t *out_heads, float *out_scores)
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     const int nth = skv_threads(ctx);
@@ -183,7 +194,6 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
     /* thread 0's area as in skv_route_src: q | tmp | E (H) | ranks (H) */
     float *E = (float *)ws + (size_t)H * D + tmp_floats(H, D);
     ranked_head *rk = (ranked_head *)(E + H);
-    const shared_means none = {NULL, 0};
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
         const int64_t batches = (nb + ROUTE_BATCH - 1) / ROUTE_BATCH;
@@ -198,14 +208,16 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
                than moving half of it between cores */
             float *tmp = mine + (size_t)H * D;
             q_rows_t(&ctx->kern, q, t, 0, H, tmp, mine);
+            fill_shared(&ctx->kern, src, p->block, sh, tmp);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < batches; i++) {
                 const int64_t b = i * ROUTE_BATCH;
                 block_terms(&ctx->kern, q, t, src, p->block, b,
-                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, &none, mine,
-                            tmp, terms + (size_t)b * H);
+                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, sh, mine, tmp,
+                            terms + (size_t)b * H);
             }
         }
+        sh->have = sh->n; /* filled by the first token's region */
         memset(E, 0, (size_t)H * 4);
         for (int64_t b = 0; b < nb; b++)
             for (int32_t h = 0; h < H; h++)
@@ -214,7 +226,27 @@ static skv_status route_by_blocks(skv_context *ctx, const skv_indexer_query *q,
             memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
         top_heads(E, H, p->heads, rk, out_heads + (size_t)t * p->heads);
     }
-    return SKV_OK;
+}
+
+/* Room in the memo for n means of blocks of `block` tokens (another block size's are
+ * forgotten); 0 when it cannot grow (what it holds stays valid). */
+static int memo_reserve(skv_context *ctx, skv_block_memo *m, int64_t n, int32_t block, int32_t D)
+{
+    if (m->block != block)
+        m->valid = 0, m->block = block;
+    if (n <= m->cap)
+        return 1;
+    int64_t cap = m->cap > 0 ? m->cap : 16;
+    while (cap < n)
+        cap *= 2;
+    float *mean = skv_alloc(ctx, (size_t)cap * (size_t)D * 4);
+    if (!mean)
+        return 0;
+    if (m->valid)
+        memcpy(mean, m->mean, (size_t)m->valid * (size_t)D * 4);
+    skv_free(ctx, m->mean, (size_t)m->cap * (size_t)D * 4);
+    m->mean = mean, m->cap = cap;
+    return 1;
 }
 
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
@@ -227,45 +259,54 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
     const size_t per_thread = ((size_t)H * D + tmp_floats(H, D) + (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
     const int by_blocks = p->route == SKV_ROUTE_POOLED && T < nth;
     const size_t terms = by_blocks ? (size_t)((src->n_keys + p->block - 1) / p->block) * H * 4 : 0;
-    /* blocks every token sees whole: their means are shared (pooled, several tokens) */
-    int64_t n_shared = 0;
-    if (p->route == SKV_ROUTE_POOLED && !by_blocks && T > 1) {
-        n_shared = INT64_MAX;
+    /* the blocks every token sees whole: their means are shared by the tokens, and a key cache
+       remembers them across calls (its keys only grow at the end: a decode step computes just
+       the block it completed, if any) */
+    int64_t whole = 0;
+    if (p->route == SKV_ROUTE_POOLED && T > 0) {
+        whole = INT64_MAX;
         for (int32_t t = 0; t < T; t++) {
-            const int64_t whole = skv_visible(q, t, src->n_keys) / p->block;
-            n_shared = whole < n_shared ? whole : n_shared;
+            const int64_t w = skv_visible(q, t, src->n_keys) / p->block;
+            whole = w < whole ? w : whole;
         }
     }
-    const size_t shared_b = skv_round_up((size_t)n_shared * D * 4, 64);
+    skv_block_memo *memo = whole > 0 ? src->memo : NULL;
+    if (memo && !memo_reserve(ctx, memo, whole, p->block, D))
+        return SKV_ERR_NOMEM;
+    if (!memo && T == 1)
+        whole = 0; /* one token, nothing remembered: each block's mean is read once anyway */
+    const size_t shared_b = memo ? 0 : skv_round_up((size_t)whole * D * 4, 64);
     uint8_t *ws = skv_workspace_aux(ctx, 0, shared_b + per_thread * (size_t)nth + terms);
     if (!ws)
         return SKV_ERR_NOMEM;
-    float *shared = (float *)ws;
+    shared_means sh = {(float *)ws, 0, whole};
+    if (memo)
+        sh.mean = memo->mean, sh.have = memo->valid < whole ? memo->valid : whole;
     ws += shared_b;
-    if (by_blocks)
-        return route_by_blocks(ctx, q, src, p, ws, per_thread, out_heads, out_scores);
-    const shared_means sh = {shared, n_shared};
+    if (by_blocks) {
+        route_by_blocks(ctx, q, src, p, &sh, ws, per_thread, out_heads, out_scores);
+    } else {
 #pragma omp parallel num_threads(nth) if (nth > 1 && T > 1)
-    {
+        {
 #ifdef _OPENMP
-        uint8_t *mine = ws + per_thread * (size_t)omp_get_thread_num();
+            uint8_t *mine = ws + per_thread * (size_t)omp_get_thread_num();
 #else
-        uint8_t *mine = ws;
+            uint8_t *mine = ws;
 #endif
-        float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + tmp_floats(H, D);
-        ranked_head *rk = (ranked_head *)(E + H);
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < n_shared; b++)
-            skv_pool_mean(&ctx->kern, src, b * p->block, (b + 1) * p->block,
-                          shared + (size_t)b * D, tmp);
+            float *qbuf = (float *)mine, *tmp = qbuf + (size_t)H * D, *E = tmp + tmp_floats(H, D);
+            ranked_head *rk = (ranked_head *)(E + H);
+            fill_shared(&ctx->kern, src, p->block, &sh, tmp);
 #pragma omp for schedule(dynamic, 1)
-        for (int32_t t = 0; t < T; t++) {
-            route_scores(&ctx->kern, q, t, src, p->route, p->block, &sh, qbuf, tmp, E);
-            if (out_scores)
-                memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
-            top_heads(E, H, h, rk, out_heads + (size_t)t * h);
+            for (int32_t t = 0; t < T; t++) {
+                route_scores(&ctx->kern, q, t, src, p->route, p->block, &sh, qbuf, tmp, E);
+                if (out_scores)
+                    memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
+                top_heads(E, H, h, rk, out_heads + (size_t)t * h);
+            }
         }
     }
+    if (memo && whole > memo->valid)
+        memo->valid = whole;
     return SKV_OK;
 }
 
