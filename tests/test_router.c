@@ -575,6 +575,43 @@ static void test_monotone(void)
 
 /* ---- parameters, metrics ---------------------------------------------------------------------- */
 
+/* Exact ties and NaN among the router's scores: the query-norm router on heads whose queries
+ * repeat (in pairs and triples) and one NaN head; the heads must be the top h by score, ties
+ * to the lower head, NaN last, for every h. */
+static void test_route_ties(void)
+{
+    enum { H = 13, D = 8 };
+    float q[H * D], w[H];
+    static const int group[H] = {0, 1, 0, 2, 1, 3, 2, 0, 4, 3, 5, 1, 6}; /* heads sharing a query */
+    for (int32_t h = 0; h < H; h++) {
+        for (int32_t x = 0; x < D; x++)
+            q[h * D + x] = (float)((group[h] * 7 + x * 3) % 5) - 1.5f;
+        w[h] = 1;
+    }
+    q[5 * D + 2] = NAN; /* head 5: NaN norm */
+    const float k[D] = {0};
+    const skv_indexer_query qq = {1, H, D, SKV_F32, q, NULL, w, NULL};
+    const skv_key_block kb = {1, D, SKV_F32, k, NULL};
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.route = SKV_ROUTE_QNORM;
+    float E[H];
+    for (int32_t h = 1; h <= H; h++) {
+        int32_t got[H], want[H];
+        mp.heads = h;
+        CHECK_OK(skv_route_heads(ctx, &qq, &kb, NULL, &mp, got, E));
+        int32_t taken[H] = {0};
+        for (int32_t i = 0; i < h; i++) { /* the best not taken yet, lowest head first */
+            int32_t b = -1;
+            for (int32_t x = 0; x < H; x++)
+                if (!taken[x] && (b < 0 || score_cmp(E[x], E[b]) > 0))
+                    b = x;
+            taken[b] = 1, want[i] = b;
+        }
+        CHECK(!memcmp(got, want, (size_t)h * 4), "h=%d: tied heads in the wrong order", h);
+    }
+}
+
 static void test_params_and_metrics(void)
 {
     rng r = {4};
@@ -755,6 +792,7 @@ int main(void)
     test_route_decode();
     test_dials();
     test_monotone();
+    test_route_ties();
     test_params_and_metrics();
     test_real();
     skv_context_destroy(ctx);

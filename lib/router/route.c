@@ -163,22 +163,22 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
 
 typedef struct ranked_head { uint32_t key; int32_t h; } ranked_head;
 
-static int head_cmp(const void *a, const void *b)
+/* The top h of E[0..H) (descending, ties to the lower head, NaN last) into heads: each head
+ * inserted into the ranked best h so far (a few dozen compares, where sorting all H cost µs). */
+static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *best, int32_t *heads)
 {
-    const ranked_head *x = a, *y = b;
-    if (x->key != y->key)
-        return x->key > y->key ? -1 : 1;
-    return x->h < y->h ? -1 : x->h > y->h;
-}
-
-/* The top h of E[0..H) (descending, ties to the lower head, NaN last) into heads. */
-static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *tmp, int32_t *heads)
-{
-    for (int32_t i = 0; i < H; i++)
-        tmp[i] = (ranked_head){skv_score_key(E[i]), i};
-    qsort(tmp, (size_t)H, sizeof *tmp, head_cmp);
+    int32_t n = 0;
+    for (int32_t i = 0; i < H; i++) {
+        const uint32_t key = skv_score_key(E[i]);
+        if (n == h && key <= best[h - 1].key)
+            continue; /* a tie goes to the lower head, kept already */
+        int32_t j = n < h ? n++ : h - 1;
+        for (; j > 0 && best[j - 1].key < key; j--)
+            best[j] = best[j - 1];
+        best[j] = (ranked_head){key, i};
+    }
     for (int32_t i = 0; i < h; i++)
-        heads[i] = tmp[i].h;
+        heads[i] = best[i].h;
 }
 
 /* The pooled router for fewer tokens than threads (decode): each token's blocks are spread over
