@@ -553,16 +553,21 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
         if (w.b >= 0)
             block_end(&p, &w, tid);
         if (merge_bytes) {
+            /* a ranked row's merge is written in pieces, one per thread (a decode token's
+               would otherwise keep the others waiting) */
+            const int32_t pieces = index_order ? 1 : skv_topk_parts_pieces(&p.parts);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (int32_t t = 0; t < T; t++) {
+            for (int64_t it = 0; it < (int64_t)T * pieces; it++) {
+                const int32_t t = (int32_t)(it / pieces);
                 if (index_order) {
                     const int32_t b = t / p.tb;
                     skv_topk_parts_finish_set(&p.parts, t, p.owner + (size_t)b * p.ranges, p.ranges,
                                               range_len(block_visible(&p, b), p.ranges),
                                               out_idx + (size_t)t * k);
                 } else
-                    skv_topk_parts_finish(&p.parts, t, out_idx + (size_t)t * k,
+                    skv_topk_parts_finish(&p.parts, t, (int32_t)(it % pieces), pieces,
+                                          out_idx + (size_t)t * k,
                                           out_score ? out_score + (size_t)t * k : NULL);
             }
         }

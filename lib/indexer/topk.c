@@ -279,20 +279,68 @@ static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t 
     return m;
 }
 
-/* Each slot's list is ranked and no index is in two slots: merging them into the first
- * slot's storage one after another gives the row's best k. */
-void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
-                           float *out_score)
+/* Ranks [r0, r1) of the merge of ranked lists a (na) and b (nb), written out (ranks past
+ * na + nb are padding): a binary search over the merge path finds how many of a the first r0
+ * ranks take, then a forward merge, branch-free where the lists compete. */
+static void merge_range(const uint32_t *ak, const int32_t *ai, int32_t na, const uint32_t *bk,
+                        const int32_t *bi, int32_t nb, int32_t r0, int32_t r1, int32_t *out_idx,
+                        float *out_score)
+{
+    const int32_t e = r1 < na + nb ? r1 : na + nb;
+    int32_t i = 0, j = 0;
+    if (r0 < e) {
+        int32_t lo = r0 - nb > 0 ? r0 - nb : 0, hi = r0 < na ? r0 : na;
+        while (lo < hi) {
+            const int32_t mid = lo + (hi - lo) / 2;
+            if (rank_of(ak[mid], ai[mid]) > rank_of(bk[r0 - mid - 1], bi[r0 - mid - 1]))
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        i = lo, j = r0 - lo;
+    }
+    for (int32_t r = r0; r < e; r++) { /* rank_of is never 0: an exhausted list never wins */
+        const uint64_t ra = i < na ? rank_of(ak[i], ai[i]) : 0, rb = j < nb ? rank_of(bk[j], bi[j]) : 0;
+        const int from_a = ra > rb;
+        const uint64_t best = from_a ? ra : rb;
+        out_idx[r] = (int32_t)~(uint32_t)best;
+        if (out_score)
+            out_score[r] = skv_score_from_key((uint32_t)(best >> 32));
+        i += from_a;
+        j += !from_a;
+    }
+    for (int32_t r = r0 > e ? r0 : e; r < r1; r++) {
+        out_idx[r] = -1;
+        if (out_score)
+            out_score[r] = -INFINITY;
+    }
+}
+
+int32_t skv_topk_parts_pieces(const skv_topk_parts *m)
+{
+    return m->splits <= 2 ? 2 : 1;
+}
+
+/* Each slot's list is ranked and no index is in two slots. With more than two slots all but
+ * the last are merged into the first slot's storage, one after another; the last two lists
+ * are then merged straight into the output, piece by piece. */
+void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t piece, int32_t pieces,
+                           int32_t *out_idx, float *out_score)
 {
     const size_t base = (size_t)row * (size_t)m->stride;
     uint32_t *key = m->key + base * (size_t)m->k;
     int32_t *idx = m->idx + base * (size_t)m->k;
     int32_t n = m->n[base];
-    for (int32_t sp = 1; sp < m->splits; sp++) {
+    for (int32_t sp = 1; sp < m->splits - 1; sp++) {
         const size_t at = (base + sp) * (size_t)m->k;
         n = merge_into(key, idx, n, m->key + at, m->idx + at, m->n[base + sp], m->k);
     }
-    write_out(key, idx, n, m->k, out_idx, out_score);
+    const size_t last = m->splits > 1 ? base + (size_t)m->splits - 1 : base;
+    const int32_t n_last = m->splits > 1 ? m->n[last] : 0;
+    const int32_t r0 = (int32_t)((int64_t)m->k * piece / pieces);
+    const int32_t r1 = (int32_t)((int64_t)m->k * (piece + 1) / pieces);
+    merge_range(key, idx, n, m->key + last * (size_t)m->k, m->idx + last * (size_t)m->k, n_last,
+                r0, r1, out_idx, out_score);
 }
 
 void skv_topk_parts_store_set(const skv_topk_parts *m, int64_t row, int32_t split,

@@ -51,9 +51,13 @@ void skv_topk_parts_init(skv_topk_parts *m, const skv_kernels *kern, void *mem, 
                          int32_t splits, int32_t k, int set_form);
 void skv_topk_parts_store(const skv_topk_parts *m, int64_t row, int32_t split,
                           skv_topk_state *st);
-/* Merges a row's slots (no index in two of them) and writes its results. */
-void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t *out_idx,
-                           float *out_score);
+/* Merges a row's slots (no index in two of them) and writes its results: ranks [piece * k /
+ * pieces, (piece + 1) * k / pieces) of them, so that pieces of one row can be written by
+ * several threads at once (pieces at most skv_topk_parts_pieces; out_* point at the row's
+ * first rank). */
+int32_t skv_topk_parts_pieces(const skv_topk_parts *m);
+void skv_topk_parts_finish(const skv_topk_parts *m, int64_t row, int32_t piece, int32_t pieces,
+                           int32_t *out_idx, float *out_score);
 /* The set form: a slot's best k stored in index order; and a row's best k over its slots
  * written in index order (padded with -1). Range r of the row, indices [r * chunk, (r + 1) *
  * chunk), was taken by the thread of slot owner[r]. */

@@ -66,11 +66,14 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
             else
                 skv_topk_parts_store(&parts, r, sp, &st);
         }
-        if (splits > 1) {
+        if (splits > 1) { /* each row's merge in pieces, one per thread */
+            const int32_t pieces = skv_topk_parts_pieces(&parts);
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < n_rows; r++)
-                skv_topk_parts_finish(&parts, r, out_idx + r * k,
+            for (int64_t it = 0; it < n_rows * pieces; it++) {
+                const int64_t r = it / pieces;
+                skv_topk_parts_finish(&parts, r, (int32_t)(it % pieces), pieces, out_idx + r * k,
                                       out_val ? out_val + r * k : NULL);
+            }
         }
     }
     return SKV_OK;
