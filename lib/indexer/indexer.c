@@ -226,16 +226,19 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
     uint32_t *lanes = (uint32_t *)scratch;
     float *scale = (float *)(scratch + p->rows_bytes);
     const void *row[KEY_GROUP];
-    if (fp8_tiles) {
-        for (int64_t i = 0; i < (ge - g + 15) / 16; i++) {
-            const int64_t s = g + 16 * i;
-            row[i] = src->pages[src->table[s / src->page_tokens]] + src->lane_offset +
-                     (size_t)(s % src->page_tokens) * D;
+    if (fp8_tiles) { /* a page's tiles from its segment: one lookup a page */
+        for (int e = 0; e < nseg; e++) {
+            const uint8_t *page = src->pages[src->table[seg[e].start / src->page_tokens]];
+            const int64_t in_page = seg[e].start % src->page_tokens;
+            for (int64_t j = 0; j < seg[e].n; j += 16)
+                row[(seg[e].start - g + j) / 16] = page + src->lane_offset + (size_t)(in_page + j) * D;
         }
-        if (ge < src->n_keys) /* the next group's first tiles: the kernel asks for the rest */
-            for (size_t b = 0; b < (size_t)32 * D; b += 64)
-                __builtin_prefetch(src->pages[src->table[ge / src->page_tokens]] + src->lane_offset +
-                                   (size_t)(ge % src->page_tokens) * D + b);
+        if (ge < src->n_keys) { /* the next group's first tile: the kernel asks for the rest */
+            const uint8_t *next = src->pages[src->table[ge / src->page_tokens]] + src->lane_offset +
+                                  (size_t)(ge % src->page_tokens) * D;
+            for (size_t b = 0; b < (size_t)16 * D; b += 64)
+                __builtin_prefetch(next + b);
+        }
     } else {
         /* the next group's first keys: the kernel asks for the rest as it goes */
         prefetch_keys(src, ge, SKV_LANES_PREFETCH, src->n_keys);
