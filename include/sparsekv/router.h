@@ -70,11 +70,12 @@ typedef struct skv_misa_params {
 
 /* Crossover lengths measured on the development machine (bench/misa_bench.c, fp8 keys, H = 64,
  * decode, 2 threads): below these the routed passes do not beat the dense indexer. MISA (h = 8)
- * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 32K (slower at 16K);
+ * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 16K (0.91-0.92 of dense
+ * there with the key cache's lane copy, 0.94-0.98 without; at 8K its candidates are every key);
  * HISA (B = 128, m = 64) from 16K (at 8K its 64 blocks hold every key: it is dense). */
 #define SKV_MISA_DAGGER_4K (-1)
 #define SKV_MISA_MIN_LENGTH 1024
-#define SKV_MISA_DAGGER_MIN_LENGTH 32768
+#define SKV_MISA_DAGGER_MIN_LENGTH 16384
 #define SKV_HISA_MIN_LENGTH 16384
 
 SKV_API void skv_misa_params_init(skv_misa_params *p);
