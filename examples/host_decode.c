@@ -129,6 +129,7 @@ int main(int argc, char **argv)
     kp.head_dim = D;
     kp.dtype = SKV_FP8_E4M3;
     kp.pool_chunk = 64; /* running key sums per 64 tokens: MISA's router reads block means */
+    kp.lane_copy = 1;   /* keys also in the layout MISA's decode kernel reads (+D bytes a token) */
     skv_kcache *cache;
     TRY(skv_kcache_create(ctx, &kp, &cache));
     int32_t seq;
