@@ -1,8 +1,9 @@
 /* The paged indexer key cache.
  *
  * A page id names one allocation holding a slot per layer; each slot is page_tokens rows of
- * keys then, for FP8, page_tokens f32 scales. Sequences own block tables of page ids and a
- * length per layer. Pages are reference counted: fork shares them, and a shared page is
+ * keys then, for FP8, page_tokens f32 scales, then the optional pooled chunk sums and lane copy
+ * (fp8 tiles, kernels.h). Sequences own block tables of page ids, a length per layer and, with
+ * pooled sums, the router's remembered block means per layer (run.h). Pages are reference counted: fork shares them, and a shared page is
  * copied (all layers) before its first write. Every mutation first reserves what it needs
  * (table room, page ids, page memory) and only then writes, so a failure changes nothing. */
 #include <math.h>
