@@ -11,9 +11,16 @@
  * those unpacks make, stored once when a key is cached) skip the loads and unpacks too:
  * score_fp8_tiles. */
 
+/* *low gathers (x | 0x80) + 1 of x's bytes by minimum: a byte at most 0x88 marks a zero, a
+ * subnormal or a NaN (0xff wraps to 0). */
+SKV_ALWAYS_INLINE void fp8_low_bytes(__m512i x, __m512i *low)
+{
+    const __m512i mag = _mm512_or_si512(x, _mm512_set1_epi32((int)0x80808080u));
+    *low = _mm512_min_epu8(*low, _mm512_sub_epi8(mag, _mm512_set1_epi8(-1)));
+}
+
 /* 16 keys' bytes [off, off + 16) as fp8 pairs in tile order: u[i] lane L holds pair 2i of
- * keys 4L..4L+3 (2 bytes each), then their pair 2i + 1. *low gathers (x | 0x80) + 1 by
- * minimum: a byte at most 0x88 marks a zero, a subnormal or a NaN (0xff wraps to 0). */
+ * keys 4L..4L+3 (2 bytes each), then their pair 2i + 1; their bytes into *low. */
 SKV_ALWAYS_INLINE void fp8_tile_chunk(const void *const row[16], int32_t off, __m512i u[4], __m512i *low)
 {
     __m512i x[4];
@@ -24,8 +31,7 @@ SKV_ALWAYS_INLINE void fp8_tile_chunk(const void *const row[16], int32_t off, __
         x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r1 + off)), 1);
         x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r2 + off)), 2);
         x[m] = _mm512_inserti32x4(x[m], _mm_loadu_si128((const __m128i *)(r3 + off)), 3);
-        const __m512i mag = _mm512_or_si512(x[m], _mm512_set1_epi32((int)0x80808080u));
-        *low = _mm512_min_epu8(*low, _mm512_sub_epi8(mag, _mm512_set1_epi8(-1)));
+        fp8_low_bytes(x[m], low);
     }
     const __m512i t0 = _mm512_unpacklo_epi16(x[0], x[1]), t1 = _mm512_unpackhi_epi16(x[0], x[1]);
     const __m512i t2 = _mm512_unpacklo_epi16(x[2], x[3]), t3 = _mm512_unpackhi_epi16(x[2], x[3]);
@@ -41,8 +47,7 @@ SKV_ALWAYS_INLINE void fp8_tile_load(const uint8_t *tile, int32_t off, __m512i u
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         u[i] = _mm512_loadu_si512(tile + (size_t)off * 16 + 64 * i);
-        const __m512i mag = _mm512_or_si512(u[i], _mm512_set1_epi32((int)0x80808080u));
-        *low = _mm512_min_epu8(*low, _mm512_sub_epi8(mag, _mm512_set1_epi8(-1)));
+        fp8_low_bytes(u[i], low);
     }
 }
 
