@@ -245,22 +245,31 @@ static inline uint64_t rank_of(uint32_t key, int32_t idx)
     return (uint64_t)key << 32 | (uint32_t)~idx;
 }
 
+/* How many of ranked list a the best p (p <= na + nb) of a and b hold: a binary search along
+ * the merge path (no two entries rank alike: indices differ). */
+static int32_t a_share(const uint32_t *ak, const int32_t *ai, int32_t na, const uint32_t *bk,
+                       const int32_t *bi, int32_t nb, int32_t p)
+{
+    int32_t lo = p - nb > 0 ? p - nb : 0, hi = p < na ? p : na;
+    while (lo < hi) { /* the first a entry that does not outrank b's entry p - mid - 1 */
+        const int32_t mid = lo + (hi - lo) / 2;
+        if (rank_of(ak[mid], ai[mid]) > rank_of(bk[p - mid - 1], bi[p - mid - 1]))
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Merges ranked list b into ranked list a (index ranges may interleave), in a's storage (room
- * for k): a becomes the best min(k, na + nb) of both, ranked, and its count is returned. A
- * binary search finds how many of a stay; the merge runs backwards, so every write lands past
- * the a entries still to be read. */
+ * for k): a becomes the best min(k, na + nb) of both, ranked, and its count is returned. The
+ * merge runs backwards from the last rank kept, so every write lands past the a entries still
+ * to be read. */
 static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t *bk,
                           const int32_t *bi, int32_t nb, int32_t k)
 {
     const int32_t m = na + nb < k ? na + nb : k;
-    int32_t lo = m - nb > 0 ? m - nb : 0, hi = m < na ? m : na; /* a's share is in [lo, hi] */
-    while (lo < hi) { /* the largest share whose last a entry outranks b's first one left out */
-        const int32_t mid = lo + (hi - lo + 1) / 2;
-        if (m - mid >= nb || rank_of(ak[mid - 1], ai[mid - 1]) > rank_of(bk[m - mid], bi[m - mid]))
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
+    const int32_t lo = a_share(ak, ai, na, bk, bi, nb, m);
     int32_t i = lo - 1, j = m - lo - 1, pos = m - 1;
     while (i >= 0 && j >= 0) { /* the lower-ranked of the two heads goes last */
         const uint32_t x = ak[i], y = bk[j], xi = (uint32_t)ai[i], yi = (uint32_t)bi[j];
@@ -280,25 +289,16 @@ static int32_t merge_into(uint32_t *ak, int32_t *ai, int32_t na, const uint32_t 
 }
 
 /* Ranks [r0, r1) of the merge of ranked lists a (na) and b (nb), written out (ranks past
- * na + nb are padding): a binary search over the merge path finds how many of a the first r0
- * ranks take, then a forward merge, branch-free where the lists compete. */
+ * na + nb are padding): from where the merge path crosses rank r0, a forward merge,
+ * branch-free where the lists compete. */
 static void merge_range(const uint32_t *ak, const int32_t *ai, int32_t na, const uint32_t *bk,
                         const int32_t *bi, int32_t nb, int32_t r0, int32_t r1, int32_t *out_idx,
                         float *out_score)
 {
     const int32_t e = r1 < na + nb ? r1 : na + nb;
     int32_t i = 0, j = 0;
-    if (r0 < e) {
-        int32_t lo = r0 - nb > 0 ? r0 - nb : 0, hi = r0 < na ? r0 : na;
-        while (lo < hi) {
-            const int32_t mid = lo + (hi - lo) / 2;
-            if (rank_of(ak[mid], ai[mid]) > rank_of(bk[r0 - mid - 1], bi[r0 - mid - 1]))
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        i = lo, j = r0 - lo;
-    }
+    if (r0 < e)
+        i = a_share(ak, ai, na, bk, bi, nb, r0), j = r0 - i;
     for (int32_t r = r0; r < e; r++) { /* rank_of is never 0: an exhausted list never wins */
         const uint64_t ra = i < na ? rank_of(ak[i], ai[i]) : 0, rb = j < nb ? rank_of(bk[j], bi[j]) : 0;
         const int from_a = ra > rb;
