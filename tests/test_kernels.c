@@ -552,6 +552,22 @@ static void check_router_kernels(const skv_kernels *ref, const skv_kernels *kn, 
                     CHECK(0, "%s add_rows n=%d rows=%d i=%d: %.9g, scalar %.9g, want %.9g", lv, n,
                           n_rows, i, acc2[i], acc1[i], want[i]);
         }
+    for (int32_t rows = 0; rows <= 16; rows++) /* cols16: every row count, ragged columns */
+        for (int32_t cols = 0; cols <= 40; cols += cols < 20 ? 1 : 7) {
+            enum { STRIDE = 19 };
+            float src[16 * 40], got[41 * STRIDE], want[41 * STRIDE];
+            for (int32_t i = 0; i < 16 * 40; i++)
+                src[i] = (float)rng_uniform(&r, -5, 5);
+            src[0] = NAN, src[16 * 40 - 1] = -INFINITY;
+            for (int32_t i = 0; i < 41 * STRIDE; i++)
+                got[i] = want[i] = (float)i; /* what lies outside rows x cols stays */
+            for (int32_t c = 0; c < cols; c++)
+                for (int32_t rr = 0; rr < rows; rr++)
+                    want[c * STRIDE + rr] = src[rr * cols + c];
+            kn->cols16(src, rows, cols, got, STRIDE);
+            if (memcmp(got, want, sizeof got) != 0 && bad++ < 3)
+                CHECK(0, "%s cols16 rows=%d cols=%d", lv, rows, cols);
+        }
     CHECK(bad == 0, "%s router kernels: %ld mismatches", lv, bad);
 }
 

@@ -142,6 +142,10 @@ typedef int32_t (*skv_keep_fn)(uint32_t *key, int32_t *idx, int32_t n, uint32_t 
 typedef void (*skv_head_dots_fn)(const float *qt, const float *x, int32_t n, int32_t H,
                                  int32_t D, float *dots);
 typedef void (*skv_add_rows_fn)(float *acc, const float *const *rows, int32_t n_rows, int64_t n);
+/* dst[c * dst_stride + r] = src[r * cols + c] for r < rows <= 16, c < cols: up to 16 rows
+ * written down their columns (the router's query, a group of heads at a time). */
+typedef void (*skv_cols16_fn)(const float *src, int32_t rows, int32_t cols, float *dst,
+                              int64_t dst_stride);
 
 typedef struct skv_kernels {
     uint32_t flags;       /* SKV_CPU_* in use */
@@ -155,6 +159,7 @@ typedef struct skv_kernels {
     skv_keep_fn keep;
     skv_head_dots_fn head_dots;
     skv_add_rows_fn add_rows;
+    skv_cols16_fn cols16;
 } skv_kernels;
 
 void skv_kernels_init(skv_kernels *k, uint32_t flags);

@@ -220,6 +220,52 @@ static void add_rows_avx512(float *acc, const float *const *rows, int32_t n_rows
     }
 }
 
+/* 16 columns of up to 16 rows a pass, transposed in registers: pairs of rows interleaved
+ * (unpack ps), then pairs of pairs (unpack pd), which leaves 128-bit lanes of four rows of one
+ * column; two rounds of lane shuffles gather a column's four lanes. Missing rows load as zero
+ * and are masked off the stores; missing columns are not stored. */
+static void cols16_avx512(const float *src, int32_t rows, int32_t cols, float *dst,
+                          int64_t dst_stride)
+{
+    const __mmask16 rmask = lane_mask(rows);
+    for (int32_t c0 = 0; c0 < cols; c0 += 16) {
+        const int32_t nc = cols - c0 < 16 ? cols - c0 : 16;
+        const __mmask16 cmask = lane_mask(nc);
+        __m512 r[16], t[16], u[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            r[i] = i < rows ? _mm512_maskz_loadu_ps(cmask, src + (size_t)i * cols + c0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        /* u[4j + c], lane L: rows 4j..4j+3 of column 4L + c */
+#pragma GCC unroll 4
+        for (int j = 0; j < 16; j += 4) {
+            const __m512d a = _mm512_castps_pd(t[j]), b = _mm512_castps_pd(t[j + 1]);
+            const __m512d c = _mm512_castps_pd(t[j + 2]), d = _mm512_castps_pd(t[j + 3]);
+            u[j] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+            u[j + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+            u[j + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+            u[j + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+            const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+            const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+            const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+            const __m512 col[4] = {_mm512_shuffle_f32x4(v0, v2, 0x88), _mm512_shuffle_f32x4(v1, v3, 0x88),
+                                   _mm512_shuffle_f32x4(v0, v2, 0xdd), _mm512_shuffle_f32x4(v1, v3, 0xdd)};
+#pragma GCC unroll 4
+            for (int L = 0; L < 4; L++)
+                if (4 * L + c < nc)
+                    _mm512_mask_storeu_ps(dst + (c0 + 4 * L + c) * dst_stride, rmask, col[L]);
+        }
+    }
+}
+
 void skv_kernels_init_avx512(skv_kernels *k)
 {
     k->score_f32 = (skv_score_kernel){pack_size_avx512, pack_avx512, score_f32_avx512, SKV_F32};
@@ -230,5 +276,6 @@ void skv_kernels_init_avx512(skv_kernels *k)
     k->in_range = in_range_avx512;
     k->keep = keep_avx512;
     k->head_dots = head_dots_avx512;
+    k->cols16 = cols16_avx512;
     k->add_rows = add_rows_avx512;
 }

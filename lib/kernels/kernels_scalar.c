@@ -144,6 +144,14 @@ static void add_rows_scalar(float *acc, const float *const *rows, int32_t n_rows
             acc[i] += rows[r][i];
 }
 
+static void cols16_scalar(const float *src, int32_t rows, int32_t cols, float *dst,
+                          int64_t dst_stride)
+{
+    for (int32_t c = 0; c < cols; c++)
+        for (int32_t r = 0; r < rows; r++)
+            dst[c * dst_stride + r] = src[(size_t)r * cols + c];
+}
+
 void skv_kernels_init_scalar(skv_kernels *k)
 {
     memset(k, 0, sizeof *k);
@@ -157,4 +165,5 @@ void skv_kernels_init_scalar(skv_kernels *k)
     k->keep = keep_scalar;
     k->head_dots = head_dots_scalar;
     k->add_rows = add_rows_scalar;
+    k->cols16 = cols16_scalar;
 }

@@ -30,8 +30,7 @@ enum { Q_GROUP = 16 };
 /* Dequantised q of token t, heads [h0, h1), transposed: out[d * H + h] (so that the dot
  * products of every head with one vector run as independent sums over the heads, which
  * vectorise). The kernel table converts Q_GROUP heads' rows into rows (Q_GROUP * head_dim
- * floats), which are then written out a dim at a time: whole runs of heads per store, where
- * a head at a time strides every store across the buffer. */
+ * floats), which cols16 then writes down their columns (a run of heads per store). */
 static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_t t, int32_t h0,
                      int32_t h1, float *rows, float *out)
 {
@@ -54,9 +53,7 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
                     row[d] *= s;
             }
         }
-        for (int32_t d = 0; d < D; d++)
-            for (int32_t j = 0; j < n; j++)
-                out[(size_t)d * H + g + j] = rows[(size_t)j * D + d];
+        kern->cols16(rows, n, D, out + g, H);
     }
 }
 
@@ -181,6 +178,44 @@ static void top_heads(const float *E, int32_t H, int32_t h, ranked_head *best, i
         heads[i] = best[i].h;
 }
 
+/* One token's pooled-router terms for every block, a share of them per thread of the
+ * enclosing parallel region (all of them outside one). */
+typedef struct block_share {
+    const skv_kernels *kern;
+    const skv_indexer_query *q;
+    int32_t t;
+    const skv_key_src *src;
+    int32_t block;
+    int64_t nb;
+    const shared_means *sh;
+    uint8_t *ws; /* per_thread bytes a thread */
+    size_t per_thread;
+    float *terms; /* [nb][H] */
+} block_share;
+
+static void block_share_terms(const block_share *s)
+{
+    const int32_t H = s->q->n_heads, D = s->q->head_dim;
+#ifdef _OPENMP
+    float *mine = (float *)(s->ws + s->per_thread * (size_t)omp_get_thread_num());
+#else
+    float *mine = (float *)s->ws;
+#endif
+    /* each thread dequantises the whole query for itself: cheaper than a barrier and than
+       moving half of it between cores */
+    float *tmp = mine + (size_t)H * D;
+    q_rows_t(s->kern, s->q, s->t, 0, H, tmp, mine);
+    fill_shared(s->kern, s->src, s->block, s->sh, tmp);
+    const int64_t batches = (s->nb + ROUTE_BATCH - 1) / ROUTE_BATCH;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < batches; i++) {
+        const int64_t b = i * ROUTE_BATCH;
+        block_terms(s->kern, s->q, s->t, s->src, s->block, b,
+                    s->nb - b < ROUTE_BATCH ? (int32_t)(s->nb - b) : ROUTE_BATCH, s->sh, mine, tmp,
+                    s->terms + (size_t)b * H);
+    }
+}
+
 /* The pooled router for fewer tokens than threads (decode): each token's blocks are spread over
  * the threads, their terms summed afterwards in block order, so the scores are those of the
  * token-parallel path for any thread count. */
@@ -196,26 +231,12 @@ static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const 
     ranked_head *rk = (ranked_head *)(E + H);
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
-        const int64_t batches = (nb + ROUTE_BATCH - 1) / ROUTE_BATCH;
-#pragma omp parallel num_threads(nth) if (nth > 1 && nb >= ROUTE_PARALLEL_MIN_BLOCKS)
-        {
-#ifdef _OPENMP
-            float *mine = (float *)(ws + per_thread * (size_t)omp_get_thread_num());
-#else
-            float *mine = (float *)ws;
-#endif
-            /* each thread dequantises the whole query for itself: cheaper than a barrier and
-               than moving half of it between cores */
-            float *tmp = mine + (size_t)H * D;
-            q_rows_t(&ctx->kern, q, t, 0, H, tmp, mine);
-            fill_shared(&ctx->kern, src, p->block, sh, tmp);
-#pragma omp for schedule(static)
-            for (int64_t i = 0; i < batches; i++) {
-                const int64_t b = i * ROUTE_BATCH;
-                block_terms(&ctx->kern, q, t, src, p->block, b,
-                            nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH, sh, mine, tmp,
-                            terms + (size_t)b * H);
-            }
+        const block_share bs = {&ctx->kern, q, t, src, p->block, nb, sh, ws, per_thread, terms};
+        if (nth > 1 && nb >= ROUTE_PARALLEL_MIN_BLOCKS) {
+#pragma omp parallel num_threads(nth)
+            block_share_terms(&bs);
+        } else {
+            block_share_terms(&bs); /* outside any region: a serial one costs 2 us of gomp */
         }
         sh->have = sh->n; /* filled by the first token's region */
         memset(E, 0, (size_t)H * 4);
