@@ -62,9 +62,13 @@ static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 /* Blocks whose means go through head_dots together (its registers hold four key vectors). */
 enum { ROUTE_BATCH = 4 };
 
-/* Fewer blocks than this are routed on the calling thread: on the development machine a
- * parallel region costs 3-6 us to fork and join (fp8, H = 64, D = 128: one thread routed 16 /
- * 32 / 64 / 128 blocks in 9.6 / 14 / 23 / 46 us, two threads in 11.3 / 13.7 / 19 / 29). */
+/* A decode token is routed over the threads only when this many of its blocks' means must be
+ * pooled from chunk sums; otherwise on the calling thread. On the development machine (fp8,
+ * H = 64, D = 128), pooling every block, one thread routed 16 / 32 / 64 / 128 blocks in 9.6 /
+ * 14 / 23 / 46 us, two threads in 11.3 / 13.7 / 19 / 29 (a parallel region costs 3-6 us to
+ * fork and join). With the means remembered (a key cache's memo) only the head dot products
+ * are left, and one thread was as fast or faster up to 1024 blocks: at 64 / 128 / 256 blocks
+ * 13 / 23 / 54 us against 28 / 46 / 103 on two, just after a decode step's scoring pass. */
 enum { ROUTE_PARALLEL_MIN_BLOCKS = 48 };
 
 /* A thread's router scratch after the transposed query: the block means, a scratch row and
@@ -232,7 +236,8 @@ static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const 
     for (int32_t t = 0; t < q->n_tokens; t++) {
         const int64_t vis = skv_visible(q, t, src->n_keys), nb = (vis + p->block - 1) / p->block;
         const block_share bs = {&ctx->kern, q, t, src, p->block, nb, sh, ws, per_thread, terms};
-        if (nth > 1 && nb >= ROUTE_PARALLEL_MIN_BLOCKS) {
+        const int64_t to_pool = nb - (sh->have < nb ? sh->have : nb);
+        if (nth > 1 && to_pool >= ROUTE_PARALLEL_MIN_BLOCKS) {
 #pragma omp parallel num_threads(nth)
             block_share_terms(&bs);
         } else {
