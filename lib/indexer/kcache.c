@@ -170,7 +170,7 @@ static void seq_release(skv_kcache *c, kseq *s)
     skv_free(c->ctx, s->table, (size_t)s->cap_pages * sizeof *s->table);
     skv_free(c->ctx, s->len, (size_t)c->p.n_layers * sizeof *s->len);
     for (int32_t l = 0; s->memo && l < c->p.n_layers; l++)
-        skv_free(c->ctx, s->memo[l].mean, (size_t)s->memo[l].cap * (size_t)c->p.head_dim * 4);
+        skv_block_memo_free(c->ctx, &s->memo[l], c->p.head_dim);
     skv_free(c->ctx, s->memo, (size_t)c->p.n_layers * sizeof *s->memo);
     memset(s, 0, sizeof *s);
     c->n_seqs--;
@@ -467,10 +467,8 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
                 *scale_at(c, s, l, a + i - b) = *scale_at(c, s, l, i);
         }
         s->len[l] = len - (b - a);
-        if (s->memo && b > a && s->memo[l].block) { /* the router's means from a's block on */
-            const int64_t keep = a / s->memo[l].block;
-            s->memo[l].valid = s->memo[l].valid < keep ? s->memo[l].valid : keep;
-        }
+        if (s->memo && b > a) /* the router's means from a's block on */
+            skv_block_memo_forget(&s->memo[l], a);
         if (c->p.pool_chunk && b > a) /* rebuild the chunks the rows moved into */
             for (int64_t i = a / c->p.pool_chunk * c->p.pool_chunk; i < s->len[l]; i++)
                 pool_add(c, s, l, i);

@@ -14,6 +14,14 @@ typedef struct skv_block_memo {
     int32_t block;
 } skv_block_memo;
 
+/* Room for n means of blocks of `block` tokens (another block size's are forgotten); 0 when
+ * it cannot grow (what it holds stays valid). */
+int skv_block_memo_reserve(skv_context *ctx, skv_block_memo *m, int64_t n, int32_t block,
+                           int32_t head_dim);
+/* Forgets the means of key's block and after (the keys from there on changed). */
+void skv_block_memo_forget(skv_block_memo *m, int64_t key);
+void skv_block_memo_free(skv_context *ctx, skv_block_memo *m, int32_t head_dim);
+
 /* Where the keys are: contiguous rows, or pages through a block table. */
 typedef struct skv_key_src {
     int64_t n_keys;

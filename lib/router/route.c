@@ -254,27 +254,6 @@ static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const 
     }
 }
 
-/* Room in the memo for n means of blocks of `block` tokens (another block size's are
- * forgotten); 0 when it cannot grow (what it holds stays valid). */
-static int memo_reserve(skv_context *ctx, skv_block_memo *m, int64_t n, int32_t block, int32_t D)
-{
-    if (m->block != block)
-        m->valid = 0, m->block = block;
-    if (n <= m->cap)
-        return 1;
-    int64_t cap = m->cap > 0 ? m->cap : 16;
-    while (cap < n)
-        cap *= 2;
-    float *mean = skv_alloc(ctx, (size_t)cap * (size_t)D * 4);
-    if (!mean)
-        return 0;
-    if (m->valid)
-        memcpy(mean, m->mean, (size_t)m->valid * (size_t)D * 4);
-    skv_free(ctx, m->mean, (size_t)m->cap * (size_t)D * 4);
-    m->mean = mean, m->cap = cap;
-    return 1;
-}
-
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores)
 {
@@ -297,7 +276,7 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
         }
     }
     skv_block_memo *memo = whole > 0 ? src->memo : NULL;
-    if (memo && !memo_reserve(ctx, memo, whole, p->block, D))
+    if (memo && !skv_block_memo_reserve(ctx, memo, whole, p->block, D))
         return SKV_ERR_NOMEM;
     if (!memo && T == 1)
         whole = 0; /* one token, nothing remembered: each block's mean is read once anyway */
