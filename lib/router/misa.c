@@ -94,12 +94,17 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     /* MISA-dagger: C routed candidates per token (ascending), re-ranked by the dense score */
     SKV_TRY(skv_indexer_run_set(ctx, &rq, src, C, cand));
     int32_t *len = sorted + h;
-    for (int32_t t = 0; t < T; t++) {
+    for (int32_t t = 0; t < T; t++) { /* each list's length: its padding starts at the first -1 */
         const int32_t *list = cand + (size_t)t * C;
-        int32_t n = 0;
-        while (n < C && list[n] >= 0)
-            n++;
-        len[t] = n;
+        int32_t lo = 0, hi = C;
+        while (lo < hi) {
+            const int32_t mid = lo + (hi - lo) / 2;
+            if (list[mid] >= 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        len[t] = lo;
     }
     return skv_rerank(ctx, q, src, cand, len, C, k, out_idx, out_score);
 }
