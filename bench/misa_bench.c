@@ -9,7 +9,8 @@
  * layout, 128 bytes more per token). At 32K and 128K also: recall against cost over each
  * method's dials (mode "tradeoff"), the decode cases without the lane copy ("decode_rows") and
  * with bf16 keys ("decode_bf16"), and the floor under any 8-head routed pass (misa/floor:
- * 8-head scoring alone; misa/floor_kernel: the same on keys in cache).
+ * 8-head scoring alone; misa/floor_kernel: the same on keys in cache), and how concentrated
+ * the dense selection's score mass is over the heads (misa/heads, and in misa/real).
  * JSON Lines; the machine's limits come first.
  *
  *   sparsekv-bench-misa [--quick] [--threads N] [--min-time S] */
@@ -433,6 +434,75 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     free(scores), free(idx);
 }
 
+/* ---- how concentrated the dense selection is over the heads -------------------------------- */
+
+/* Per query token, the mass |w_h| * ReLU(q_h . k_s) that each head puts on the dense top-k, the
+ * heads ranked by it: the share held by the top eighth and the top quarter of the heads,
+ * averaged over the tokens (f32 query and keys). A router that keeps H / 8 heads recovers at
+ * most about what they hold; the structured inputs and the real activations are compared by
+ * it. */
+static void head_concentration(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *kb,
+                               int32_t k, double share[2])
+{
+    const int32_t T = q->n_tokens, NH = q->n_heads, HD = q->head_dim;
+    int32_t *idx = bench_xmalloc((size_t)T * k * 4);
+    bench_check(skv_indexer_topk(ctx, q, kb, k, idx, NULL), "dense top-k");
+    const float *qf = q->q, *kf = kb->k;
+    double mass[64], sum[2] = {0, 0};
+    for (int32_t t = 0; t < T; t++) {
+        for (int32_t h = 0; h < NH; h++) {
+            const float *qh = qf + ((size_t)t * NH + h) * HD;
+            double m = 0;
+            for (int32_t i = 0; i < k && idx[(size_t)t * k + i] >= 0; i++) {
+                const float *ks = kf + (size_t)idx[(size_t)t * k + i] * HD;
+                double dot = 0;
+                for (int32_t d = 0; d < HD; d++)
+                    dot += (double)qh[d] * ks[d];
+                m += dot > 0 ? dot : 0;
+            }
+            mass[h] = fabs(q->weights[(size_t)t * NH + h]) * m;
+        }
+        for (int32_t a = 1; a < NH; a++) /* descending */
+            for (int32_t b = a; b > 0 && mass[b] > mass[b - 1]; b--) {
+                const double x = mass[b];
+                mass[b] = mass[b - 1], mass[b - 1] = x;
+            }
+        double total = 0, top[2] = {0, 0};
+        for (int32_t h = 0; h < NH; h++) {
+            total += mass[h];
+            top[0] += h < NH / 8 ? mass[h] : 0;
+            top[1] += h < NH / 4 ? mass[h] : 0;
+        }
+        sum[0] += total > 0 ? top[0] / total : 0;
+        sum[1] += total > 0 ? top[1] / total : 0;
+    }
+    share[0] = sum[0] / T, share[1] = sum[1] / T;
+    free(idx);
+}
+
+static void report_concentration(skv_context *ctx, const inputs *in)
+{
+    enum { TOKENS = 8 };
+    int32_t pos[TOKENS];
+    for (int t = 0; t < TOKENS; t++)
+        pos[t] = (int32_t)(in->L - 1); /* decode tokens seeing every key */
+    const skv_indexer_query q = {TOKENS, H, D, SKV_F32, in->q, NULL, in->w, pos};
+    const skv_key_block kb = {in->L, D, SKV_F32, in->keys, NULL};
+    double share[2];
+    head_concentration(ctx, &q, &kb, K, share);
+    json_line j;
+    json_begin(&j);
+    char name[64];
+    snprintf(name, sizeof name, "misa/heads/structured/L%lld", (long long)in->L);
+    json_str(&j, "name", name);
+    json_int(&j, "H", H), json_int(&j, "k", K), json_int(&j, "tokens", TOKENS);
+    json_num(&j, "head_mass_top_eighth", share[0], 4);
+    json_num(&j, "head_mass_top_quarter", share[1], 4);
+    json_str(&j, "note", "share of the dense top-k's score mass |w|*ReLU(q.k) held by the top H/8 and H/4 "
+                         "heads of each token; misa/real/L* give the same for the real indexer");
+    json_end(&j);
+}
+
 /* ---- real activations -------------------------------------------------------------------- */
 
 static void real_data(skv_context *ctx)
@@ -478,6 +548,10 @@ static void real_data(skv_context *ctx)
         snprintf(name, sizeof name, "misa/real/L%d", l);
         json_str(&j, "name", name);
         json_int(&j, "k", RK), json_int(&j, "H", IH), json_int(&j, "D", ID), json_int(&j, "block", 64);
+        double share[2];
+        head_concentration(ctx, &qq, &kb, RK, share);
+        json_num(&j, "head_mass_top_eighth", share[0], 4);
+        json_num(&j, "head_mass_top_quarter", share[1], 4);
         for (int v = 0; v < 6; v++) {
             skv_misa_params mp;
             skv_misa_params_init(&mp);
@@ -534,6 +608,8 @@ int main(int argc, char **argv)
                     min_time, structured, &r);
             if (structured && li > 0) /* recall against cost, decode at 32K and 128K */
                 measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", "structured", min_time, 1, &r);
+            if (structured && li > 0)
+                report_concentration(ctx, &in);
             if (structured && li > 0) {
                 scoring_floor(&m, &ls, qb, min_time);
                 /* the same without the lane copy: fp8 rows only */
