@@ -445,10 +445,12 @@ static void head_concentration(skv_context *ctx, const skv_indexer_query *q, con
                                int32_t k, double share[2])
 {
     const int32_t T = q->n_tokens, NH = q->n_heads, HD = q->head_dim;
+    double mass[64], sum[2] = {0, 0};
+    if (NH > 64)
+        bench_check(SKV_ERR_INVALID_ARG, "head concentration: at most 64 heads");
     int32_t *idx = bench_xmalloc((size_t)T * k * 4);
     bench_check(skv_indexer_topk(ctx, q, kb, k, idx, NULL), "dense top-k");
     const float *qf = q->q, *kf = kb->k;
-    double mass[64], sum[2] = {0, 0};
     for (int32_t t = 0; t < T; t++) {
         for (int32_t h = 0; h < NH; h++) {
             const float *qh = qf + ((size_t)t * NH + h) * HD;
