@@ -288,7 +288,7 @@ static void test_router_formula(void)
         double *kv = xmalloc((size_t)L * D * 8), *qv = xmalloc((size_t)D * 8), *mean = xmalloc((size_t)D * 8);
         for (int64_t i = 0; i < L * D; i++)
             kv[i] = elem(d.kt, d.kd, d.ks, i, D);
-        for (int mode = 0; mode < 3; mode++) {
+        for (int mode = 0; mode < 4; mode++) {
             skv_misa_params mp;
             skv_misa_params_init(&mp);
             mp.route = (skv_route_mode)mode, mp.heads = H / 2, mp.block = B;
@@ -314,7 +314,7 @@ static void test_router_formula(void)
                             for (int32_t i = 0; i < D; i++)
                                 mag += fabs(w * qv[i] * kv[p * D + i]);
                         }
-                    } else {
+                    } else { /* pooled: the blocks' terms summed, or (POOLED_MAX) the largest */
                         for (int64_t b0 = 0; b0 < vis; b0 += B) {
                             const int64_t end = b0 + B < vis ? b0 + B : vis;
                             for (int32_t x = 0; x < D; x++) {
@@ -323,10 +323,14 @@ static void test_router_formula(void)
                                     mean[x] += kv[s * D + x];
                                 mean[x] /= (double)(end - b0);
                             }
-                            const double x = ddot(qv, mean, D);
-                            e += fabs(w) * (x > 0 ? x : 0);
+                            const double x = ddot(qv, mean, D), term = fabs(w) * (x > 0 ? x : 0);
+                            double m = 0;
                             for (int32_t i = 0; i < D; i++)
-                                mag += fabs(w * qv[i] * mean[i]);
+                                m += fabs(w * qv[i] * mean[i]);
+                            if (mode == SKV_ROUTE_POOLED)
+                                e += term, mag += m;
+                            else
+                                e = term > e ? term : e, mag = m > mag ? m : mag;
                         }
                     }
                     const double tol = 8.0 * (D + B + 8) * 0x1p-24 * (mag + fabs(e)) + 1e-30;
@@ -383,8 +387,11 @@ static void test_route_decode(void)
     float E2[2 * 16], E1[16], E1b[16];
     int32_t h2[2 * 4], h1[4], h1b[4];
     skv_context *c1 = ctx_new(SKV_CPU_ALL, 1), *c2 = ctx_new(SKV_CPU_ALL, 2);
-    /* blocks of 64: 79 blocks, spread over the threads; of 256: 20, routed on one thread */
-    for (int32_t blk = 64; blk <= 256; blk *= 4) {
+    /* blocks of 64: 79 blocks, spread over the threads; of 256: 20, routed on one thread; both
+       block routers */
+    for (int it = 0; it < 4; it++) {
+        const int32_t blk = it % 2 ? 256 : 64;
+        mp.route = it < 2 ? SKV_ROUTE_POOLED : SKV_ROUTE_POOLED_MAX;
         mp.block = blk, mp.heads = 4, mp.min_length = 0, mp.candidates = 0;
         CHECK_OK(skv_route_heads(c2, &both, &kb, &pk, &mp, h2, E2)); /* token-parallel */
         CHECK_OK(skv_route_heads(c2, &last, &kb, &pk, &mp, h1, E1)); /* blocks over threads */
@@ -636,6 +643,17 @@ static void test_params_and_metrics(void)
     CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
     mp.block = 64;
     CHECK_STATUS(skv_route_heads(ctx, &q, &kb, NULL, &mp, heads, NULL), SKV_ERR_INVALID_ARG);
+    mp.route = SKV_ROUTE_POOLED_MAX; /* the same block rules */
+    CHECK_STATUS(skv_route_heads(ctx, &q, &kb, NULL, &mp, heads, NULL), SKV_ERR_INVALID_ARG);
+    mp.block = 40;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.block = 64;
+    CHECK_OK(skv_route_heads(ctx, &q, &kb, &pk, &mp, heads, NULL));
+    mp.route = (skv_route_mode)4;
+    CHECK_STATUS(skv_route_heads(ctx, &q, &kb, &pk, &mp, heads, NULL), SKV_ERR_INVALID_ARG);
+    mp.route = (skv_route_mode)-1;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    mp.route = SKV_ROUTE_POOLED;
     CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 0, sel, NULL), SKV_ERR_INVALID_ARG);
     mp.struct_size = 3;
     CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
@@ -687,6 +705,8 @@ static void test_params_and_metrics(void)
     CHECK_OK(skv_kcache_seq_create(kc, &seq));
     CHECK_OK(skv_kcache_append(kc, seq, 0, &kb));
     CHECK_STATUS(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, 20, sel, NULL), SKV_ERR_STATE);
+    mp.route = SKV_ROUTE_POOLED_MAX;
+    CHECK_STATUS(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, 20, sel, NULL), SKV_ERR_STATE);
     mp.route = SKV_ROUTE_QNORM; /* needs no pooled keys */
     CHECK_OK(skv_kcache_misa_topk(kc, seq, 0, &q, &mp, 20, sel, NULL));
     skv_kcache_destroy(kc);
@@ -722,6 +742,18 @@ static void test_params_and_metrics(void)
 }
 
 /* ---- the real activations ------------------------------------------------------------------------ */
+
+/* The pooled-max router's recalls per layer (h = 2, 4, 8, MISA-dagger h = 8 with 4k candidates),
+ * from tools/misa_real_reference.py (numpy, apart from the library; the same script's sum router
+ * reproduces reference.json). */
+static const double real_pooled_max[6][4] = {
+    {0.4829, 0.6537, 0.8230, 0.9850},
+    {0.2960, 0.5699, 0.8234, 0.9995},
+    {0.2669, 0.5957, 0.8731, 0.9978},
+    {0.3552, 0.6254, 0.8655, 0.9999},
+    {0.3499, 0.5459, 0.7955, 0.9997},
+    {0.3367, 0.6684, 0.8276, 0.9995},
+};
 
 static void test_real(void)
 {
@@ -773,6 +805,17 @@ static void test_real(void)
             worst = fabs(got - want) > worst ? fabs(got - want) : worst;
             CHECK(fabs(got - want) <= 0.0006, "L%d %s: %.4f, reference %.4f", l, key, got, want);
             printf(" %s %.4f (ref %.4f)", key, got, want);
+        }
+        for (int v = 0; v < 4; v++) {
+            skv_misa_params mp;
+            skv_misa_params_init(&mp);
+            mp.route = SKV_ROUTE_POOLED_MAX;
+            mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8, mp.candidates = v == 3 ? 4 * K : 0;
+            CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, sel, NULL));
+            const double got = mean_recall(&q, &kb, sel, K, rec), want = real_pooled_max[l][v];
+            worst = fabs(got - want) > worst ? fabs(got - want) : worst;
+            CHECK(fabs(got - want) <= 0.0006, "L%d pooled-max v%d: %.4f, numpy %.4f", l, v, got, want);
+            printf(" max_%s %.4f (numpy %.4f)", v < 3 ? (v == 0 ? "h2" : v == 1 ? "h4" : "h8") : "dagger", got, want);
         }
         printf("\n");
         data_layer_free(&in);

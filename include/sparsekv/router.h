@@ -53,7 +53,12 @@ typedef enum skv_route_mode {
     SKV_ROUTE_QNORM = 1,
     /* E[t][h] = w[t][h] * max(0, q[t][h] . k[positions[t]]), the token's own key (0 when it is
        not among the keys) */
-    SKV_ROUTE_OWN_KEY = 2
+    SKV_ROUTE_OWN_KEY = 2,
+    /* E[t][h] = the largest over visible blocks b of |w[t][h]| * max(0, q[t][h] . mean_b): a
+       head's strongest block instead of its total (the top-k keeps a head's highest scores,
+       which a sum over every block dilutes). Not in the paper; the same blocks, pooled sums
+       and cost as SKV_ROUTE_POOLED. docs/misa.md compares the two. */
+    SKV_ROUTE_POOLED_MAX = 3
 } skv_route_mode;
 
 typedef struct skv_misa_params {
@@ -82,7 +87,7 @@ SKV_API void skv_misa_params_init(skv_misa_params *p);
 
 /* The routed heads of every query token: out_heads [n_tokens][h] in descending router score,
  * ties to the lower head; out_scores [n_tokens][n_heads] the router scores (may be NULL).
- * pooled: required for SKV_ROUTE_POOLED, ignored otherwise.
+ * pooled: required for SKV_ROUTE_POOLED and SKV_ROUTE_POOLED_MAX, ignored otherwise.
  * Errors: INVALID_ARG (h out of range, block not a multiple of the chunk, pooled missing),
  * UNSUPPORTED (F16), NOMEM. */
 SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,

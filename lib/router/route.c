@@ -1,5 +1,5 @@
-/* The MISA router: a score per indexer head for each query token (pooled block keys, query
- * norm, or the token's own key), and the top-h heads. Its cost is H * D per block per token
+/* The MISA router: a score per indexer head for each query token (pooled block keys, summed
+ * or their largest, query norm, or the token's own key), and the top-h heads. Its cost is H * D per block per token
  * (the kernel table's head_dots), against H * D per key for the indexer it steers. */
 #include <math.h>
 #include <stdlib.h>
@@ -58,6 +58,17 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
 }
 
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
+
+/* Whether the mode scores heads on pooled block means (and needs the pooled sums). */
+static int on_blocks(skv_route_mode mode) { return mode == SKV_ROUTE_POOLED || mode == SKV_ROUTE_POOLED_MAX; }
+
+/* A block's term folded into a head's score: summed, or the larger kept (a NaN stays). */
+static float fold(skv_route_mode mode, float e, float term)
+{
+    if (mode == SKV_ROUTE_POOLED)
+        return e + term;
+    return term > e || term != term ? term : e;
+}
 
 /* Blocks whose means go through head_dots together (its registers hold four key vectors). */
 enum { ROUTE_BATCH = 4 };
@@ -158,7 +169,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
         block_terms(kern, q, t, src, block, b, n, sh, qbuf, tmp, dots);
         for (int32_t i = 0; i < n; i++) /* in block order */
             for (int32_t h = 0; h < H; h++)
-                E[h] += dots[(size_t)i * H + h];
+                E[h] = fold(mode, E[h], dots[(size_t)i * H + h]);
     }
 }
 
@@ -221,7 +232,7 @@ static void block_share_terms(const block_share *s)
 }
 
 /* The pooled router for fewer tokens than threads (decode): each token's blocks are spread over
- * the threads, their terms summed afterwards in block order, so the scores are those of the
+ * the threads, their terms folded afterwards in block order, so the scores are those of the
  * token-parallel path for any thread count. */
 static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                             const skv_misa_params *p, shared_means *sh, uint8_t *ws,
@@ -247,7 +258,7 @@ static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const 
         memset(E, 0, (size_t)H * 4);
         for (int64_t b = 0; b < nb; b++)
             for (int32_t h = 0; h < H; h++)
-                E[h] += terms[(size_t)b * H + h];
+                E[h] = fold(p->route, E[h], terms[(size_t)b * H + h]);
         if (out_scores)
             memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
         top_heads(E, H, p->heads, rk, out_heads + (size_t)t * p->heads);
@@ -258,17 +269,17 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores)
 {
     const int32_t T = q->n_tokens, H = q->n_heads, D = q->head_dim, h = p->heads;
-    if (p->route == SKV_ROUTE_POOLED && src->pool_chunk < 1)
+    if (on_blocks(p->route) && src->pool_chunk < 1)
         return SKV_ERR_STATE;
     const int nth = skv_threads(ctx);
     const size_t per_thread = ((size_t)H * D + tmp_floats(H, D) + (size_t)H) * 4 + (size_t)H * sizeof(ranked_head);
-    const int by_blocks = p->route == SKV_ROUTE_POOLED && T < nth;
+    const int by_blocks = on_blocks(p->route) && T < nth;
     const size_t terms = by_blocks ? (size_t)((src->n_keys + p->block - 1) / p->block) * H * 4 : 0;
     /* the blocks every token sees whole: their means are shared by the tokens, and a key cache
        remembers them across calls (its keys only grow at the end: a decode step computes just
        the block it completed, if any) */
     int64_t whole = 0;
-    if (p->route == SKV_ROUTE_POOLED && T > 0) {
+    if (on_blocks(p->route) && T > 0) {
         whole = INT64_MAX;
         for (int32_t t = 0; t < T; t++) {
             const int64_t w = skv_visible(q, t, src->n_keys) / p->block;
@@ -321,10 +332,9 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
     SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
     SKV_CHECK(ctx, p->heads >= 1 && p->heads <= q->n_heads);
-    SKV_CHECK(ctx, p->route == SKV_ROUTE_POOLED || p->route == SKV_ROUTE_QNORM ||
-                       p->route == SKV_ROUTE_OWN_KEY);
+    SKV_CHECK(ctx, on_blocks(p->route) || p->route == SKV_ROUTE_QNORM || p->route == SKV_ROUTE_OWN_KEY);
     SKV_CHECK(ctx, p->block >= 1 && p->candidates >= SKV_MISA_DAGGER_4K && p->min_length >= -1);
-    if (p->route == SKV_ROUTE_POOLED && src->pool_chunk >= 1)
+    if (on_blocks(p->route) && src->pool_chunk >= 1)
         SKV_CHECK(ctx, p->block % src->pool_chunk == 0);
     return SKV_OK;
 }
@@ -338,7 +348,7 @@ skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
     skv_key_src src;
     SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
     SKV_TRY(skv_misa_check(ctx, q, &src, p));
-    SKV_CHECK(ctx, p->route != SKV_ROUTE_POOLED || pooled != NULL);
+    SKV_CHECK(ctx, !on_blocks(p->route) || pooled != NULL);
     SKV_CHECK(ctx, out_heads != NULL || q->n_tokens == 0);
     return skv_route_src(ctx, q, &src, p, out_heads, out_scores);
 }
