@@ -1,9 +1,12 @@
 /* sparsekv-bench-misa: MISA (h = 8), MISA-dagger (C = 8192) and HISA (B = 128, m = 64: both
- * with the papers' 4k candidates) against the dense indexer
+ * with the papers' 4k candidates) against the dense indexer, MISA with the paper's router
+ * (pooled: block terms summed) and with SKV_ROUTE_POOLED_MAX ("_max": the largest block term),
  * on a DeepSeek-shaped indexer (H = 64, D = 128, k = 2048, fp8 keys in a paged key cache with
  * pooled sums): time relative to dense and recall, decoding at L = 8K, 32K, 128K and for a
  * prefill chunk; recall on structured synthetic inputs (keys around cluster centres, attention
- * sinks, a recent window, heads that specialise) and on the real activations in
+ * sinks, a recent window, heads that specialise; each key's cluster drawn afresh, or in runs
+ * whose neighbouring-key likeness matches the real keys': "structured_runs"; decode recall
+ * over 8 decode tokens) and on the real activations in
  * ../shared/data; and the crossover lengths below which each method is slower than dense.
  * The fp8 cache keeps a lane copy (skv_kcache_params.lane_copy: the few-head decode kernel's
  * layout, 128 bytes more per token). At 32K and 128K also: recall against cost over each
@@ -39,12 +42,23 @@ typedef struct inputs {
     float *q, *w; /* [MAX_T][H][D], [MAX_T][H] */
 } inputs;
 
+/* The kinds of inputs: plain uniform random values (time only: recall on them means little);
+ * structured, each key's cluster drawn afresh; and the same in runs of keys of one cluster. */
+typedef enum input_kind { UNIFORM, STRUCTURED, STRUCTURED_RUNS } input_kind;
+static const char *const kind_names[] = {"uniform", "structured", "structured_runs"};
+
+/* A run of keys from one cluster ends after each key with this chance: mean runs of 20 keys,
+ * which gives neighbouring keys the cosine the real indexer keys show (about 0.7 at distance 1,
+ * 0.45 at 8, near 0 by 64 in layers 1-5; misa/locality reports both). */
+#define RUN_END 0.05
+
 /* Keys around 256 cluster centres (each key a centre plus noise), 4 attention sinks sharing a
  * direction, the last 256 keys sharing a "recent" direction. Heads specialise: most look for a
  * few clusters each, some for the sinks, some for the recent window; gates are positive with a
- * few dominant heads. structured = 0: plain uniform random values instead. */
-static void make_inputs(inputs *in, int64_t L, int structured)
+ * few dominant heads. */
+static void make_inputs(inputs *in, int64_t L, input_kind kind)
 {
+    const int structured = kind != UNIFORM;
     in->L = L;
     in->keys = bench_xmalloc((size_t)L * D * 4);
     in->q = bench_xmalloc((size_t)MAX_T * H * D * 4);
@@ -55,13 +69,26 @@ static void make_inputs(inputs *in, int64_t L, int structured)
         fill_uniform(in->w, (size_t)MAX_T * H, 33);
         return;
     }
+    /* runs draw from a stream of their own, so that the structured inputs stay those of earlier
+       runs of this benchmark */
+    const uint64_t saved = rs;
+    if (kind == STRUCTURED_RUNS)
+        rs = 4242;
     enum { NC = 256 };
     float *cent = bench_xmalloc((size_t)(NC + 2) * D * 4); /* + sink and recent directions */
     for (size_t i = 0; i < (size_t)(NC + 2) * D; i++)
         cent[i] = (float)gauss();
     const float *sink = cent + (size_t)NC * D, *recent = cent + (size_t)(NC + 1) * D;
+    const float *run = NULL; /* the cluster of the current run */
     for (int64_t s = 0; s < L; s++) {
-        const float *c = s < 4 ? sink : s >= L - 256 ? recent : cent + (size_t)(unif() * NC) * D;
+        const float *c = sink;
+        if (s >= 4 && s >= L - 256) {
+            c = recent;
+        } else if (s >= 4) {
+            if (kind == STRUCTURED || !run || unif() < RUN_END)
+                run = cent + (size_t)(unif() * NC) * D;
+            c = run;
+        }
         const double a = s < 4 ? 2.0 : 1.0;
         for (int d = 0; d < D; d++)
             in->keys[(size_t)s * D + d] = (float)(a * c[d] + 0.6 * gauss());
@@ -87,6 +114,8 @@ static void make_inputs(inputs *in, int64_t L, int structured)
             in->w[(size_t)t * H + h] = (float)((h % 13 == 0 ? 1.0 : 0.15) * (0.5 + unif()) / sqrt((double)H * D));
         }
     free(cent);
+    if (kind == STRUCTURED_RUNS)
+        rs = saved;
 }
 
 static void free_inputs(inputs *in) { free(in->keys), free(in->q), free(in->w); }
@@ -100,36 +129,47 @@ typedef struct method {
     kind kind;
     int32_t heads, candidates, blocks; /* MISA h and C; HISA m (B = 128) */
     int32_t route_block;               /* MISA's router block; 0: the default (1024) */
+    skv_route_mode route;              /* MISA's router: 0 = the paper's (pooled, summed) */
 } method;
 
-enum { N_MAIN = 4 };
+/* MISA's routers: the paper's sum over blocks, and the largest block (SKV_ROUTE_POOLED_MAX) */
+#define MAXR 0, SKV_ROUTE_POOLED_MAX
+
+enum { N_MAIN = 6 };
 static const method main_methods[N_MAIN] = {
-    {"dense", DENSE, 0, 0, 0, 0},
-    {"misa_h8", MISA, 8, 0, 0, 0},
-    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0},
-    {"hisa_b128_m64", HISA, 0, 0, 64, 0}, /* the defaults: m * B = 4k */
+    {"dense", DENSE, 0, 0, 0, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0, 0, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0, 0},
+    {"hisa_b128_m64", HISA, 0, 0, 64, 0, 0}, /* the defaults: m * B = 4k */
+    {"misa_h8_max", MISA, 8, 0, 0, MAXR},
+    {"misa_dagger_h8_c8192_max", MISA, 8, 8192, 0, MAXR},
 };
 
 /* Recall against cost: each method's dials swept, so that a host can pick. */
 static const method tradeoff_methods[] = {
-    {"dense", DENSE, 0, 0, 0, 0},
-    {"misa_h2", MISA, 2, 0, 0, 0},
-    {"misa_h4", MISA, 4, 0, 0, 0},
-    {"misa_h8", MISA, 8, 0, 0, 0},
-    {"misa_h16", MISA, 16, 0, 0, 0},
-    {"misa_h32", MISA, 32, 0, 0, 0},
-    {"misa_dagger_h4_c8192", MISA, 4, 8192, 0, 0},
-    {"misa_dagger_h8_c4096", MISA, 8, 4096, 0, 0},
-    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0},
-    {"misa_dagger_h8_c16384", MISA, 8, 16384, 0, 0},
-    {"misa_dagger_h16_c8192", MISA, 16, 8192, 0, 0},
-    {"misa_h8_rb128", MISA, 8, 0, 0, 128}, /* the router on blocks of 128 */
-    {"misa_dagger_h8_c8192_rb128", MISA, 8, 8192, 0, 128},
-    {"hisa_b128_m16", HISA, 0, 0, 16, 0},
-    {"hisa_b128_m32", HISA, 0, 0, 32, 0},
-    {"hisa_b128_m64", HISA, 0, 0, 64, 0},
+    {"dense", DENSE, 0, 0, 0, 0, 0},
+    {"misa_h2", MISA, 2, 0, 0, 0, 0},
+    {"misa_h4", MISA, 4, 0, 0, 0, 0},
+    {"misa_h8", MISA, 8, 0, 0, 0, 0},
+    {"misa_h16", MISA, 16, 0, 0, 0, 0},
+    {"misa_h32", MISA, 32, 0, 0, 0, 0},
+    {"misa_dagger_h4_c8192", MISA, 4, 8192, 0, 0, 0},
+    {"misa_dagger_h8_c4096", MISA, 8, 4096, 0, 0, 0},
+    {"misa_dagger_h8_c8192", MISA, 8, 8192, 0, 0, 0},
+    {"misa_dagger_h8_c16384", MISA, 8, 16384, 0, 0, 0},
+    {"misa_dagger_h16_c8192", MISA, 16, 8192, 0, 0, 0},
+    {"misa_h8_rb128", MISA, 8, 0, 0, 128, 0}, /* the router on blocks of 128 */
+    {"misa_dagger_h8_c8192_rb128", MISA, 8, 8192, 0, 128, 0},
+    {"hisa_b128_m16", HISA, 0, 0, 16, 0, 0},
+    {"hisa_b128_m32", HISA, 0, 0, 32, 0, 0},
+    {"hisa_b128_m64", HISA, 0, 0, 64, 0, 0},
+    {"misa_h4_max", MISA, 4, 0, 0, MAXR},
+    {"misa_h8_max", MISA, 8, 0, 0, MAXR},
+    {"misa_dagger_h4_c8192_max", MISA, 4, 8192, 0, MAXR},
+    {"misa_dagger_h8_c4096_max", MISA, 8, 4096, 0, MAXR},
+    {"misa_dagger_h8_c8192_max", MISA, 8, 8192, 0, MAXR},
 };
-enum { N_TRADEOFF = sizeof tradeoff_methods / sizeof tradeoff_methods[0], MAX_METHODS = 16 };
+enum { N_TRADEOFF = sizeof tradeoff_methods / sizeof tradeoff_methods[0], MAX_METHODS = 24 };
 
 typedef struct call {
     skv_context *ctx;
@@ -151,6 +191,7 @@ static int run_call(void *arg)
     mp.candidates = c->m->candidates;
     if (c->m->route_block)
         mp.block = c->m->route_block;
+    mp.route = c->m->route;
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);
     hp.min_length = 0;
@@ -218,16 +259,29 @@ static void make_query(const inputs *in, int32_t T, query_buf *qb)
     qb->q = (skv_indexer_query){T, H, D, SKV_FP8_E4M3, qb->q8, qb->qs, in->w, qb->pos};
 }
 
+/* Decode recall is averaged over this many decode tokens (each its own query, all at the last
+ * position), where the one timed token alone reads a noisy figure. */
+enum { DECODE_RECALL_T = 8 };
+
+static void make_decode_recall_query(const inputs *in, query_buf *qb)
+{
+    make_query(in, DECODE_RECALL_T, qb);
+    for (int32_t t = 0; t < DECODE_RECALL_T; t++)
+        qb->pos[t] = (int32_t)(in->L - 1);
+}
+
 typedef struct measured { double ns[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS]; } measured;
 
-/* Times each method of the list (dense first) and, with want_recall, its recall against dense. */
+/* Times each method of the list (dense first) on qb and, with a recall query rq, its recall
+ * against dense on rq's tokens (qb's own for a prefill chunk). */
 static void measure(skv_context *ctx, const bench_machine *m, const length_setup *ls,
                     const query_buf *qb, const method *methods, int n_methods, const char *mode,
-                    const char *inputs_name, double min_time, int want_recall, measured *out)
+                    const char *inputs_name, double min_time, const query_buf *rq, measured *out)
 {
-    const int32_t T = qb->q.n_tokens;
-    int32_t *idx = bench_xmalloc((size_t)T * K * 4);
-    double *rec = bench_xmalloc((size_t)T * 8), *mass = bench_xmalloc((size_t)T * 8);
+    const int32_t T = qb->q.n_tokens, RT = rq ? rq->q.n_tokens : 0;
+    const int want_recall = rq != NULL;
+    int32_t *idx = bench_xmalloc((size_t)(T > RT ? T : RT) * K * 4);
+    double *rec = bench_xmalloc((size_t)(RT + 1) * 8), *mass = bench_xmalloc((size_t)(RT + 1) * 8);
     for (int mi = 0; mi < n_methods; mi++) {
         call c = {ctx, ls->cache, ls->seq, &methods[mi], &qb->q, idx};
         bench_timing tm;
@@ -236,11 +290,14 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         out->ns[mi] = tm.median_ns;
         out->recall[mi] = out->mass[mi] = NAN;
         if (want_recall) {
-            bench_check(skv_selection_quality(ctx, &qb->q, &ls->keys, idx, K, rec, mass), "quality");
+            call cr = {ctx, ls->cache, ls->seq, &methods[mi], &rq->q, idx};
+            if (run_call(&cr))
+                bench_check(SKV_ERR_STATE, methods[mi].name);
+            bench_check(skv_selection_quality(ctx, &rq->q, &ls->keys, idx, K, rec, mass), "quality");
             double r = 0, ms = 0;
-            for (int32_t t = 0; t < T; t++)
+            for (int32_t t = 0; t < RT; t++)
                 r += rec[t], ms += mass[t];
-            out->recall[mi] = r / T, out->mass[mi] = ms / T;
+            out->recall[mi] = r / RT, out->mass[mi] = ms / RT;
         }
         json_line j;
         json_begin(&j);
@@ -255,10 +312,13 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         if (methods[mi].kind == MISA) {
             json_int(&j, "heads", methods[mi].heads), json_int(&j, "candidates", methods[mi].candidates);
             json_int(&j, "route_block", methods[mi].route_block ? methods[mi].route_block : 1024);
+            json_str(&j, "router", methods[mi].route == SKV_ROUTE_POOLED_MAX ? "pooled_max" : "pooled");
         }
         if (methods[mi].kind == HISA)
             json_int(&j, "block", 128), json_int(&j, "blocks", methods[mi].blocks);
         json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K), json_int(&j, "T", T);
+        if (want_recall)
+            json_int(&j, "recall_tokens", RT);
         json_int(&j, "L", ls->keys.n_keys);
         json_str(&j, "dtype", ls->dtype);
         json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
@@ -482,7 +542,36 @@ static void head_concentration(skv_context *ctx, const skv_indexer_query *q, con
     free(idx);
 }
 
-static void report_concentration(skv_context *ctx, const inputs *in)
+/* How alike neighbouring keys are: the mean cosine of k_s - mean and k_{s+dist} - mean over s
+ * (0 for keys drawn independently; the real indexer's keys show about 0.7 at distance 1). */
+static double key_locality(const float *k, int64_t L, int32_t HD, int64_t dist)
+{
+    double *mean = bench_xmalloc((size_t)HD * 8), sum = 0;
+    for (int32_t d = 0; d < HD; d++)
+        mean[d] = 0;
+    for (int64_t s = 0; s < L; s++)
+        for (int32_t d = 0; d < HD; d++)
+            mean[d] += k[(size_t)s * HD + d] / (double)L;
+    for (int64_t s = 0; s + dist < L; s++) {
+        double ab = 0, aa = 0, bb = 0;
+        for (int32_t d = 0; d < HD; d++) {
+            const double a = k[(size_t)s * HD + d] - mean[d], b = k[(size_t)(s + dist) * HD + d] - mean[d];
+            ab += a * b, aa += a * a, bb += b * b;
+        }
+        sum += aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0;
+    }
+    free(mean);
+    return L > dist ? sum / (double)(L - dist) : 0;
+}
+
+static void json_locality(json_line *j, const float *k, int64_t L, int32_t HD)
+{
+    json_num(j, "key_cosine_d1", key_locality(k, L, HD, 1), 3);
+    json_num(j, "key_cosine_d8", key_locality(k, L, HD, 8), 3);
+    json_num(j, "key_cosine_d64", key_locality(k, L, HD, 64), 3);
+}
+
+static void report_concentration(skv_context *ctx, const inputs *in, const char *inputs_name)
 {
     enum { TOKENS = 8 };
     int32_t pos[TOKENS];
@@ -495,13 +584,15 @@ static void report_concentration(skv_context *ctx, const inputs *in)
     json_line j;
     json_begin(&j);
     char name[64];
-    snprintf(name, sizeof name, "misa/heads/structured/L%lld", (long long)in->L);
+    snprintf(name, sizeof name, "misa/heads/%s/L%lld", inputs_name, (long long)in->L);
     json_str(&j, "name", name);
     json_int(&j, "H", H), json_int(&j, "k", K), json_int(&j, "tokens", TOKENS);
     json_num(&j, "head_mass_top_eighth", share[0], 4);
     json_num(&j, "head_mass_top_quarter", share[1], 4);
+    json_locality(&j, in->keys, in->L, D);
     json_str(&j, "note", "share of the dense top-k's score mass |w|*ReLU(q.k) held by the top H/8 and H/4 "
-                         "heads of each token; misa/real/L* give the same for the real indexer");
+                         "heads of each token; key_cosine_d*: neighbouring keys' likeness; misa/real/L* give "
+                         "the same for the real indexer");
     json_end(&j);
 }
 
@@ -554,15 +645,20 @@ static void real_data(skv_context *ctx)
         head_concentration(ctx, &qq, &kb, RK, share);
         json_num(&j, "head_mass_top_eighth", share[0], 4);
         json_num(&j, "head_mass_top_quarter", share[1], 4);
-        for (int v = 0; v < 6; v++) {
+        json_locality(&j, k, T, ID);
+        for (int v = 0; v < 8; v++) {
             skv_misa_params mp;
             skv_misa_params_init(&mp);
             mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8;
-            mp.candidates = v == 3 ? 4 * RK : 0;
-            const char *key = v == 0 ? "misa_h2_recall" : v == 1 ? "misa_h4_recall" : v == 2 ? "misa_h8_recall"
-                              : v == 3 ? "misa_dagger_h8_c4k_recall" : v == 4 ? "hisa_b64_c4k_recall" : "misa_h16_recall";
+            mp.candidates = v == 3 || v == 7 ? 4 * RK : 0;
+            static const char *const keys[8] = {"misa_h2_recall", "misa_h4_recall", "misa_h8_recall",
+                                                "misa_dagger_h8_c4k_recall", "hisa_b64_c4k_recall", "misa_h16_recall",
+                                                "misa_h8_recall_max", "misa_dagger_h8_c4k_recall_max"};
+            const char *key = keys[v];
             if (v == 5)
                 mp.heads = 16;
+            if (v >= 6)
+                mp.route = SKV_ROUTE_POOLED_MAX;
             if (v == 4) {
                 skv_hisa_params hp;
                 skv_hisa_params_init(&hp);
@@ -594,36 +690,40 @@ int main(int argc, char **argv)
     const double min_time = o.min_time;
     json_line j;
 
-    /* decode and a prefill chunk at 8K, 32K, 128K on structured inputs (recall) and uniform
-       random ones (time only: recall on random vectors means little) */
+    /* decode and a prefill chunk at 8K, 32K, 128K on structured inputs, with and without runs
+       (recall), and uniform random ones (time only: recall on random vectors means little) */
     static const int64_t Ls[3] = {8192, 32768, 131072};
+    static const input_kind kinds[3] = {STRUCTURED, STRUCTURED_RUNS, UNIFORM};
     for (int li = 0; li < (quick ? 2 : 3); li++)
-        for (int structured = 1; structured >= 0; structured--) {
+        for (int ki = 0; ki < 3; ki++) {
+            const input_kind input = kinds[ki];
+            const int structured = input != UNIFORM;
             inputs in;
-            make_inputs(&in, Ls[li], structured);
+            make_inputs(&in, Ls[li], input);
             length_setup ls;
             setup_length(ctx, &in, SKV_FP8_E4M3, 1, &ls);
-            query_buf *qb = bench_xmalloc(sizeof *qb);
+            query_buf *qb = bench_xmalloc(sizeof *qb), *rq = bench_xmalloc(sizeof *rq);
             measured r;
             make_query(&in, 1, qb);
-            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "decode", structured ? "structured" : "uniform",
-                    min_time, structured, &r);
-            if (structured && li > 0) /* recall against cost, decode at 32K and 128K */
-                measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", "structured", min_time, 1, &r);
-            if (structured && li > 0)
-                report_concentration(ctx, &in);
-            if (structured && li > 0) {
+            make_decode_recall_query(&in, rq);
+            const query_buf *drq = structured ? rq : NULL;
+            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "decode", kind_names[input], min_time, drq, &r);
+            if (structured && li > 0) { /* recall against cost, decode at 32K and 128K */
+                measure(ctx, &m, &ls, qb, tradeoff_methods, N_TRADEOFF, "tradeoff", kind_names[input], min_time, rq, &r);
+                report_concentration(ctx, &in, kind_names[input]);
+            }
+            if (input == STRUCTURED && li > 0) { /* timing only: the structured inputs stand for both */
                 scoring_floor(&m, &ls, qb, min_time);
                 /* the same without the lane copy: fp8 rows only */
                 length_setup lr;
                 setup_length(ctx, &in, SKV_FP8_E4M3, 0, &lr);
-                measure(ctx, &m, &lr, qb, main_methods, N_MAIN, "decode_rows", "structured", min_time, 1, &r);
+                measure(ctx, &m, &lr, qb, main_methods, N_MAIN, "decode_rows", "structured", min_time, rq, &r);
                 scoring_floor(&m, &lr, qb, min_time);
                 free_length(&lr);
                 /* the same with bf16 keys: no per-key conversion, twice the key bytes */
                 length_setup lb;
                 setup_length(ctx, &in, SKV_BF16, 0, &lb);
-                measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, 1, &r);
+                measure(ctx, &m, &lb, qb, main_methods, N_MAIN, "decode_bf16", "structured", min_time, rq, &r);
                 scoring_floor(&m, &lb, qb, min_time);
                 if (li == 1) {
                     kernel_floor(&ls, &in, min_time);
@@ -632,9 +732,9 @@ int main(int argc, char **argv)
                 free_length(&lb);
             }
             make_query(&in, PREFILL_T, qb);
-            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "prefill", structured ? "structured" : "uniform",
-                    min_time, structured, &r);
-            free(qb);
+            measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "prefill", kind_names[input], min_time,
+                    structured ? qb : NULL, &r);
+            free(qb), free(rq);
             free_length(&ls);
             free_inputs(&in);
         }
@@ -644,16 +744,16 @@ int main(int argc, char **argv)
     int64_t cross[N_MAIN] = {0};
     for (int si = 0; si < (int)(sizeof sweep / sizeof sweep[0]); si++) {
         inputs in;
-        make_inputs(&in, sweep[si], 1);
+        make_inputs(&in, sweep[si], STRUCTURED);
         length_setup ls;
         setup_length(ctx, &in, SKV_FP8_E4M3, 1, &ls);
         query_buf *qb = bench_xmalloc(sizeof *qb);
         make_query(&in, 1, qb);
         measured r;
-        measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "sweep", "structured", min_time * 0.5, 0, &r);
+        measure(ctx, &m, &ls, qb, main_methods, N_MAIN, "sweep", "structured", min_time * 0.5, NULL, &r);
         /* a method counts once it is really running (not handed to dense by its own dial:
            C >= L, or m * B >= L) and at least 5 % faster */
-        const int active[N_MAIN] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 64};
+        const int active[N_MAIN] = {0, 1, sweep[si] > 8192, sweep[si] > 128 * 64, 1, sweep[si] > 8192};
         for (int mi = 1; mi < N_MAIN; mi++)
             if (!cross[mi] && active[mi] && r.ns[mi] < 0.95 * r.ns[0])
                 cross[mi] = sweep[si];
