@@ -538,29 +538,33 @@ static void test_monotone(void)
     skv_misa_params mp;
     skv_misa_params_init(&mp);
     mp.block = 64, mp.min_length = 0;
-    double last = -1;
-    static const int32_t hs[] = {1, 2, 4, 8, 16, 32};
-    for (int i = 0; i < 6; i++) {
-        mp.heads = hs[i];
-        CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
-        const double m = mean_recall(&q, &kb, sel, k, rec);
-        CHECK(m >= last - 1e-12, "recall falls from %.4f to %.4f at h = %d", last, m, hs[i]);
-        last = m;
+    for (int router = 0; router < 2; router++) { /* the paper's router and the pooled-max one */
+        mp.route = router ? SKV_ROUTE_POOLED_MAX : SKV_ROUTE_POOLED, mp.candidates = 0;
+        double last = -1;
+        static const int32_t hs[] = {1, 2, 4, 8, 16, 32};
+        for (int i = 0; i < 6; i++) {
+            mp.heads = hs[i];
+            CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
+            const double m = mean_recall(&q, &kb, sel, k, rec);
+            CHECK(m >= last - 1e-12, "router %d: recall falls from %.4f to %.4f at h = %d", router, last, m, hs[i]);
+            last = m;
+        }
+        CHECK(last == 1.0, "h = H recall %.4f", last);
+        /* C: nested candidate sets, so per token */
+        mp.heads = 4;
+        static const int32_t cs[] = {64, 128, 256, 1024, 4000};
+        for (int i = 0; i < 5; i++) {
+            mp.candidates = cs[i];
+            CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
+            mean_recall(&q, &kb, sel, k, rec);
+            for (int32_t t = 0; i > 0 && t < d.T; t++)
+                CHECK(rec[t] >= prev[t] - 1e-12, "router %d, C = %d: token %d recall %.4f < %.4f", router, cs[i], t,
+                      rec[t], prev[t]);
+            memcpy(prev, rec, d.T * 8);
+        }
+        for (int32_t t = 0; t < d.T; t++)
+            CHECK(rec[t] == 1.0, "C = all: recall %.4f", rec[t]);
     }
-    CHECK(last == 1.0, "h = H recall %.4f", last);
-    /* C: nested candidate sets, so per token */
-    mp.heads = 4;
-    static const int32_t cs[] = {64, 128, 256, 1024, 4000};
-    for (int i = 0; i < 5; i++) {
-        mp.candidates = cs[i];
-        CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, k, sel, NULL));
-        mean_recall(&q, &kb, sel, k, rec);
-        for (int32_t t = 0; i > 0 && t < d.T; t++)
-            CHECK(rec[t] >= prev[t] - 1e-12, "C = %d: token %d recall %.4f < %.4f", cs[i], t, rec[t], prev[t]);
-        memcpy(prev, rec, d.T * 8);
-    }
-    for (int32_t t = 0; t < d.T; t++)
-        CHECK(rec[t] == 1.0, "C = all: recall %.4f", rec[t]);
     /* m: nested block sets, so per token */
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);

@@ -62,12 +62,17 @@ static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 /* Whether the mode scores heads on pooled block means (and needs the pooled sums). */
 static int on_blocks(skv_route_mode mode) { return mode == SKV_ROUTE_POOLED || mode == SKV_ROUTE_POOLED_MAX; }
 
-/* A block's term folded into a head's score: summed, or the larger kept (a NaN stays). */
-static float fold(skv_route_mode mode, float e, float term)
+/* One block's terms folded into the heads' scores: summed, or the larger kept (a NaN stays);
+ * the mode tested once, so that either loop vectorises. */
+static void fold_terms(skv_route_mode mode, float *restrict E, const float *restrict terms, int32_t H)
 {
-    if (mode == SKV_ROUTE_POOLED)
-        return e + term;
-    return term > e || term != term ? term : e;
+    if (mode == SKV_ROUTE_POOLED) {
+        for (int32_t h = 0; h < H; h++)
+            E[h] += terms[h];
+    } else {
+        for (int32_t h = 0; h < H; h++)
+            E[h] = terms[h] > E[h] || terms[h] != terms[h] ? terms[h] : E[h];
+    }
 }
 
 /* Blocks whose means go through head_dots together (its registers hold four key vectors). */
@@ -168,8 +173,7 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
         const int32_t n = nb - b < ROUTE_BATCH ? (int32_t)(nb - b) : ROUTE_BATCH;
         block_terms(kern, q, t, src, block, b, n, sh, qbuf, tmp, dots);
         for (int32_t i = 0; i < n; i++) /* in block order */
-            for (int32_t h = 0; h < H; h++)
-                E[h] = fold(mode, E[h], dots[(size_t)i * H + h]);
+            fold_terms(mode, E, dots + (size_t)i * H, H);
     }
 }
 
@@ -257,8 +261,7 @@ static void route_by_blocks(skv_context *ctx, const skv_indexer_query *q, const 
         sh->have = sh->n; /* filled by the first token's region */
         memset(E, 0, (size_t)H * 4);
         for (int64_t b = 0; b < nb; b++)
-            for (int32_t h = 0; h < H; h++)
-                E[h] = fold(p->route, E[h], terms[(size_t)b * H + h]);
+            fold_terms(p->route, E, terms + (size_t)b * H, H);
         if (out_scores)
             memcpy(out_scores + (size_t)t * H, E, (size_t)H * 4);
         top_heads(E, H, p->heads, rk, out_heads + (size_t)t * p->heads);
