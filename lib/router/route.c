@@ -1,6 +1,7 @@
 /* The MISA router: a score per indexer head for each query token (pooled block keys, summed
- * or their largest, query norm, or the token's own key), and the top-h heads. Its cost is H * D per block per token
- * (the kernel table's head_dots), against H * D per key for the indexer it steers. */
+ * or their largest, query norm, or the token's own key), and the top-h heads. Its cost is
+ * H * D per block per token (the kernel table's head_dots), against H * D per key for the
+ * indexer it steers. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +61,10 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
 static float relu(float x) { return x > 0 || x != x ? x : 0.0f; }
 
 /* Whether the mode scores heads on pooled block means (and needs the pooled sums). */
-static int on_blocks(skv_route_mode mode) { return mode == SKV_ROUTE_POOLED || mode == SKV_ROUTE_POOLED_MAX; }
+static int on_blocks(skv_route_mode mode)
+{
+    return mode == SKV_ROUTE_POOLED || mode == SKV_ROUTE_POOLED_MAX;
+}
 
 /* One block's terms folded into the heads' scores: summed, or the larger kept (a NaN stays);
  * the mode tested once, so that either loop vectorises. */
