@@ -49,7 +49,7 @@ static const char *const kind_names[] = {"uniform", "structured", "structured_ru
 
 /* A run of keys from one cluster ends after each key with this chance: mean runs of 20 keys,
  * which gives neighbouring keys the cosine the real indexer keys show (about 0.7 at distance 1,
- * 0.45 at 8, near 0 by 64 in layers 1-5; misa/locality reports both). */
+ * 0.45 at 8, near 0 by 64 in layers 1-5; key_cosine_d* in misa/heads and misa/real). */
 #define RUN_END 0.05
 
 /* Keys around 256 cluster centres (each key a centre plus noise), 4 attention sinks sharing a
