@@ -788,38 +788,33 @@ static void test_real(void)
         char sec[8], key[64];
         snprintf(sec, sizeof sec, "L%d", l);
         printf("L%d:", l);
-        for (int v = 0; v < 5; v++) {
-            skv_misa_params mp;
-            skv_misa_params_init(&mp);
-            mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8, mp.candidates = v == 3 ? 4 * K : 0;
-            if (v < 4) {
-                CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, sel, NULL));
-                if (v < 3)
-                    snprintf(key, sizeof key, "misa_h%d_recall", mp.heads);
-                else
-                    snprintf(key, sizeof key, "misa_dagger_h8_c4k_recall");
-            } else {
+        /* v: MISA h = 2, 4, 8 and MISA-dagger (the paper's router, against reference.json),
+           HISA, then the four MISA cases again with the pooled-max router (against numpy) */
+        for (int v = 0; v < 9; v++) {
+            const int hisa = v == 4, max = v > 4, m = max ? v - 5 : v;
+            if (hisa) {
                 skv_hisa_params hp;
                 skv_hisa_params_init(&hp);
                 hp.block = 64, hp.blocks = 4 * K / 64, hp.min_length = 0;
                 CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, K, sel, NULL));
                 snprintf(key, sizeof key, "hisa_b64_c4k_recall");
+            } else {
+                skv_misa_params mp;
+                skv_misa_params_init(&mp);
+                mp.route = max ? SKV_ROUTE_POOLED_MAX : SKV_ROUTE_POOLED;
+                mp.block = 64, mp.min_length = 0, mp.heads = m < 3 ? 2 << m : 8, mp.candidates = m == 3 ? 4 * K : 0;
+                CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, sel, NULL));
+                if (m < 3)
+                    snprintf(key, sizeof key, "misa_h%d_recall", mp.heads);
+                else
+                    snprintf(key, sizeof key, "misa_dagger_h8_c4k_recall");
             }
-            const double got = mean_recall(&q, &kb, sel, K, rec), want = json_number(ref, sec, key);
+            const double got = mean_recall(&q, &kb, sel, K, rec);
+            const double want = max ? real_pooled_max[l][m] : json_number(ref, sec, key);
             worst = fabs(got - want) > worst ? fabs(got - want) : worst;
-            CHECK(fabs(got - want) <= 0.0006, "L%d %s: %.4f, reference %.4f", l, key, got, want);
-            printf(" %s %.4f (ref %.4f)", key, got, want);
-        }
-        for (int v = 0; v < 4; v++) {
-            skv_misa_params mp;
-            skv_misa_params_init(&mp);
-            mp.route = SKV_ROUTE_POOLED_MAX;
-            mp.block = 64, mp.min_length = 0, mp.heads = v < 3 ? 2 << v : 8, mp.candidates = v == 3 ? 4 * K : 0;
-            CHECK_OK(skv_misa_topk(ctx, &q, &kb, &pk, &mp, K, sel, NULL));
-            const double got = mean_recall(&q, &kb, sel, K, rec), want = real_pooled_max[l][v];
-            worst = fabs(got - want) > worst ? fabs(got - want) : worst;
-            CHECK(fabs(got - want) <= 0.0006, "L%d pooled-max v%d: %.4f, numpy %.4f", l, v, got, want);
-            printf(" max_%s %.4f (numpy %.4f)", v < 3 ? (v == 0 ? "h2" : v == 1 ? "h4" : "h8") : "dagger", got, want);
+            CHECK(fabs(got - want) <= 0.0006, "L%d %s%s: %.4f, reference %.4f", l, max ? "pooled-max " : "", key,
+                  got, want);
+            printf(" %s%s %.4f (ref %.4f)", max ? "max_" : "", key, got, want);
         }
         printf("\n");
         data_layer_free(&in);
