@@ -106,27 +106,33 @@ void skv_topk_push(skv_topk_state *st, const float *s, int32_t n, int32_t base)
 }
 
 /* Stable LSD radix sort by descending key of n <= k candidates; the second half of the buffer
- * is the scratch. Index order among equal keys is kept (ties to the lower index). Digits of 8
- * bits: a k of a few thousand leaves most of 2048 bins empty, and their prefix sums cost more
- * than a fourth pass. One pass counts all four digits; digits every key shares are skipped. */
+ * is the scratch. Index order among equal keys is kept (ties to the lower index). The digits
+ * sorted are those of hi - key (ascending), hi the largest key: a top-k's keys span a narrow
+ * range (about 2^24 for 2048 of 32K scores), so its high digits are all zero and skipped (three
+ * passes where the keys themselves need four). Digits of 8 bits: a k of a few thousand leaves
+ * most of 2048 bins empty, and their prefix sums cost more than a fourth pass. One pass counts
+ * every digit; a digit all the keys share is skipped too. */
 static void sort_desc(skv_topk_state *st)
 {
     uint32_t hist[4][256];
     const int32_t n = st->n;
     uint32_t *k0 = st->key, *k1 = st->key + st->k;
     int32_t *i0 = st->idx, *i1 = st->idx + st->k;
+    uint32_t lo, hi;
+    st->kern->key_range(k0, n, &lo, &hi);
+    const int digits = lo == hi ? 0 : (32 - __builtin_clz(hi - lo) + 7) / 8;
     memset(hist, 0, sizeof hist);
     for (int32_t i = 0; i < n; i++) {
-        const uint32_t v = ~k0[i];
+        const uint32_t v = hi - k0[i];
         hist[0][v & 255]++;
         hist[1][(v >> 8) & 255]++;
         hist[2][(v >> 16) & 255]++;
         hist[3][v >> 24]++;
     }
-    for (int p = 0; p < 4; p++) {
+    for (int p = 0; p < digits; p++) {
         const int sh = 8 * p;
         uint32_t *h = hist[p];
-        if (h[(~k0[0] >> sh) & 255] == (uint32_t)n)
+        if (h[((hi - k0[0]) >> sh) & 255] == (uint32_t)n)
             continue; /* digit constant: order unchanged */
         uint32_t sum = 0;
         for (uint32_t b = 0; b < 256; b++) {
@@ -135,7 +141,7 @@ static void sort_desc(skv_topk_state *st)
             sum += c;
         }
         for (int32_t i = 0; i < n; i++) {
-            const uint32_t pos = h[(~k0[i] >> sh) & 255]++;
+            const uint32_t pos = h[((hi - k0[i]) >> sh) & 255]++;
             k1[pos] = k0[i];
             i1[pos] = i0[i];
         }
