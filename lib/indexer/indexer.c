@@ -560,7 +560,7 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
                would otherwise keep the others waiting) */
             const int32_t pieces = index_order ? 1 : skv_topk_parts_pieces(&p.parts);
 #pragma omp barrier
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait /* the region's end is the barrier */
             for (int64_t it = 0; it < (int64_t)T * pieces; it++) {
                 const int32_t t = (int32_t)(it / pieces);
                 if (index_order) {
