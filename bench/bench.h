@@ -52,6 +52,7 @@ void bench_check(skv_status st, const char *what);
 /* --filter: 1 when filter is NULL or name contains one of its comma-separated parts. */
 int bench_name_selected(const char *filter, const char *name);
 double process_cpu_s(void); /* CPU time of the whole process (all threads), seconds */
+double bench_median(double *v, size_t n); /* of n >= 1 values, sorting them in place */
 
 typedef struct bench_timing {
     int64_t iterations; /* measured calls (the warm-up is not counted) */

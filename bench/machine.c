@@ -21,17 +21,10 @@
 
 static volatile float machine_sink; /* results of the loops end here */
 
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void best_and_median(double *v, int n, double *best, double *median)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    *median = bench_median(v, (size_t)n); /* sorts v */
     *best = v[n - 1];
-    *median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 /* One timed run of the peak loop on every thread of the team; GFLOP/s. */

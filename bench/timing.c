@@ -65,6 +65,12 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+double bench_median(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 int bench_time(bench_fn fn, void *arg, double min_time, int64_t min_iters, int warmup,
                double warmup_counts_after, bench_timing *out)
 {
@@ -109,9 +115,8 @@ int bench_time(bench_fn fn, void *arg, double min_time, int64_t min_iters, int w
         total += dt;
         cpu_total += dc;
     }
-    qsort(t, n, sizeof *t, cmp_double);
     out->iterations = (int64_t)n;
-    out->median_ns = 1e9 * (n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]));
+    out->median_ns = 1e9 * bench_median(t, n); /* sorts t */
     out->mean_ns = 1e9 * total / (double)n;
     out->min_ns = 1e9 * t[0];
     out->cpu_ns = 1e9 * cpu_total / (double)n;
