@@ -1,9 +1,11 @@
 #!/bin/sh
 # Installs the build into a temporary destdir and builds a tiny consumer with nothing but
 # `pkg-config --cflags --libs sparsekv`, then runs it. Usage: install_test.sh BUILD_DIR CC
+# [FLAGS] (FLAGS: the build's -fsanitize=..., which a consumer of a sanitized library needs)
 set -eu
 build=$1
 cc=$2
+flags=${3:-}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 meson install -C "$build" --destdir "$tmp/root" --no-rebuild --quiet >/dev/null
@@ -31,8 +33,8 @@ int main(void)
     return s != SKV_OK || idx[0] != 1 || idx[1] != 2 || sc[0] != 3 || sc[1] != 3;
 }
 C
-# shellcheck disable=SC2046
-"$cc" -std=c11 -Wall -Werror -o "$tmp/consumer" "$tmp/consumer.c" $(pkg-config --cflags --libs sparsekv)
+# shellcheck disable=SC2046,SC2086
+"$cc" -std=c11 -Wall -Werror $flags -o "$tmp/consumer" "$tmp/consumer.c" $(pkg-config --cflags --libs sparsekv)
 libdir=$(pkg-config --variable=libdir sparsekv)
 case $libdir in "$tmp/root"*) ;; *) libdir="$tmp/root$libdir" ;; esac # pkgconf adds the sysroot
 LD_LIBRARY_PATH="$libdir" "$tmp/consumer"
