@@ -275,10 +275,46 @@ typedef struct measured {
     double ns[MAX_METHODS], vs_dense[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS];
 } measured;
 
-/* Methods are timed in rounds, each round timing every method in turn (min_time / ROUNDS
- * each): a slow spell of the shared machine then falls on all of them, and each method's ratio
- * to dense is taken round by round, against the dense time of its own round. */
+/* Calls compared with one another are timed in rounds, each round timing every call in turn
+ * (min_time / ROUNDS each): a slow spell of the shared machine then falls on all of them, and
+ * each call's ratio to the first is taken round by round, against the first's time in the
+ * same round. */
 enum { ROUNDS = 5 };
+
+typedef struct rounds {
+    double ns;           /* median of the rounds' median times */
+    double vs_first;     /* median of the rounds' ratios to call 0 */
+    double lo, hi;       /* the extremes of those ratios */
+    double cpu_ns;       /* process CPU time per call */
+    int64_t iterations;  /* calls timed over all rounds */
+} rounds;
+
+/* fn[i](arg[i]) for i < n (at most MAX_METHODS), timed in rounds; names for errors. */
+static void time_rounds(int n, bench_fn const *fn, void *const *arg, const char *const *names,
+                        double min_time, rounds *out)
+{
+    double round_ns[MAX_METHODS][ROUNDS], cpu[MAX_METHODS] = {0};
+    int64_t iters[MAX_METHODS] = {0};
+    for (int r = 0; r < ROUNDS; r++)
+        for (int i = 0; i < n; i++) {
+            bench_timing tm;
+            if (bench_time(fn[i], arg[i], min_time / ROUNDS, 1, r == 0, 2.0, &tm))
+                bench_check(SKV_ERR_STATE, names[i]);
+            round_ns[i][r] = tm.median_ns;
+            cpu[i] += tm.cpu_ns * (double)tm.iterations;
+            iters[i] += tm.iterations;
+        }
+    for (int i = 0; i < n; i++) {
+        double ratio[ROUNDS], ns[ROUNDS];
+        for (int r = 0; r < ROUNDS; r++)
+            ratio[r] = round_ns[i][r] / round_ns[0][r], ns[r] = round_ns[i][r];
+        out[i].ns = bench_median(ns, ROUNDS);
+        out[i].vs_first = bench_median(ratio, ROUNDS); /* sorts ratio */
+        out[i].lo = ratio[0], out[i].hi = ratio[ROUNDS - 1];
+        out[i].cpu_ns = cpu[i] / (double)iters[i];
+        out[i].iterations = iters[i];
+    }
+}
 
 /* Times each method of the list (dense first) on qb and, with a recall query rq, its recall
  * against dense on rq's tokens (qb's own for a prefill chunk). */
@@ -290,25 +326,20 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
     const int want_recall = rq != NULL;
     int32_t *idx = bench_xmalloc((size_t)(T > RT ? T : RT) * K * 4);
     double *rec = bench_xmalloc((size_t)(RT + 1) * 8), *mass = bench_xmalloc((size_t)(RT + 1) * 8);
-    double round_ns[MAX_METHODS][ROUNDS], cpu_ns[MAX_METHODS] = {0};
-    int64_t iters[MAX_METHODS] = {0};
-    for (int r = 0; r < ROUNDS; r++)
-        for (int mi = 0; mi < n_methods; mi++) {
-            call c = {ctx, ls->cache, ls->seq, &methods[mi], &qb->q, idx};
-            bench_timing tm;
-            if (bench_time(run_call, &c, min_time / ROUNDS, 1, r == 0, 2.0, &tm))
-                bench_check(SKV_ERR_STATE, methods[mi].name);
-            round_ns[mi][r] = tm.median_ns;
-            cpu_ns[mi] += tm.cpu_ns * (double)tm.iterations;
-            iters[mi] += tm.iterations;
-        }
+    call calls[MAX_METHODS];
+    bench_fn fns[MAX_METHODS];
+    void *args[MAX_METHODS];
+    const char *names[MAX_METHODS];
+    rounds tr[MAX_METHODS];
     for (int mi = 0; mi < n_methods; mi++) {
-        double ratio[ROUNDS], ns[ROUNDS];
-        for (int r = 0; r < ROUNDS; r++)
-            ratio[r] = round_ns[mi][r] / round_ns[0][r], ns[r] = round_ns[mi][r];
-        const double time_ns = bench_median(ns, ROUNDS), vs_dense = bench_median(ratio, ROUNDS);
+        calls[mi] = (call){ctx, ls->cache, ls->seq, &methods[mi], &qb->q, idx};
+        fns[mi] = run_call, args[mi] = &calls[mi], names[mi] = methods[mi].name;
+    }
+    time_rounds(n_methods, fns, args, names, min_time, tr);
+    for (int mi = 0; mi < n_methods; mi++) {
+        const double time_ns = tr[mi].ns;
         out->ns[mi] = time_ns;
-        out->vs_dense[mi] = vs_dense;
+        out->vs_dense[mi] = tr[mi].vs_first;
         out->recall[mi] = out->mass[mi] = NAN;
         if (want_recall) {
             call cr = {ctx, ls->cache, ls->seq, &methods[mi], &rq->q, idx};
@@ -325,10 +356,10 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         char name[128];
         snprintf(name, sizeof name, "misa/%s/%s/L%lld/%s", mode, inputs_name, (long long)ls->keys.n_keys, methods[mi].name);
         json_str(&j, "name", name);
-        json_int(&j, "iterations", iters[mi]);
+        json_int(&j, "iterations", tr[mi].iterations);
         json_int(&j, "rounds", ROUNDS);
         json_num(&j, "real_time", time_ns, 1);
-        json_num(&j, "cpu_time", cpu_ns[mi] / (double)iters[mi], 1);
+        json_num(&j, "cpu_time", tr[mi].cpu_ns, 1);
         json_str(&j, "time_unit", "ns");
         json_str(&j, "method", methods[mi].name);
         if (methods[mi].kind == MISA) {
@@ -345,9 +376,9 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         json_str(&j, "dtype", ls->dtype);
         json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
         json_str(&j, "inputs", inputs_name);
-        json_ratio(&j, "time_vs_dense", vs_dense);
-        json_ratio(&j, "time_vs_dense_lo", ratio[0]); /* the rounds' extremes (sorted) */
-        json_ratio(&j, "time_vs_dense_hi", ratio[ROUNDS - 1]);
+        json_ratio(&j, "time_vs_dense", tr[mi].vs_first);
+        json_ratio(&j, "time_vs_dense_lo", tr[mi].lo);
+        json_ratio(&j, "time_vs_dense_hi", tr[mi].hi);
         if (want_recall) {
             json_num(&j, "recall", out->recall[mi], 4);
             json_num(&j, "mass_recall", out->mass[mi], 4);
@@ -485,14 +516,15 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     skv_indexer_query q8 = qb->q; /* one token: its first 8 heads are a query of 8 heads */
     q8.n_heads = 8;
     const char *names[4] = {"dense_topk_h64", "scores_h64", "scores_h8", "topk_h8"};
-    double ns[4];
+    floor_call f[4];
+    bench_fn fns[4];
+    void *args[4];
     for (int i = 0; i < 4; i++) {
-        floor_call f = {ls->cache, ls->seq, i == 0 || i == 1 ? &qb->q : &q8, scores, idx};
-        bench_timing tm;
-        if (bench_time(i == 0 || i == 3 ? floor_topk : floor_scores, &f, min_time, 3, 1, 2.0, &tm))
-            bench_check(SKV_ERR_STATE, names[i]);
-        ns[i] = tm.median_ns;
+        f[i] = (floor_call){ls->cache, ls->seq, i == 0 || i == 1 ? &qb->q : &q8, scores, idx};
+        fns[i] = i == 0 || i == 3 ? floor_topk : floor_scores, args[i] = &f[i];
     }
+    rounds tr[4];
+    time_rounds(4, fns, args, names, min_time, tr);
     json_line j;
     json_begin(&j);
     char name[96];
@@ -501,14 +533,15 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     json_int(&j, "L", L), json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K);
     json_str(&j, "dtype", ls->dtype);
     json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
+    json_int(&j, "rounds", ROUNDS);
     for (int i = 0; i < 4; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s_ns", names[i]);
-        json_num(&j, key, ns[i], 1);
-        snprintf(key, sizeof key, "%s_vs_dense", names[i]);
-        json_ratio(&j, key, ns[i] / ns[0]);
+        json_num(&j, key, tr[i].ns, 1);
+        snprintf(key, sizeof key, "%s_vs_dense", names[i]); /* per round, as time_vs_dense */
+        json_ratio(&j, key, tr[i].vs_first);
         snprintf(key, sizeof key, "%s_ns_per_key", names[i]);
-        json_num(&j, key, ns[i] / (double)L, 3);
+        json_num(&j, key, tr[i].ns / (double)L, 3);
     }
     json_num(&j, "peak_bf16_gflops", m->peak_bf16_gflops, 2);
     json_num(&j, "stream_gbps", m->stream_gbps, 2);
