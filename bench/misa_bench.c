@@ -270,9 +270,9 @@ static void make_decode_recall_query(const inputs *in, query_buf *qb)
         qb->pos[t] = (int32_t)(in->L - 1);
 }
 
-/* Per method: median time, median of the per-round ratios to dense, recall and mass recall. */
+/* Per method: the median of the per-round ratios to dense, recall and mass recall. */
 typedef struct measured {
-    double ns[MAX_METHODS], vs_dense[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS];
+    double vs_dense[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS];
 } measured;
 
 /* Calls compared with one another are timed in rounds, each round timing every call in turn
@@ -338,7 +338,6 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
     time_rounds(n_methods, fns, args, names, min_time, tr);
     for (int mi = 0; mi < n_methods; mi++) {
         const double time_ns = tr[mi].ns;
-        out->ns[mi] = time_ns;
         out->vs_dense[mi] = tr[mi].vs_first;
         out->recall[mi] = out->mass[mi] = NAN;
         if (want_recall) {
