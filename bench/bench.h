@@ -72,6 +72,23 @@ typedef int (*bench_fn)(void *arg);
 int bench_time(bench_fn fn, void *arg, double min_time, int64_t min_iters, int warmup,
                double warmup_counts_after, bench_timing *out);
 
+/* Calls compared with one another, timed in rounds: each round times every call in turn
+ * (bench_time, min_time / BENCH_ROUNDS each, the first round with a warm-up), so that a slow
+ * spell of a shared machine falls on all of them; each call's ratio to call 0 is taken round
+ * by round, against call 0's time in the same round. */
+enum { BENCH_ROUNDS = 5 };
+typedef struct bench_rounds {
+    double ns;          /* median of the rounds' median times */
+    double vs_first;    /* median of the rounds' ratios to call 0 */
+    double lo, hi;      /* the extremes of those ratios */
+    double cpu_ns;      /* process CPU time per call */
+    int64_t iterations; /* calls timed over all rounds */
+} bench_rounds;
+
+/* fn[i](arg[i]) for i < n; returns the first non-zero result (-1 when out of memory), else 0. */
+int bench_time_rounds(int n, const bench_fn *fn, void *const *arg, double min_time,
+                      bench_rounds *out);
+
 /* A JSON object written on one line. Keys are written as given (no escaping needed: callers
  * pass identifiers); string values are escaped. Non-finite numbers are written as null. */
 typedef struct json_line {

@@ -275,47 +275,6 @@ typedef struct measured {
     double vs_dense[MAX_METHODS], recall[MAX_METHODS], mass[MAX_METHODS];
 } measured;
 
-/* Calls compared with one another are timed in rounds, each round timing every call in turn
- * (min_time / ROUNDS each): a slow spell of the shared machine then falls on all of them, and
- * each call's ratio to the first is taken round by round, against the first's time in the
- * same round. */
-enum { ROUNDS = 5 };
-
-typedef struct rounds {
-    double ns;           /* median of the rounds' median times */
-    double vs_first;     /* median of the rounds' ratios to call 0 */
-    double lo, hi;       /* the extremes of those ratios */
-    double cpu_ns;       /* process CPU time per call */
-    int64_t iterations;  /* calls timed over all rounds */
-} rounds;
-
-/* fn[i](arg[i]) for i < n (at most MAX_METHODS), timed in rounds; names for errors. */
-static void time_rounds(int n, bench_fn const *fn, void *const *arg, const char *const *names,
-                        double min_time, rounds *out)
-{
-    double round_ns[MAX_METHODS][ROUNDS], cpu[MAX_METHODS] = {0};
-    int64_t iters[MAX_METHODS] = {0};
-    for (int r = 0; r < ROUNDS; r++)
-        for (int i = 0; i < n; i++) {
-            bench_timing tm;
-            if (bench_time(fn[i], arg[i], min_time / ROUNDS, 1, r == 0, 2.0, &tm))
-                bench_check(SKV_ERR_STATE, names[i]);
-            round_ns[i][r] = tm.median_ns;
-            cpu[i] += tm.cpu_ns * (double)tm.iterations;
-            iters[i] += tm.iterations;
-        }
-    for (int i = 0; i < n; i++) {
-        double ratio[ROUNDS], ns[ROUNDS];
-        for (int r = 0; r < ROUNDS; r++)
-            ratio[r] = round_ns[i][r] / round_ns[0][r], ns[r] = round_ns[i][r];
-        out[i].ns = bench_median(ns, ROUNDS);
-        out[i].vs_first = bench_median(ratio, ROUNDS); /* sorts ratio */
-        out[i].lo = ratio[0], out[i].hi = ratio[ROUNDS - 1];
-        out[i].cpu_ns = cpu[i] / (double)iters[i];
-        out[i].iterations = iters[i];
-    }
-}
-
 /* Times each method of the list (dense first) on qb and, with a recall query rq, its recall
  * against dense on rq's tokens (qb's own for a prefill chunk). */
 static void measure(skv_context *ctx, const bench_machine *m, const length_setup *ls,
@@ -329,13 +288,13 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
     call calls[MAX_METHODS];
     bench_fn fns[MAX_METHODS];
     void *args[MAX_METHODS];
-    const char *names[MAX_METHODS];
-    rounds tr[MAX_METHODS];
+    bench_rounds tr[MAX_METHODS];
     for (int mi = 0; mi < n_methods; mi++) {
         calls[mi] = (call){ctx, ls->cache, ls->seq, &methods[mi], &qb->q, idx};
-        fns[mi] = run_call, args[mi] = &calls[mi], names[mi] = methods[mi].name;
+        fns[mi] = run_call, args[mi] = &calls[mi];
     }
-    time_rounds(n_methods, fns, args, names, min_time, tr);
+    if (bench_time_rounds(n_methods, fns, args, min_time, tr))
+        bench_check(SKV_ERR_STATE, mode);
     for (int mi = 0; mi < n_methods; mi++) {
         const double time_ns = tr[mi].ns;
         out->vs_dense[mi] = tr[mi].vs_first;
@@ -356,7 +315,7 @@ static void measure(skv_context *ctx, const bench_machine *m, const length_setup
         snprintf(name, sizeof name, "misa/%s/%s/L%lld/%s", mode, inputs_name, (long long)ls->keys.n_keys, methods[mi].name);
         json_str(&j, "name", name);
         json_int(&j, "iterations", tr[mi].iterations);
-        json_int(&j, "rounds", ROUNDS);
+        json_int(&j, "rounds", BENCH_ROUNDS);
         json_num(&j, "real_time", time_ns, 1);
         json_num(&j, "cpu_time", tr[mi].cpu_ns, 1);
         json_str(&j, "time_unit", "ns");
@@ -522,8 +481,9 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
         f[i] = (floor_call){ls->cache, ls->seq, i == 0 || i == 1 ? &qb->q : &q8, scores, idx};
         fns[i] = i == 0 || i == 3 ? floor_topk : floor_scores, args[i] = &f[i];
     }
-    rounds tr[4];
-    time_rounds(4, fns, args, names, min_time, tr);
+    bench_rounds tr[4];
+    if (bench_time_rounds(4, fns, args, min_time, tr))
+        bench_check(SKV_ERR_STATE, "floor");
     json_line j;
     json_begin(&j);
     char name[96];
@@ -532,7 +492,7 @@ static void scoring_floor(const bench_machine *m, const length_setup *ls,
     json_int(&j, "L", L), json_int(&j, "H", H), json_int(&j, "D", D), json_int(&j, "k", K);
     json_str(&j, "dtype", ls->dtype);
     json_int(&j, "lane_copy", ls->lane_copy), json_int(&j, "cache_bytes_per_token", ls->bytes_per_token);
-    json_int(&j, "rounds", ROUNDS);
+    json_int(&j, "rounds", BENCH_ROUNDS);
     for (int i = 0; i < 4; i++) {
         char key[64];
         snprintf(key, sizeof key, "%s_ns", names[i]);

@@ -124,6 +124,40 @@ int bench_time(bench_fn fn, void *arg, double min_time, int64_t min_iters, int w
     return 0;
 }
 
+int bench_time_rounds(int n, const bench_fn *fn, void *const *arg, double min_time,
+                      bench_rounds *out)
+{
+    double *round_ns = calloc((size_t)n * BENCH_ROUNDS, sizeof *round_ns);
+    if (!round_ns)
+        return -1;
+    for (int i = 0; i < n; i++)
+        out[i].cpu_ns = 0.0, out[i].iterations = 0;
+    for (int r = 0; r < BENCH_ROUNDS; r++)
+        for (int i = 0; i < n; i++) {
+            bench_timing tm;
+            const int rc = bench_time(fn[i], arg[i], min_time / BENCH_ROUNDS, 1, r == 0, 2.0, &tm);
+            if (rc) {
+                free(round_ns);
+                return rc;
+            }
+            round_ns[(size_t)i * BENCH_ROUNDS + r] = tm.median_ns;
+            out[i].cpu_ns += tm.cpu_ns * (double)tm.iterations;
+            out[i].iterations += tm.iterations;
+        }
+    for (int i = 0; i < n; i++) {
+        double ratio[BENCH_ROUNDS], *ns = round_ns + (size_t)i * BENCH_ROUNDS;
+        for (int r = 0; r < BENCH_ROUNDS; r++)
+            ratio[r] = ns[r] / round_ns[r];
+        out[i].vs_first = bench_median(ratio, BENCH_ROUNDS); /* sorts ratio */
+        out[i].lo = ratio[0], out[i].hi = ratio[BENCH_ROUNDS - 1];
+        out[i].cpu_ns /= (double)out[i].iterations;
+    }
+    for (int i = 0; i < n; i++) /* after every ratio: the median sorts the times */
+        out[i].ns = bench_median(round_ns + (size_t)i * BENCH_ROUNDS, BENCH_ROUNDS);
+    free(round_ns);
+    return 0;
+}
+
 /* ---- JSON Lines ---------------------------------------------------------------------------- */
 
 static void put(json_line *j, const char *fmt, ...)
@@ -269,3 +303,4 @@ void json_array_num(json_line *j, double val, int decimals)
 }
 
 void json_end_array(json_line *j) { put(j, "]"); }
+
