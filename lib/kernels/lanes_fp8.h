@@ -9,7 +9,7 @@
  * transposition cost as much as 8 heads' scoring. The shift is exact for normal values only;
  * zeros, subnormals and NaN take the table conversion. Keys kept in fp8 tiles (the vectors
  * those unpacks make, stored once when a key is cached) skip the loads and unpacks too:
- * score_fp8_tiles, which converts by table only (fp8_tiles_block says why). */
+ * score_fp8_tiles, which converts by table only (fp8_tiles_chunk says why). */
 
 /* *low gathers (x | 0x80) + 1 of x's bytes by minimum: a byte at most 0x88 marks a zero, a
  * subnormal or a NaN (0xff wraps to 0). */
@@ -57,34 +57,26 @@ SKV_ALWAYS_INLINE __m512i fp8_tile_row(__m512i u, int half, const fp8_lut *t)
     return half ? _mm512_unpackhi_epi8(lo, hi) : _mm512_unpacklo_epi8(lo, hi);
 }
 
-/* KV tiles of 16 keys against H heads, lanes_block's order: for each pair of dims, each head,
- * each tile. The keys come from their rows (src: 16 * KV row pointers). A chunk of 16 dims
- * holding a byte the shift cannot convert takes the table (the same bits for the others: a
- * key's score never depends on its neighbours). */
-SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int32_t D,
-                                       const void *const *src, const fp8_lut *lut, const float *ks,
-                                       int64_t n, float *out)
+/* Dims [off, off + 16) of KV tiles of 16 keys from their rows (src: 16 * KV row pointers)
+ * against H heads into acc, lanes_block's order: for each pair of dims, each head, each tile.
+ * A chunk holding a byte the shift cannot convert takes the table (the same bits for the
+ * others: a key's score never depends on its neighbours). */
+SKV_ALWAYS_INLINE void fp8_rows_chunk(const skv_qchunk *c, int H, int G, int KV, int32_t off,
+                                      const void *const *src, const fp8_lut *lut, __m512 *acc)
 {
-    __m512 acc[16];
-#pragma GCC unroll 16
-    for (int i = 0; i < H * KV; i++)
-        acc[i] = _mm512_setzero_ps();
-    for (int32_t off = 0; off < D; off += 16) {
-        __m512i u[2][4], low = _mm512_set1_epi8((char)0xff);
+    __m512i u[2][4], low = _mm512_set1_epi8((char)0xff);
+#pragma GCC unroll 2
+    for (int v = 0; v < KV; v++)
+        fp8_tile_chunk(src + 16 * v, off, u[v], &low);
+    const fp8_lut *t = _mm512_cmple_epu8_mask(low, _mm512_set1_epi8((char)0x88)) ? lut : NULL;
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) {
+        __m512bh k[2];
 #pragma GCC unroll 2
         for (int v = 0; v < KV; v++)
-            fp8_tile_chunk(src + 16 * v, off, u[v], &low);
-        const fp8_lut *t = _mm512_cmple_epu8_mask(low, _mm512_set1_epi8((char)0x88)) ? lut : NULL;
-#pragma GCC unroll 8
-        for (int p = 0; p < 8; p++) {
-            __m512bh k[2];
-#pragma GCC unroll 2
-            for (int v = 0; v < KV; v++)
-                k[v] = (__m512bh)fp8_tile_row(u[v][p / 2], p % 2, t);
-            lanes_pair(c, H, G, KV, off / 2 + p, k, acc);
-        }
+            k[v] = (__m512bh)fp8_tile_row(u[v][p / 2], p % 2, t);
+        lanes_pair(c, H, G, KV, off / 2 + p, k, acc);
     }
-    lanes_store_all(c, scaled, H, G, KV, acc, ks, n, out);
 }
 
 /* The same from KV fp8 tiles (src: KV tile pointers), every byte by table: its two byte
@@ -93,30 +85,41 @@ SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, i
  * many such bytes (a third of the dev data's, quantised to fp8, are zeros or subnormals).
  * Each vector is loaded when its two pairs are due, so that few registers stay live. From rows
  * the table measured slower than the shift: their unpacks compete for the same shuffles. */
-SKV_ALWAYS_INLINE void fp8_tiles_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int32_t D,
-                                       const void *const *src, const fp8_lut *lut, const float *ks,
-                                       int64_t n, float *out)
+SKV_ALWAYS_INLINE void fp8_tiles_chunk(const skv_qchunk *c, int H, int G, int KV, int32_t off,
+                                       const void *const *src, const fp8_lut *lut, __m512 *acc)
+{
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m512i x[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < KV; v++)
+            x[v] = _mm512_loadu_si512((const uint8_t *)src[v] + (size_t)off * 16 + 64 * i);
+#pragma GCC unroll 2
+        for (int half = 0; half < 2; half++) {
+            __m512bh k[2];
+#pragma GCC unroll 2
+            for (int v = 0; v < KV; v++)
+                k[v] = (__m512bh)fp8_tile_row(x[v], half, lut);
+            lanes_pair(c, H, G, KV, off / 2 + 2 * i + half, k, acc);
+        }
+    }
+}
+
+/* KV tiles of 16 keys against H heads, from their rows or, with TILES, their fp8 tiles. */
+SKV_ALWAYS_INLINE void fp8_lanes_block(const skv_qchunk *c, int scaled, int H, int G, int KV, int TILES,
+                                       int32_t D, const void *const *src, const fp8_lut *lut,
+                                       const float *ks, int64_t n, float *out)
 {
     __m512 acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < H * KV; i++)
         acc[i] = _mm512_setzero_ps();
-    for (int32_t off = 0; off < D; off += 16)
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            __m512i x[2];
-#pragma GCC unroll 2
-            for (int v = 0; v < KV; v++)
-                x[v] = _mm512_loadu_si512((const uint8_t *)src[v] + (size_t)off * 16 + 64 * i);
-#pragma GCC unroll 2
-            for (int half = 0; half < 2; half++) {
-                __m512bh k[2];
-#pragma GCC unroll 2
-                for (int v = 0; v < KV; v++)
-                    k[v] = (__m512bh)fp8_tile_row(x[v], half, lut);
-                lanes_pair(c, H, G, KV, off / 2 + 2 * i + half, k, acc);
-            }
-        }
+    for (int32_t off = 0; off < D; off += 16) {
+        if (TILES)
+            fp8_tiles_chunk(c, H, G, KV, off, src, lut, acc);
+        else
+            fp8_rows_chunk(c, H, G, KV, off, src, lut, acc);
+    }
     lanes_store_all(c, scaled, H, G, KV, acc, ks, n, out);
 }
 
@@ -131,9 +134,9 @@ SKV_ALWAYS_INLINE void fp8_lanes_all(const skv_qchunk *c, int scaled, int H, int
         tile_rows(rows, j + 16, n, (size_t)D, row + 16); /* past n: the last key again */
         const int64_t left = n - j;
         if (left > 16)
-            fp8_lanes_block(c, scaled, H, G, 2, D, row, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 2, 0, D, row, lut, ks ? ks + j : NULL, left, out + j);
         else
-            fp8_lanes_block(c, scaled, H, G, 1, D, row, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 1, 0, D, row, lut, ks ? ks + j : NULL, left, out + j);
     }
 }
 
@@ -154,9 +157,9 @@ SKV_ALWAYS_INLINE void fp8_tiles_all(const skv_qchunk *c, int scaled, int H, int
             }
         const int64_t left = n - j;
         if (left > 16)
-            fp8_tiles_block(c, scaled, H, G, 2, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 2, 1, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
         else
-            fp8_tiles_block(c, scaled, H, G, 1, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
+            fp8_lanes_block(c, scaled, H, G, 1, 1, D, tiles + j / 16, lut, ks ? ks + j : NULL, left, out + j);
     }
 }
 
