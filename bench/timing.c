@@ -303,4 +303,3 @@ void json_array_num(json_line *j, double val, int decimals)
 }
 
 void json_end_array(json_line *j) { put(j, "]"); }
-

@@ -75,7 +75,7 @@ typedef struct skv_misa_params {
 
 /* Crossover lengths measured on the development machine (bench/misa_bench.c, fp8 keys, H = 64,
  * decode, 2 threads): below these the routed passes do not beat the dense indexer. MISA (h = 8)
- * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 16K (0.91-0.92 of dense
+ * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 16K (0.89-0.96 of dense
  * there with the key cache's lane copy, 0.94-0.98 without; at 8K its candidates are every key);
  * HISA (B = 128, m = 64) from 16K (at 8K its 64 blocks hold every key: it is dense). */
 #define SKV_MISA_DAGGER_4K (-1)
