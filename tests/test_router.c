@@ -127,6 +127,41 @@ static void test_kcache_pool(void)
     }
 }
 
+/* A truncation inside a pooled chunk of a page shared with a fork rebuilds that chunk's sum: the
+ * page must be copied first, or the fork's block means become the truncated sequence's. Every
+ * dtype, the cut at each offset within the chunk, and each sequence of the pair truncated. */
+static void test_kcache_pool_fork_truncate(void)
+{
+    static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    rng r = {47};
+    float buf[24 * 8];
+    for (int i = 0; i < 24 * 8; i++)
+        buf[i] = (float)rng_uniform(&r, -2, 2);
+    for (int t = 0; t < 3; t++)
+        for (int32_t cut = 17; cut < 24; cut++)
+            for (int which = 0; which < 2; which++) {
+                skv_kcache_params kp;
+                skv_kcache_params_init(&kp);
+                kp.n_layers = 2, kp.head_dim = 8, kp.dtype = dts[t], kp.page_tokens = 16, kp.pool_chunk = 4;
+                skv_kcache *c;
+                int32_t a, b;
+                CHECK_OK(skv_kcache_create(ctx, &kp, &c));
+                CHECK_OK(skv_kcache_seq_create(c, &a));
+                const skv_key_block kb = {24, 8, SKV_F32, buf, NULL};
+                CHECK_OK(skv_kcache_append(c, a, 0, &kb));
+                CHECK_OK(skv_kcache_append(c, a, 1, &kb));
+                CHECK_OK(skv_kcache_seq_fork(c, a, &b));
+                CHECK_OK(skv_kcache_seq_remove(c, which ? b : a, cut, -1));
+                char what[80];
+                for (int32_t l = 0; l < 2; l++) {
+                    snprintf(what, sizeof what, "dtype %d cut %d seq %c layer %d", t, cut, which ? 'a' : 'b', l);
+                    check_kcache_pool(c, which ? a : b, l, dts[t], 8, 4, what);
+                    check_kcache_pool(c, which ? b : a, l, dts[t], 8, 4, what);
+                }
+                skv_kcache_destroy(c);
+            }
+}
+
 /* A key cache with a lane copy (the few-head decode kernel's layout) against one without: MISA
  * and MISA-dagger decode return the same keys and scores to the bit, after appends, a removal
  * and a fork (fp8 keys with zeros, subnormals and NaN among them). */
@@ -828,6 +863,7 @@ int main(void)
     ctx = ctx_new(SKV_CPU_ALL, 2);
     test_pool();
     test_kcache_pool();
+    test_kcache_pool_fork_truncate();
     test_lane_copy();
     test_kcache_memo();
     test_router_formula();

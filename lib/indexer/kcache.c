@@ -447,12 +447,14 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
         p1 = INT64_MAX;
     SKV_CHECK(c->ctx, p1 >= p0);
 
-    /* Pages whose rows move: from the first removed row to the end of the longest layer. */
+    /* Pages written: from the first removed row to the end of the longest layer when rows move,
+       and the page of a pooled chunk that the cut leaves partly filled (its sum is rebuilt). */
     int64_t first = INT64_MAX, max_new = 0;
     for (int32_t l = 0; l < L; l++) {
         const int64_t len = s->len[l], a = p0 < len ? p0 : len, b = p1 < len ? p1 : len;
         const int64_t nl = len - (b - a);
-        if (b > a && nl > a && a / P < first)
+        const int rebuilds = c->p.pool_chunk && a % c->p.pool_chunk != 0;
+        if (b > a && (nl > a || rebuilds) && a / P < first)
             first = a / P;
         max_new = nl > max_new ? nl : max_new;
     }
