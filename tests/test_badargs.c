@@ -1015,6 +1015,62 @@ static void test_kcache_capacity(skv_context *ctx)
     skv_kcache_destroy(c);
 }
 
+/* ---- k at its limit ------------------------------------------------------------------------- */
+
+/* An allocator that refuses anything above 256 MiB: a call at k = SKV_TOPK_MAX_K is accepted
+ * and then refused for memory (its state is 1.5 GiB a thread), one past it is refused as an
+ * invalid argument, as is every k whose state size once overflowed int32 (3k > INT32_MAX). */
+static void *capped_alloc(void *user, size_t size, size_t align)
+{
+    (void)user;
+    return size > ((size_t)256 << 20) ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
+}
+static void capped_free(void *user, void *p, size_t size) { (void)user, (void)size, free(p); }
+
+static int huge_k(void *arg)
+{
+    (void)arg;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 2;
+    cp.allocator = (skv_allocator){capped_alloc, capped_free, NULL};
+    skv_context *ctx;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    idx_fixture f;
+    idx_fixture_init(&f);
+    const skv_indexer_query q = {1, 4, 8, SKV_F32, f.q, NULL, f.w, NULL};
+    const skv_key_block kb = {10, 8, SKV_F32, f.k, NULL};
+    int32_t idx[64];
+    float val[64];
+    static const int32_t bad_k[] = {SKV_TOPK_MAX_K + 1, INT32_MAX / 3 + 1, INT32_MAX / 3 + 2, INT32_MAX / 2,
+                                    INT32_MAX - 16, INT32_MAX};
+    for (int i = 0; i < 6; i++) {
+        memset(idx, SENT, sizeof idx), memset(val, SENT, sizeof val);
+        CHECK_STATUS(skv_indexer_topk(ctx, &q, &kb, bad_k[i], idx, val), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_topk_rows(ctx, f.k, 1, 10, 10, NULL, bad_k[i], idx, val), SKV_ERR_INVALID_ARG);
+        CHECK(untouched(idx, sizeof idx) && untouched(val, sizeof val), "k %d: refused call wrote", bad_k[i]);
+    }
+    CHECK_STATUS(skv_indexer_topk(ctx, &q, &kb, SKV_TOPK_MAX_K, idx, val), SKV_ERR_NOMEM);
+    CHECK_STATUS(skv_topk_rows(ctx, f.k, 1, 10, 10, NULL, SKV_TOPK_MAX_K, idx, val), SKV_ERR_NOMEM);
+    CHECK(untouched(idx, sizeof idx) && untouched(val, sizeof val), "k at the limit: refused call wrote");
+    /* MISA-dagger's candidates become a top-k's k */
+    float sums[3 * 8];
+    CHECK_OK(skv_pool_keys(&kb, 4, sums));
+    const skv_pooled_keys pk = {4, sums};
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.heads = 2, mp.block = 4, mp.min_length = 0;
+    mp.candidates = SKV_TOPK_MAX_K + 1;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 4, idx, val), SKV_ERR_INVALID_ARG);
+    mp.candidates = SKV_MISA_DAGGER_4K;
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, SKV_TOPK_MAX_K / 4 + 1, idx, val), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, &pk, &mp, 4, idx, val), SKV_OK);
+    skv_context_destroy(ctx);
+    return 0;
+}
+
+static void test_huge_k(void) { isolated("top-k with k near and past SKV_TOPK_MAX_K", huge_k, NULL); }
+
 int main(void)
 {
     test_misc();
@@ -1029,6 +1085,7 @@ int main(void)
     for (int i = 0; i < 3; i++)
         test_kcache_ops(ctx, dts[i]);
     test_kcache_capacity(ctx);
+    test_huge_k();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);

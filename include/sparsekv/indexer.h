@@ -25,6 +25,11 @@ typedef struct skv_indexer_query {
                                  NULL = every key visible */
 } skv_indexer_query;
 
+/* The largest k of any top-k, and of any candidate count that becomes one (MISA-dagger's C,
+ * HISA's 4k): each thread keeps 3k candidates of 8 bytes while it selects, so 2^26 keeps that
+ * state within 1.5 GiB and every count within int32. Larger k is refused (INVALID_ARG). */
+#define SKV_TOPK_MAX_K (1 << 26)
+
 /* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */
 typedef struct skv_key_block {
     int64_t n_keys;
@@ -63,7 +68,7 @@ SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query 
  * n_keys, and of n_tokens except in that split case. The context holds it for later calls,
  * grown to 1.25 times a new need (rounded up to 4 KiB) so that slowly growing calls do not
  * reallocate each time.
- * Errors: as skv_indexer_scores, plus INVALID_ARG for k <= 0. */
+ * Errors: as skv_indexer_scores, plus INVALID_ARG for k <= 0 or k > SKV_TOPK_MAX_K. */
 SKV_API skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
                                     const skv_key_block *keys, int32_t k, int32_t *out_idx,
                                     float *out_score);
@@ -72,7 +77,7 @@ SKV_API skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q
  * <= n_cols) or n_cols when lengths is NULL. Same order, tie, NaN and padding rules as
  * skv_indexer_topk. out_idx [n_rows][k]; out_val [n_rows][k] or NULL. A histogram/radix
  * select, deterministic for any thread count. Errors: INVALID_ARG (row_stride < n_cols,
- * n_cols > INT32_MAX, k <= 0, NULL), NOMEM. */
+ * n_cols > INT32_MAX, k <= 0, k > SKV_TOPK_MAX_K, NULL), NOMEM. */
 SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64_t n_cols,
                                  int64_t row_stride, const int64_t *lengths, int32_t k,
                                  int32_t *out_idx, float *out_val);

@@ -83,7 +83,7 @@ typedef enum skv_select_method {
 
 typedef struct skv_reuse_selector_params {
     size_t struct_size;       /* sizeof(skv_reuse_selector_params); set by _params_init */
-    int32_t k;                /* top-k per query token; default 2048 */
+    int32_t k;                /* top-k per query token, 1..SKV_TOPK_MAX_K; default 2048 */
     int32_t max_tokens;       /* query tokens per step, at most; default 1 (decode) */
     skv_select_method method; /* default SKV_SELECT_DENSE */
     skv_misa_params misa;     /* for SKV_SELECT_MISA; default skv_misa_params_init's */
@@ -178,7 +178,8 @@ SKV_API skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_par
  * a host loss through skv_reuse_search is the recommended path. */
 
 /* Cross-layer overlap from captured top-k: topk [n_layers][n_tokens][k] (-1 padded);
- * out[i][j] = mean over tokens of |T_i(t) & T_j(t)| / k (indices < 0 ignored). */
+ * out[i][j] = mean over tokens of |T_i(t) & T_j(t)| / k (indices < 0 ignored);
+ * 1 <= k <= SKV_TOPK_MAX_K. */
 SKV_API skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int32_t n_layers,
                                      int32_t n_tokens, int32_t k, double *out);
 
@@ -187,7 +188,8 @@ SKV_API skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int3
  *   out[l][j] = mean over tokens of the share of softmax(I_l(t, .)) over visible keys that
  *               layer j's top-k captures.
  * The diagonal is each layer's own top-k mass. queries/keys: n_layers each. Also fills
- * topk_out [n_layers][n_tokens][k] when not NULL (for skv_reuse_overlap). */
+ * topk_out [n_layers][n_tokens][k] when not NULL (for skv_reuse_overlap); 1 <= k <=
+ * SKV_TOPK_MAX_K. */
 SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_query *queries,
                                          const skv_key_block *keys, int32_t n_layers, int32_t k,
                                          double *out, int32_t *topk_out);

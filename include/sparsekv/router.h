@@ -99,8 +99,8 @@ SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
  * the routed score of a key is sum over the routed heads of w * max(0, q . k) (MISA-dagger
  * ranks its candidates by the dense score). With h = n_heads, or C >= the visible keys, or
  * below the length gate, the result is skv_indexer_topk's, bit for bit.
- * Errors: as skv_route_heads, plus INVALID_ARG for k <= 0, or C other than 0, >= k or
- * SKV_MISA_DAGGER_4K (with 4k within int32). */
+ * Errors: as skv_route_heads, plus INVALID_ARG for k <= 0 or k > SKV_TOPK_MAX_K, or C other
+ * than 0, k..SKV_TOPK_MAX_K or SKV_MISA_DAGGER_4K (with 4k at most SKV_TOPK_MAX_K). */
 SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
                                  const skv_key_block *keys, const skv_pooled_keys *pooled,
                                  const skv_misa_params *p, int32_t k, int32_t *out_idx,

@@ -638,7 +638,7 @@ skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
-    SKV_CHECK(ctx, k >= 1);
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K);
     SKV_CHECK(ctx, out_idx != NULL || q->n_tokens == 0);
     return skv_indexer_run(ctx, q, &src, k, NULL, out_idx, out_score);
 }

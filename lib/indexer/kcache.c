@@ -548,7 +548,7 @@ skv_status skv_kcache_topk(skv_kcache *c, int32_t seq, int32_t layer, const skv_
         return SKV_ERR_INVALID_ARG;
     skv_key_src src;
     SKV_TRY(paged_src(c, seq, layer, q, &src));
-    SKV_CHECK(c->ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(c->ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out_idx != NULL || q->n_tokens == 0));
     return skv_indexer_run(c->ctx, q, &src, k, NULL, out_idx, out_score);
 }
 

@@ -6,6 +6,7 @@
 
 #define SLACK 16 /* the SIMD filters store whole vectors past the count */
 
+/* k <= SKV_TOPK_MAX_K (the entry points refuse more), so 3k and the slack fit int32. */
 static int32_t state_limit(int32_t k)
 {
     /* After a cut there are k candidates and room for 2k more, and at least one piece: each

@@ -17,7 +17,7 @@ skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_rows, int64
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, n_rows >= 0 && n_cols >= 0 && n_cols <= INT32_MAX && row_stride >= n_cols);
-    SKV_CHECK(ctx, k >= 1);
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K);
     if (n_rows == 0)
         return SKV_OK;
     SKV_CHECK(ctx, out_idx != NULL && (x != NULL || n_cols == 0));

@@ -43,7 +43,8 @@ skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int32_t n_la
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
-    SKV_CHECK(ctx, topk && out && n_layers >= 1 && n_tokens >= 1 && k >= 1);
+    SKV_CHECK(ctx, topk && out && n_layers >= 1 && n_tokens >= 1 && k >= 1 &&
+                       k <= SKV_TOPK_MAX_K);
     size_t row_bytes, bytes;
     if (!skv_mul_ok((size_t)k * 4, (size_t)n_layers, &row_bytes) ||
         !skv_mul_ok(row_bytes, (size_t)n_tokens, &bytes))
@@ -77,7 +78,7 @@ skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_query *quer
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
-    SKV_CHECK(ctx, queries && keys && out && n_layers >= 1 && k >= 1);
+    SKV_CHECK(ctx, queries && keys && out && n_layers >= 1 && k >= 1 && k <= SKV_TOPK_MAX_K);
     const int32_t T = queries[0].n_tokens;
     const int64_t L = keys[0].n_keys;
     SKV_CHECK(ctx, T >= 1 && L >= 1);

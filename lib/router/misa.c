@@ -60,9 +60,9 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
                            const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score)
 {
     SKV_TRY(skv_misa_check(ctx, q, src, p));
-    SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, p->candidates == 0 || p->candidates >= k ||
-                       (p->candidates == SKV_MISA_DAGGER_4K && k <= INT32_MAX / 4));
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out_idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, ((p->candidates == 0 || p->candidates >= k) && p->candidates <= SKV_TOPK_MAX_K) ||
+                       (p->candidates == SKV_MISA_DAGGER_4K && k <= SKV_TOPK_MAX_K / 4));
     const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads;
     const int32_t C = p->candidates == SKV_MISA_DAGGER_4K ? 4 * k : p->candidates;
     const int64_t vis = max_visible(q, src->n_keys);
@@ -149,7 +149,7 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
 {
     SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
-    SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out_idx != NULL || q->n_tokens == 0));
     SKV_CHECK(ctx, p->block >= 1 && (p->blocks >= 2 || p->blocks == 0) && p->min_length >= -1);
     const int32_t T = q->n_tokens, D = q->head_dim, B = p->block;
     const int64_t m4k = ((int64_t)4 * k + B - 1) / B; /* blocks = 0: 4k candidates */

@@ -16,7 +16,7 @@ skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
     SKV_TRY(skv_indexer_check_query(ctx, q, src.head_dim, src.dtype));
-    SKV_CHECK(ctx, k >= 1 && (idx != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (idx != NULL || q->n_tokens == 0));
     const int64_t L = src.n_keys;
     const size_t rows_b = skv_round_up((size_t)TOKENS_PER_PASS * (L ? L : 1) * 4, 64);
     const size_t top_b = skv_round_up((size_t)TOKENS_PER_PASS * k * 8, 64);
