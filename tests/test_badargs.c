@@ -114,12 +114,12 @@ static void spy_free(void *user, void *p, size_t size)
 
 static skv_context *const NOT_SET = (skv_context *)(uintptr_t)0x1234;
 
-/* A failed create leaves *out as it was or NULL, never a context. */
+/* A failed create sets *out to NULL. */
 #define CREATE_FAILS(pp, want, what)                                                          \
     do {                                                                                      \
         skv_context *o_ = NOT_SET;                                                            \
         CHECK_STATUS(skv_context_create((pp), &o_), (want));                                  \
-        CHECK(o_ == NOT_SET || o_ == NULL, "%s: failed create wrote a context", (what));      \
+        CHECK(o_ == NULL, "%s: failed create left *out set", (what));                         \
     } while (0)
 
 static void test_context(void)
@@ -521,7 +521,7 @@ static void test_kcache_create(skv_context *ctx)
           "key cache defaults");
     skv_kcache *c = KC_NOT_SET;
     CHECK_STATUS(skv_kcache_create(NULL, &p, &c), SKV_ERR_INVALID_ARG);
-    CHECK(c == KC_NOT_SET || c == NULL, "NULL context: output written");
+    CHECK(c == NULL, "NULL context: *out not cleared");
     CHECK_STATUS(skv_kcache_create(ctx, NULL, &c), SKV_ERR_INVALID_ARG);
     CHECK_STATUS(skv_kcache_create(ctx, &p, NULL), SKV_ERR_INVALID_ARG);
     const size_t mem = skv_context_memory(ctx);
@@ -1015,6 +1015,71 @@ static void test_kcache_capacity(skv_context *ctx)
     skv_kcache_destroy(c);
 }
 
+/* ---- constructors on error ------------------------------------------------------------------ */
+
+/* common.h: a constructor that fails sets *out to NULL, whatever the error (a NULL context,
+ * NULL or bad parameters), so that a host may destroy *out after any failed build. */
+#define GARBAGE ((void *)(uintptr_t)0x5a5a5a5a)
+#define CLEARS(call, out, what)                                                               \
+    do {                                                                                      \
+        out = GARBAGE;                                                                        \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ != SKV_OK && out == NULL, "%s: status %d, *out %p", what, st_, (void *)out);   \
+    } while (0)
+
+static void test_constructors_clear_out(skv_context *ctx)
+{
+    skv_context *cx;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = -1;
+    CLEARS(skv_context_create(&cp, &cx), cx, "context, n_threads -1");
+
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    skv_kcache *kc;
+    CLEARS(skv_kcache_create(NULL, &kp, &kc), kc, "kcache, NULL context");
+    CLEARS(skv_kcache_create(ctx, NULL, &kc), kc, "kcache, NULL params");
+    kp.struct_size = 1;
+    CLEARS(skv_kcache_create(ctx, &kp, &kc), kc, "kcache, bad struct_size");
+
+    static const skv_layer_role roles[2] = {SKV_LAYER_FULL, SKV_LAYER_SHARED};
+    skv_reuse_plan *plan;
+    CLEARS(skv_reuse_plan_from_roles(NULL, roles, 2, NULL, 0, &plan), plan, "plan from roles, NULL context");
+    CLEARS(skv_reuse_plan_from_roles(ctx, NULL, 2, NULL, 0, &plan), plan, "plan from roles, NULL roles");
+    CLEARS(skv_reuse_plan_from_roles(ctx, roles, 0, NULL, 0, &plan), plan, "plan from roles, 0 layers");
+    CLEARS(skv_reuse_plan_from_string(NULL, "FS", NULL, 0, &plan), plan, "plan from string, NULL context");
+    CLEARS(skv_reuse_plan_from_string(ctx, NULL, NULL, 0, &plan), plan, "plan from string, NULL pattern");
+    CLEARS(skv_reuse_plan_from_string(ctx, "", NULL, 0, &plan), plan, "plan from string, empty");
+    CLEARS(skv_reuse_plan_from_freq(NULL, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), plan,
+           "plan from freq, NULL context");
+    CLEARS(skv_reuse_plan_from_freq(ctx, 0, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), plan,
+           "plan from freq, 0 layers");
+    CLEARS(skv_reuse_plan_from_freq(ctx, 4, 0, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), plan,
+           "plan from freq, freq 0");
+
+    CHECK_OK(skv_reuse_plan_from_string(ctx, "FS", NULL, 0, &plan));
+    skv_reuse_selector_params sp;
+    skv_reuse_selector_params_init(&sp);
+    skv_reuse_selector *rs;
+    CLEARS(skv_reuse_selector_create(NULL, plan, &sp, &rs), rs, "selector, NULL context");
+    CLEARS(skv_reuse_selector_create(ctx, NULL, &sp, &rs), rs, "selector, NULL plan");
+    CLEARS(skv_reuse_selector_create(ctx, plan, NULL, &rs), rs, "selector, NULL params");
+    sp.k = 0;
+    CLEARS(skv_reuse_selector_create(ctx, plan, &sp, &rs), rs, "selector, k 0");
+    skv_reuse_plan_destroy(plan);
+
+    skv_store_params stp;
+    skv_store_params_init(&stp);
+    skv_store *st;
+    CLEARS(skv_store_create(NULL, &stp, &st), st, "store, NULL context");
+    CLEARS(skv_store_create(ctx, NULL, &st), st, "store, NULL params");
+    stp.n_layers = 0;
+    CLEARS(skv_store_create(ctx, &stp, &st), st, "store, 0 layers");
+    skv_store_sel *sel;
+    CLEARS(skv_store_sel_create(NULL, &sel), sel, "selection, NULL store");
+}
+
 /* ---- k at its limit ------------------------------------------------------------------------- */
 
 /* An allocator that refuses anything above 256 MiB: a call at k = SKV_TOPK_MAX_K is accepted
@@ -1085,6 +1150,7 @@ int main(void)
     for (int i = 0; i < 3; i++)
         test_kcache_ops(ctx, dts[i]);
     test_kcache_capacity(ctx);
+    test_constructors_clear_out(ctx);
     test_huge_k();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */

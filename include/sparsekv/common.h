@@ -23,7 +23,8 @@ extern "C" {
 
 /* Status codes. Values are frozen. 0 is success, errors are negative. On error, nothing
  * observable has changed, except that constructors (`*_create`, plan builders) set their
- * `*out` to NULL, and outputs a function documents as partial. */
+ * `*out` to NULL (whatever the error, whenever out is not NULL), and outputs a function
+ * documents as partial. */
 typedef enum skv_status {
     SKV_OK = 0,
     SKV_ERR_INVALID_ARG = -1, /* NULL pointer, size out of range, mismatched dims */

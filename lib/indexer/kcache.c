@@ -47,10 +47,11 @@ void skv_kcache_params_init(skv_kcache_params *p)
 
 skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_kcache **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, p && out && p->struct_size == sizeof *p);
-    *out = NULL;
     SKV_CHECK(ctx, p->n_layers >= 1 && p->n_layers <= 65536);
     SKV_CHECK(ctx, p->head_dim >= 1 && p->head_dim <= 4096);
     SKV_CHECK(ctx, p->page_tokens >= 1 && p->page_tokens <= 65536);

@@ -59,10 +59,11 @@ skv_status skv_reuse_plan_from_roles(skv_context *ctx, const skv_layer_role *rol
                                      int32_t n_layers, const int32_t *segment_starts,
                                      int32_t n_segments, skv_reuse_plan **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, out != NULL && roles != NULL && n_layers >= 1 && n_layers <= MAX_LAYERS);
-    *out = NULL;
     uint8_t *full = skv_alloc(ctx, (size_t)n_layers);
     if (!full)
         return SKV_ERR_NOMEM;
@@ -82,10 +83,11 @@ skv_status skv_reuse_plan_from_string(skv_context *ctx, const char *pattern,
                                       const int32_t *segment_starts, int32_t n_segments,
                                       skv_reuse_plan **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, out != NULL && pattern != NULL);
-    *out = NULL;
     const size_t n = strnlen(pattern, MAX_LAYERS + 1);
     SKV_CHECK(ctx, n >= 1 && n <= MAX_LAYERS);
     uint8_t *full = skv_alloc(ctx, n);
@@ -112,12 +114,13 @@ skv_status skv_reuse_plan_from_freq(skv_context *ctx, int32_t n_layers, int32_t 
                                     const int32_t *segment_starts, int32_t n_segments,
                                     skv_reuse_plan **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, out != NULL && n_layers >= 1 && n_layers <= MAX_LAYERS && freq >= 1);
     SKV_CHECK(ctx, offset >= 0 && offset < n_layers);
     SKV_CHECK(ctx, rule == SKV_REUSE_FREQ_OFFICIAL || rule == SKV_REUSE_FREQ_PLAIN);
-    *out = NULL;
     uint8_t *full = skv_alloc(ctx, (size_t)n_layers);
     if (!full)
         return SKV_ERR_NOMEM;

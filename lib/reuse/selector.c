@@ -33,11 +33,12 @@ void skv_reuse_selector_params_init(skv_reuse_selector_params *p)
 skv_status skv_reuse_selector_create(skv_context *ctx, const skv_reuse_plan *plan,
                                      const skv_reuse_selector_params *p, skv_reuse_selector **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, plan && p && out && p->struct_size == sizeof *p);
-    *out = NULL;
-    SKV_CHECK(ctx, p->k >= 1 && p->max_tokens >= 1);
+    SKV_CHECK(ctx, p->k >= 1 && p->k <= SKV_TOPK_MAX_K && p->max_tokens >= 1);
     if (p->method != SKV_SELECT_DENSE && p->method != SKV_SELECT_MISA && p->method != SKV_SELECT_HISA)
         return SKV_ERR_UNSUPPORTED;
     size_t bytes;

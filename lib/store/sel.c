@@ -6,9 +6,10 @@
 
 skv_status skv_store_sel_create(skv_store *s, skv_store_sel **out)
 {
+    if (out)
+        *out = NULL;
     if (!s || !out)
         return SKV_ERR_INVALID_ARG;
-    *out = NULL;
     skv_context *ctx = s->ctx;
     skv_store_sel *sel = skv_alloc_zero(ctx, sizeof *sel);
     if (!sel)

@@ -49,9 +49,10 @@ static skv_status check_params(skv_context *ctx, const skv_store_params *p)
 
 skv_status skv_store_create(skv_context *ctx, const skv_store_params *p, skv_store **out)
 {
+    if (out)
+        *out = NULL;
     if (!ctx || !out)
         return SKV_ERR_INVALID_ARG;
-    *out = NULL;
     SKV_CHECK(ctx, p != NULL);
     SKV_TRY(check_params(ctx, p));
 
