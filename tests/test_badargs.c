@@ -1080,6 +1080,22 @@ static void test_constructors_clear_out(skv_context *ctx)
     CLEARS(skv_store_sel_create(NULL, &sel), sel, "selection, NULL store");
 }
 
+/* skv_reuse_mass_loss_fn: NaN for a pattern that is not exactly n_layers of F/S starting with
+ * F (too short, too long, another letter); the sum over Shared layers otherwise. */
+static void test_mass_loss_pattern(void)
+{
+    const double mass[9] = {1, 0, 0, 0.75, 1, 0, 0.5, 0.25, 1};
+    skv_reuse_mass_loss m = {mass, 3};
+    CHECK(skv_reuse_mass_loss_fn("FSS", &m) == (0.25 + 0.5) / 3, "FSS");
+    CHECK(skv_reuse_mass_loss_fn("FFF", &m) == 0, "FFF");
+    CHECK(skv_reuse_mass_loss_fn("fsF", &m) == 0.25 / 3, "fsF");
+    static const char *bad[] = {"FSSS", "FSSF", "FFFFFFFF", "FS", "F", "", "SFF", "FXS", "FS S"};
+    for (int i = 0; i < 9; i++)
+        CHECK(isnan(skv_reuse_mass_loss_fn(bad[i], &m)), "pattern \"%s\" for 3 layers is not NaN", bad[i]);
+    CHECK(isnan(skv_reuse_mass_loss_fn(NULL, &m)), "NULL pattern");
+    CHECK(isnan(skv_reuse_mass_loss_fn("FSS", NULL)), "NULL user");
+}
+
 /* ---- k at its limit ------------------------------------------------------------------------- */
 
 /* An allocator that refuses anything above 256 MiB: a call at k = SKV_TOPK_MAX_K is accepted
@@ -1152,6 +1168,7 @@ int main(void)
     test_kcache_capacity(ctx);
     test_constructors_clear_out(ctx);
     test_huge_k();
+    test_mass_loss_pattern();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);

@@ -152,5 +152,7 @@ double skv_reuse_mass_loss_fn(const char *pattern, void *user)
         else
             return NAN;
     }
+    if (pattern[m->n_layers] != '\0') /* longer than the layers */
+        return NAN;
     return loss / m->n_layers;
 }
