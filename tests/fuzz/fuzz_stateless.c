@@ -1,0 +1,313 @@
+/* Fuzz target: the stateless entry points with hostile shapes, dtypes and bit patterns. The
+ * input picks a call and its shape; some fields come out of range on purpose (0 or negative
+ * sizes, sizes past the documented limits, k near INT32_MAX, mismatched head_dim, unknown
+ * dtypes, missing or extra scale pointers). The target's own reading of the headers' limits
+ * decides whether the call is valid: an invalid one must be refused with INVALID_ARG or
+ * UNSUPPORTED and write nothing (buffers are sized for the valid shape only, so an accepted
+ * out-of-range size reads or writes out of bounds under ASan); a valid one is checked against
+ * a plain model: top-k against sorting skv_indexer_scores (indices and scores exact), top-k of
+ * rows against sorting the rows, attention against the double-precision reference, and
+ * dtype conversion against widening. */
+#include "fuzz.h"
+
+#define SENT 0x7b
+
+static int untouched(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != SENT)
+            return 0;
+    return 1;
+}
+
+/* A field that is usually valid (lo..hi) and sometimes not. */
+static int32_t rd_field(reader *r, int32_t lo, int32_t hi)
+{
+    const uint8_t c = rd_u8(r);
+    if (c < 230)
+        return (int32_t)(lo + c % (hi - lo + 1));
+    static const int32_t bad[] = {0, -1, INT32_MIN, INT32_MAX, 4097, 1025, 65537, -7,
+                                  INT32_MAX / 3 + 1, SKV_TOPK_MAX_K + 1, SKV_TOPK_MAX_K, 1 << 30,
+                                  INT32_MAX - 1, 2, 100000, 5000, -100, 4096, 1024, 3, 1, 7,
+                                  16, 64, 31, 33};
+    return bad[(c - 230) % 26];
+}
+
+/* Larger is better: NaN lowest; -0 == +0. */
+static int better(float a, float b)
+{
+    if (isnan(a) || isnan(b))
+        return !isnan(a) && isnan(b);
+    return a > b;
+}
+
+/* The documented selection: visible entries by score (NaN lowest), ties to the lower index. */
+static void ref_topk(const float *s, const uint8_t *vis, int64_t n, int32_t k, int32_t *idx, float *val)
+{
+    int32_t m = 0;
+    for (int32_t j = 0; j < k; j++)
+        idx[j] = -1, val[j] = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        if (!vis[i])
+            continue;
+        int32_t at = m < k ? m : k; /* insertion: later equal scores go after */
+        while (at > 0 && better(s[i], val[at - 1]))
+            at--;
+        if (at >= k)
+            continue;
+        for (int32_t j = (m < k ? m : k - 1); j > at; j--)
+            idx[j] = idx[j - 1], val[j] = val[j - 1];
+        idx[at] = (int32_t)i, val[at] = s[i];
+        m += m < k;
+    }
+}
+
+static void same_topk(const int32_t *idx, const float *val, const int32_t *ridx, const float *rval,
+                      int32_t k, const char *what)
+{
+    for (int32_t j = 0; j < k; j++) {
+        REQUIRE(idx[j] == ridx[j], "%s: rank %d index %d, reference %d", what, j, idx[j], ridx[j]);
+        if (val)
+            REQUIRE(isnan(rval[j]) ? isnan(val[j]) : val[j] == rval[j], "%s: rank %d score %g, reference %g",
+                    what, j, val[j], rval[j]);
+    }
+}
+
+static size_t dsize(skv_dtype t) { return t >= 0 && t <= 3 ? skv_dtype_size(t) : 0; }
+
+/* Fills n elements of dtype t (raw bit patterns for the narrow dtypes), scales for FP8. */
+static void fill(reader *r, skv_dtype t, void *x, float *sc, size_t n, size_t rows)
+{
+    if (t == SKV_F32)
+        rd_floats(r, x, n);
+    else
+        for (size_t i = 0; i < n * dsize(t); i++)
+            ((uint8_t *)x)[i] = rd_u8(r);
+    for (size_t i = 0; sc && i < rows; i++)
+        sc[i] = rd_float(r);
+}
+
+static void indexer_case(reader *r, skv_context *ctx)
+{
+    int32_t T = rd_field(r, 0, 4);
+    const int32_t H = rd_field(r, 1, 6), D = rd_field(r, 1, 40);
+    const int32_t DK = rd_u8(r) < 240 ? D : rd_field(r, 1, 40);
+    const int64_t L = rd_u8(r) < 240 ? rd_range(r, 0, 300) : (rd_u8(r) & 1 ? -1 : (int64_t)INT32_MAX + 1);
+    const skv_dtype qt = (skv_dtype)(rd_u8(r) < 245 ? rd_u8(r) % 4 : 9), kt = (skv_dtype)(rd_u8(r) < 245 ? rd_u8(r) % 4 : -1);
+    const uint8_t flags = rd_u8(r);
+    const int32_t k = rd_field(r, 1, 320);
+    /* the valid shape (indexer.h's limits), and the buffers for it (1 element when a size is
+       invalid); a valid shape too large to fuzz quickly runs with no tokens */
+    const int shape_ok = T >= 0 && H >= 1 && H <= 4096 && D >= 1 && D <= 4096 && DK == D && L >= 0 &&
+                         L <= INT32_MAX;
+    if (shape_ok && (int64_t)T * H * D > (1 << 16))
+        T = 0;
+    const int dtype_ok = (qt == SKV_F32 || qt == SKV_BF16 || qt == SKV_FP8_E4M3) &&
+                         (kt == SKV_F32 || kt == SKV_BF16 || kt == SKV_FP8_E4M3);
+    const int f16 = qt == SKV_F16 || kt == SKV_F16;
+    const int bad_qscale = flags & 1, bad_kscale = flags & 2, null_w = (flags & 0x1c) == 0x1c;
+    const size_t nq = shape_ok ? (size_t)T * H * D : 1, nk = shape_ok ? (size_t)L * D : 1;
+    const size_t nt = shape_ok ? (size_t)T : 1, nl = shape_ok ? (size_t)L : 1;
+    void *q = fz_malloc(nq * 4), *kk = fz_malloc(nk * 4 + 1);
+    float *qs = fz_malloc((size_t)(shape_ok ? T * H : 1) * 4 + 4), *ks = fz_malloc(nl * 4 + 4);
+    float *w = fz_malloc((size_t)(shape_ok ? T * H : 1) * 4 + 4);
+    int32_t *pos = fz_malloc(nt * 4 + 4);
+    if (shape_ok && dtype_ok) {
+        fill(r, qt, q, qs, nq, (size_t)T * H);
+        fill(r, kt, kk, ks, nk, nl);
+        rd_floats(r, w, (size_t)T * H);
+    }
+    for (size_t t = 0; t < nt; t++)
+        pos[t] = (int32_t)rd_range(r, -2, L + 2);
+    const int with_pos = flags & 0x20;
+    const skv_indexer_query iq = {T, H, D, qt, q, (qt == SKV_FP8_E4M3) != (bad_qscale != 0) ? qs : NULL,
+                                  null_w ? NULL : w, with_pos ? pos : NULL};
+    const skv_key_block kb = {L, DK, kt, kk, (kt == SKV_FP8_E4M3) != (bad_kscale != 0) ? ks : NULL};
+    const int valid = shape_ok && dtype_ok && !bad_qscale && !bad_kscale && (!null_w || T == 0);
+    const int k_ok = k >= 1 && k <= SKV_TOPK_MAX_K;
+    const size_t n_sc = valid ? (size_t)T * (size_t)L : 0, n_top = valid && k_ok ? (size_t)T * k : 0;
+    float *sc = fz_malloc(n_sc * 4 + 64), *tv = fz_malloc(n_top * 4 + 64), *rv = fz_malloc(n_top * 4 + 64);
+    int32_t *ti = fz_malloc(n_top * 4 + 64), *ri = fz_malloc(n_top * 4 + 64);
+    memset(sc, SENT, n_sc * 4 + 64), memset(tv, SENT, n_top * 4 + 64), memset(ti, SENT, n_top * 4 + 64);
+
+    if (getenv("FZ_DEBUG"))
+        fprintf(stderr, "T %d H %d D %d DK %d L %lld qt %d kt %d flags %x valid %d\n", T, H, D, DK, (long long)L, qt, kt, flags, valid);
+    const skv_status s1 = skv_indexer_scores(ctx, &iq, &kb, sc);
+    const skv_status s2 = skv_indexer_topk(ctx, &iq, &kb, k, ti, tv);
+    if (!valid) {
+        REQUIRE(s1 == SKV_ERR_INVALID_ARG || (s1 == SKV_ERR_UNSUPPORTED && (f16 || !dtype_ok)),
+                "invalid query: scores gave %d (T %d H %d D %d DK %d L %lld qt %d kt %d flags %x)", s1, T, H, D, DK, (long long)L, qt, kt, flags);
+        REQUIRE(s2 == SKV_ERR_INVALID_ARG || (s2 == SKV_ERR_UNSUPPORTED && (f16 || !dtype_ok)),
+                "invalid query: top-k gave %d", s2);
+        REQUIRE(untouched(sc, 64) && untouched(tv, 64) && untouched(ti, 64), "refused call wrote");
+    } else {
+        REQUIRE(s1 == SKV_OK, "scores: status %d (T %d H %d D %d L %lld)", s1, T, H, D, (long long)L);
+        if (!k_ok) {
+            REQUIRE(s2 == SKV_ERR_INVALID_ARG || (T == 0 && s2 == SKV_OK), "k %d: status %d", k, s2);
+            REQUIRE(untouched(tv, 64) && untouched(ti, 64), "k %d: refused call wrote", k);
+        } else {
+            REQUIRE(s2 == SKV_OK, "top-k: status %d", s2);
+            uint8_t *vis = fz_malloc((size_t)L + 1);
+            for (int32_t t = 0; t < T; t++) {
+                for (int64_t s = 0; s < L; s++) {
+                    vis[s] = !with_pos || s <= pos[t];
+                    REQUIRE(vis[s] || sc[(size_t)t * L + s] == -INFINITY, "invisible key scored");
+                }
+                ref_topk(sc + (size_t)t * L, vis, L, k, ri + (size_t)t * k, rv + (size_t)t * k);
+                same_topk(ti + (size_t)t * k, tv + (size_t)t * k, ri + (size_t)t * k, rv + (size_t)t * k, k,
+                          "indexer top-k");
+            }
+            /* the same rows through skv_topk_rows (invisible keys: lengths) */
+            if (with_pos && T > 0) {
+                int64_t *len = fz_malloc((size_t)T * 8);
+                for (int32_t t = 0; t < T; t++)
+                    len[t] = pos[t] < 0 ? 0 : pos[t] + 1 > L ? L : pos[t] + 1;
+                memset(ti, SENT, n_top * 4), memset(tv, SENT, n_top * 4);
+                REQUIRE(skv_topk_rows(ctx, sc, T, L, L, len, k, ti, tv) == SKV_OK, "rows");
+                for (int32_t t = 0; t < T; t++)
+                    same_topk(ti + (size_t)t * k, tv + (size_t)t * k, ri + (size_t)t * k, rv + (size_t)t * k, k,
+                              "top-k of rows");
+                free(len);
+            }
+            free(vis);
+        }
+    }
+    free(q), free(kk), free(qs), free(ks), free(w), free(pos), free(sc), free(tv), free(rv), free(ti), free(ri);
+}
+
+static void attention_case(reader *r, skv_context *ctx)
+{
+    skv_attn_batch b = {.struct_size = sizeof b};
+    b.n_tokens = rd_field(r, 0, 3);
+    b.n_kv_heads = rd_field(r, 1, 3);
+    b.n_q_heads = (int32_t)((int64_t)b.n_kv_heads * rd_range(r, 1, 3) % INT32_MAX);
+    if (rd_u8(r) > 240)
+        b.n_q_heads = rd_field(r, 1, 9);
+    b.k_dim = rd_field(r, 1, 24), b.v_dim = rd_field(r, 1, 24);
+    b.dtype = (skv_dtype)(rd_u8(r) % 5);
+    const uint8_t flags = rd_u8(r);
+    b.scale = flags & 1 ? rd_float(r) : 0.3f;
+    b.causal = flags & 2 ? (flags & 4 ? 2 : 1) : 0;
+    b.n_rows = rd_range(r, 0, 40);
+    const int shape_ok = b.n_tokens >= 0 && b.n_kv_heads >= 1 && b.n_q_heads >= 1 && b.n_q_heads <= 4096 &&
+                         b.n_q_heads % b.n_kv_heads == 0 && b.k_dim >= 1 && b.k_dim <= 1024 && b.v_dim >= 1 &&
+                         b.v_dim <= 1024; /* attention.h's limits */
+    if (shape_ok && ((int64_t)b.n_tokens * b.n_q_heads * (b.k_dim + b.v_dim) > (1 << 16) ||
+                     b.n_rows * (b.k_dim + b.v_dim) > (1 << 16)))
+        b.n_tokens = 0, b.n_rows = 0; /* valid, too large to fuzz quickly */
+    const int dtype_ok = b.dtype == SKV_F32 || b.dtype == SKV_BF16;
+    const size_t T = shape_ok ? (size_t)b.n_tokens : 1, HQ = shape_ok ? (size_t)b.n_q_heads : 1;
+    const size_t HK = shape_ok ? (size_t)b.n_kv_heads : 1, KD = shape_ok ? (size_t)b.k_dim : 1;
+    const size_t VD = shape_ok ? (size_t)b.v_dim : 1, R = (size_t)b.n_rows;
+    void *q = fz_malloc(T * HQ * KD * 4), *k = fz_malloc(R * KD * 4 + 4), *v = fz_malloc(R * VD * 4 + 4);
+    int32_t *qp = fz_malloc(T * 4 + 4), *kp = fz_malloc(R * 4 + 4), *ll = fz_malloc(T * HK * 4 + 4);
+    int64_t *ls = fz_malloc(T * HK * 8 + 8);
+    int lists_ok = 1;
+    if (shape_ok) {
+        float *tmp = fz_malloc((T * HQ * KD + R * (KD + VD)) * 4 + 4);
+        rd_floats(r, tmp, T * HQ * KD + R * (KD + VD));
+        for (size_t i = 0; i < T * HQ * KD + R * KD; i++) /* no f32 overflow of q.k (the double */
+            tmp[i] = isfinite(tmp[i]) && fabsf(tmp[i]) > 1e15f ? 1e15f : tmp[i]; /* reference has none) */
+        for (size_t i = T * HQ * KD + R * KD; i < T * HQ * KD + R * (KD + VD); i++)
+            tmp[i] = isfinite(tmp[i]) && fabsf(tmp[i]) < 1e30f ? tmp[i] : 1.0f; /* a weight-0 row's
+                                                         non-finite v may or may not show */
+        skv_convert(dtype_ok ? b.dtype : SKV_F32, q, SKV_F32, tmp, (int64_t)(T * HQ * KD));
+        skv_convert(dtype_ok ? b.dtype : SKV_F32, k, SKV_F32, tmp + T * HQ * KD, (int64_t)(R * KD));
+        skv_convert(dtype_ok ? b.dtype : SKV_F32, v, SKV_F32, tmp + T * HQ * KD + R * KD, (int64_t)(R * VD));
+        free(tmp);
+        for (size_t t = 0; t < T; t++)
+            qp[t] = (int32_t)rd_range(r, -1, 40);
+        for (size_t i = 0; i < R; i++)
+            kp[i] = (int32_t)rd_range(r, 0, 40);
+        for (size_t i = 0; i < T * HK; i++) {
+            ls[i] = rd_range(r, -1, (int64_t)R);
+            ll[i] = (int32_t)rd_range(r, 0, (int64_t)R + 1);
+            lists_ok &= ls[i] >= 0 && ls[i] + ll[i] <= (int64_t)R;
+        }
+    }
+    b.q = q, b.k = k, b.v = v, b.k_pos = kp, b.q_pos = qp, b.list_start = ls, b.list_len = ll;
+    const int valid = shape_ok && dtype_ok && lists_ok && isfinite(b.scale) && b.causal <= 1;
+    const size_t n_out = valid ? T * HQ * VD : 0, n_ml = valid ? T * HQ : 0;
+    float *o = fz_malloc(n_out * 4 + 64), *m = fz_malloc(n_ml * 4 + 64), *l = fz_malloc(n_ml * 4 + 64);
+    float *ro = fz_malloc(n_out * 4 + 64), *rm = fz_malloc(n_ml * 4 + 64), *rl = fz_malloc(n_ml * 4 + 64);
+    memset(o, SENT, n_out * 4 + 64), memset(m, SENT, n_ml * 4 + 64), memset(l, SENT, n_ml * 4 + 64);
+    const skv_status s = skv_sparse_attention(ctx, &b, o, m, l);
+    const skv_status rs = skv_sparse_attention_reference(&b, ro, rm, rl);
+    if (!valid) {
+        REQUIRE(s == SKV_ERR_INVALID_ARG || (s == SKV_ERR_UNSUPPORTED && !dtype_ok), "invalid batch: status %d", s);
+        REQUIRE(rs == s, "reference status %d, kernel %d", rs, s);
+        REQUIRE(untouched(o, 64) && untouched(m, 64) && untouched(l, 64), "refused attention wrote");
+    } else {
+        REQUIRE(s == SKV_OK && rs == SKV_OK, "attention: status %d, reference %d", s, rs);
+        for (size_t i = 0; i < n_out; i++)
+            REQUIRE(isfinite(ro[i]) ? fabsf(o[i] - ro[i]) <= 2e-3f * (1.0f + fabsf(ro[i])) : isnan(ro[i]) == isnan(o[i]),
+                    "out[%zu] %g, reference %g", i, o[i], ro[i]);
+        for (size_t i = 0; i < n_ml; i++)
+            REQUIRE(isfinite(rl[i]) ? fabsf(l[i] - rl[i]) <= 2e-3f * (1.0f + fabsf(rl[i])) : isnan(rl[i]) == isnan(l[i]),
+                    "lse[%zu] %g, reference %g", i, l[i], rl[i]);
+    }
+    free(q), free(k), free(v), free(qp), free(kp), free(ll), free(ls);
+    free(o), free(m), free(l), free(ro), free(rm), free(rl);
+}
+
+/* Conversions: every bit pattern widens and narrows as common.h says (NaN stays NaN, F16/BF16
+ * round to nearest even and overflow to infinity, FP8 saturates); the fp8 quantiser's rows
+ * dequantise within half a step of their scale. */
+static void convert_case(reader *r)
+{
+    const int64_t n = rd_range(r, 0, 64);
+    uint16_t h[64], b[64], h2[64], b2[64];
+    uint8_t e[64], e2[64];
+    float x[64], y[64], sc;
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = (uint16_t)rd_u32(r), b[i] = (uint16_t)rd_u32(r), e[i] = rd_u8(r);
+    }
+    static const skv_dtype narrow[] = {SKV_F16, SKV_BF16, SKV_FP8_E4M3};
+    const void *src[] = {h, b, e};
+    void *back[] = {h2, b2, e2};
+    for (int t = 0; t < 3; t++) {
+        REQUIRE(skv_convert(SKV_F32, x, narrow[t], src[t], n) == SKV_OK, "widen");
+        REQUIRE(skv_convert(narrow[t], back[t], SKV_F32, x, n) == SKV_OK, "narrow");
+        for (int64_t i = 0; i < n; i++) {
+            float w2;
+            REQUIRE(skv_convert(SKV_F32, &w2, narrow[t], (const uint8_t *)back[t] + i * skv_dtype_size(narrow[t]), 1) ==
+                        SKV_OK, "widen one");
+            REQUIRE(isnan(x[i]) ? isnan(w2) : w2 == x[i] && signbit(w2) == signbit(x[i]),
+                    "dtype %d: %g does not round-trip (%g)", narrow[t], x[i], w2);
+        }
+    }
+    REQUIRE(skv_convert(SKV_F32, x, (skv_dtype)7, h, n) == (n ? SKV_ERR_INVALID_ARG : SKV_ERR_INVALID_ARG) ||
+                n == 0, "unknown dtype accepted");
+    REQUIRE(skv_convert(SKV_F32, x, SKV_F16, h, -1) == SKV_ERR_INVALID_ARG, "n < 0 accepted");
+    rd_floats(r, y, (size_t)n);
+    const uint32_t qf = rd_u8(r) & 1;
+    if (n > 0) {
+        REQUIRE(skv_quantize_fp8(y, 1, (int32_t)n, n, qf, e2, &sc) == SKV_OK, "quantize");
+        for (int64_t i = 0; i < n; i++) {
+            const double d = (double)skv_fp8_to_f32(e2[i]) * sc;
+            if (isnan(y[i]))
+                REQUIRE(isnan(d), "NaN lost");
+            else if (isfinite(y[i]) && fabs(y[i]) <= 448.0 * sc)
+                REQUIRE(fabs(d - y[i]) <= fabs(y[i]) / 16 + sc * 0.001953125 * 1.01,
+                        "quantised %g to %g (scale %g)", y[i], d, sc);
+        }
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    reader r = {data, size};
+    fail_alloc fa = {0};
+    skv_context *ctx = fz_context(&fa, rd_cpu_mask(&r));
+    for (int i = 0; i < 4 && r.n; i++) {
+        switch (rd_u8(&r) % 3) {
+        case 0: indexer_case(&r, ctx); break;
+        case 1: attention_case(&r, ctx); break;
+        case 2: convert_case(&r); break;
+        }
+    }
+    skv_context_destroy(ctx);
+    REQUIRE(fa.live == 0, "%ld allocations leaked", fa.live);
+    return 0;
+}
