@@ -986,6 +986,43 @@ static void test_bad_args(void)
     skv_context_destroy(ctx);
 }
 
+/* Selections of an empty sequence, by every score and by tokens, with a fresh selection object
+ * (no arrays yet): nothing selected, no pointer arithmetic on its NULL arrays (which clang's
+ * UBSan reports), and gather then writes nothing. */
+static void test_empty_selection(void)
+{
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    skv_store_params p;
+    base_params(&p);
+    skv_store *s = make_store(ctx, &p);
+    int32_t seq;
+    CHECK_OK(skv_store_seq_create(s, &seq));
+    static const skv_store_score scores[] = {SKV_SCORE_INDEX, SKV_SCORE_MINMAX, SKV_SCORE_EXACT};
+    float q[4 * 24] = {0};
+    for (int i = 0; i < 4; i++) {
+        skv_store_sel *sel;
+        CHECK_OK(skv_store_sel_create(s, &sel));
+        if (i < 3) {
+            skv_store_query sq;
+            skv_store_query_init(&sq);
+            sq.n_q_heads = 4, sq.q = q, sq.budget = 0, sq.score = scores[i];
+            CHECK_OK(skv_store_select(s, seq, 0, &sq, sel));
+        } else {
+            CHECK_OK(skv_store_select_tokens(s, seq, 0, NULL, 0, 0, sel));
+        }
+        skv_store_sel_info info = {.struct_size = sizeof info};
+        CHECK_OK(skv_store_sel_info_get(sel, &info));
+        CHECK(info.n_tokens == 0 && info.n_pages == 0 && info.seq == seq, "empty selection %d: %lld tokens",
+              i, (long long)info.n_tokens);
+        int32_t n = -1;
+        CHECK_OK(skv_store_sel_pages(sel, 1, &n, NULL, NULL, NULL, NULL));
+        CHECK(n == 0, "empty selection %d: %d pages", i, n);
+        skv_store_sel_destroy(sel);
+    }
+    skv_store_destroy(s);
+    skv_context_destroy(ctx);
+}
+
 int main(void)
 {
     /* many short parallel regions on a shared machine: idle threads sleep instead of spinning */
@@ -999,5 +1036,6 @@ int main(void)
     test_copy_failures();
     test_alloc_failures();
     test_bad_args();
+    test_empty_selection();
     return test_summary("store");
 }

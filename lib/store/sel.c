@@ -50,10 +50,11 @@ void skv_store_sel_destroy(skv_store_sel *sel)
     skv_free(s->ctx, sel, sizeof *sel);
 }
 
-/* Room for n pages; the contents are kept. NOMEM changes nothing. */
+/* Room for n pages; the contents are kept. NOMEM changes nothing. The arrays exist even for
+ * n = 0: a selection commits `sel->page + offset` and the like. */
 skv_status sel_grow(skv_store_sel *sel, int64_t n)
 {
-    if (n <= sel->cap)
+    if (n <= sel->cap && sel->page)
         return SKV_OK;
     skv_context *ctx = sel->s->ctx;
     const int64_t c = n + n / 4 + 16;
