@@ -166,11 +166,15 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
     /* block means over every key, and each token's last visible block as its position */
     const int64_t nb = (src->n_keys + B - 1) / B;
     const size_t means_b = skv_round_up((size_t)nb * D * 4, 64), pos_b = skv_round_up((size_t)T * 4, 64);
-    const size_t scores_b = skv_round_up((size_t)T * nb * 4, 64), sel_b = skv_round_up((size_t)m * 4, 64);
-    const size_t list_b = skv_round_up((size_t)T * m * B * 4, 64);
+    const size_t sel_b = skv_round_up((size_t)m * 4, 64);
     const int nth = skv_threads(ctx);
-    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + 2 * pos_b + scores_b + sel_b + list_b +
-                                                 (size_t)nth * D * 4);
+    /* T x blocks and T x m x block can pass 2^64 bytes (T and the keys each up to 2^31) */
+    size_t scores_b, list_b, both;
+    if (!skv_mul_ok((size_t)T * 4, (size_t)nb, &scores_b) || !skv_mul_ok((size_t)T * 4, (size_t)m * B, &list_b) ||
+        __builtin_add_overflow(scores_b, list_b, &both) || both > SIZE_MAX / 2)
+        return SKV_ERR_NOMEM;
+    scores_b = skv_round_up(scores_b, 64), list_b = skv_round_up(list_b, 64); /* the rest is < 2^50 */
+    uint8_t *buf = skv_workspace_aux(ctx, 1, means_b + 2 * pos_b + scores_b + sel_b + list_b + (size_t)nth * D * 4);
     if (!buf)
         return SKV_ERR_NOMEM;
     float *means = (float *)buf, *scores = (float *)(buf + means_b + pos_b);
