@@ -961,6 +961,13 @@ static void test_bad_args(void)
     go.dtype = SKV_F16;
     CHECK_STATUS(skv_store_gather(s, sel, &go, NULL), SKV_ERR_INVALID_ARG);
     go.dtype = SKV_F32;
+    /* rows past what size_t addresses: row0 + max_rows overflowing int64, or its byte offset
+       (24 floats a row) overflowing size_t, is refused before anything is written */
+    go.row0 = INT64_MAX - 4;
+    CHECK_STATUS(skv_store_gather(s, sel, &go, NULL), SKV_ERR_INVALID_ARG);
+    go.row0 = (int64_t)(SIZE_MAX / 96 - 7), go.max_rows = 8;
+    CHECK_STATUS(skv_store_gather(s, sel, &go, NULL), SKV_ERR_INVALID_ARG);
+    go.row0 = 0;
     CHECK_OK(skv_store_gather(s, sel, &go, NULL));
     CHECK_OK(skv_store_seq_remove(s, seq, 0, -1));
     CHECK_STATUS(skv_store_gather(s, sel, &go, NULL), SKV_ERR_STATE); /* stale */

@@ -335,7 +335,8 @@ typedef struct skv_store_gather_out {
     skv_dtype dtype;      /* of k and v: the store dtype, or F32 (widened exactly) */
     int32_t order;        /* SKV_GATHER_PAGES or SKV_GATHER_POSITIONS */
     int64_t row0;         /* first row written, >= 0 */
-    int64_t max_rows;     /* rows available from row0; must be >= the selection's n_tokens */
+    int64_t max_rows;     /* rows available from row0; must be >= the selection's n_tokens;
+                             row0 + max_rows rows of the widest row must fit in size_t */
     void *k;              /* [row0 + max_rows][k_dim] */
     void *v;              /* [row0 + max_rows][v_dim]; NULL iff v_dim == 0 */
     int32_t *k_pos;       /* [row0 + max_rows] */

@@ -46,6 +46,10 @@ skv_status skv_store_gather(skv_store *s, const skv_store_sel *sel, const skv_st
     SKV_CHECK(ctx, o->dtype == s->p.dtype || o->dtype == SKV_F32);
     SKV_CHECK(ctx, o->order == SKV_GATHER_PAGES || o->order == SKV_GATHER_POSITIONS);
     SKV_CHECK(ctx, o->row0 >= 0 && o->max_rows >= 0);
+    /* the buffers' [row0 + max_rows] rows must be addressable: no wrapped row offset */
+    const size_t widest = (size_t)(s->D > s->VD ? s->D : s->VD) * 4;
+    SKV_CHECK(ctx, o->max_rows <= INT64_MAX - o->row0 &&
+                       (uint64_t)(o->row0 + o->max_rows) <= SIZE_MAX / widest);
     SKV_CHECK(ctx, o->k && o->k_pos && o->list_start && o->list_len && (o->v != NULL) == (s->VD > 0));
     if (store_sel_stale(s, sel))
         return SKV_ERR_STATE;
