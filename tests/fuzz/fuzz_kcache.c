@@ -6,7 +6,7 @@
  * call (an allocation failed on purpose, a capacity limit, a dead sequence) changing nothing. */
 #include "fuzz.h"
 
-enum { MAX_LAYERS = 3, MAX_SEQS = 6, MAX_LEN = 600, MAX_OPS = 48 };
+enum { MAX_LAYERS = 3, MAX_SEQS = 6, MAX_LEN = 600, MAX_OPS = 32 };
 
 typedef struct mseq {
     int live;
@@ -23,6 +23,7 @@ typedef struct fz {
     size_t row_bytes;
     mseq s[MAX_SEQS];
     int32_t id[MAX_SEQS]; /* the cache's id of model sequence i */
+    int same_level;       /* the context's kernels are the CPU's own level */
 } fz;
 
 static void mseq_alloc(fz *f, mseq *s)
@@ -265,7 +266,11 @@ static void op_means(fz *f, reader *r, int i)
     const skv_pooled_keys pk = {C, sums};
     REQUIRE(skv_block_means(&kb, &pk, B, want, NULL) == SKV_OK, "means");
     REQUIRE(skv_kcache_block_means(f->c, f->id[i], l, B, got, cnt) == SKV_OK, "cache means");
-    REQUIRE(memcmp(want, got, (size_t)nb * D * 4) == 0, "seq %d layer %d: block means differ from pooling its keys", i, l);
+    /* bit-equal at the CPU's own level (skv_block_means's); another level may round otherwise */
+    for (size_t j = 0; j < (size_t)nb * D; j++)
+        REQUIRE(!memcmp(&want[j], &got[j], 4) || (isnan(want[j]) && isnan(got[j])) ||
+                    (!f->same_level && fabsf(want[j] - got[j]) <= 1e-5f * (1 + fabsf(want[j]))),
+                "seq %d layer %d: block means differ from pooling its keys", i, l);
     for (int64_t b = 0; b < nb; b++)
         REQUIRE(cnt[b] == ((b + 1) * B <= len ? B : len - b * B), "block %lld count %d", (long long)b, cnt[b]);
     free(sums), free(want), free(got), free(cnt);
@@ -295,7 +300,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.p.lane_copy = f.p.dtype == SKV_FP8_E4M3 && f.p.head_dim % 32 == 0 && f.p.page_tokens % 16 == 0 &&
                     (rd_u8(&r) & 1);
     f.row_bytes = (size_t)f.p.head_dim * skv_dtype_size(f.p.dtype);
-    f.ctx = fz_context(&f.fa, SKV_CPU_ALL);
+    /* mostly the scalar kernels: a fuzzing build compiles the SIMD ones at -O0 */
+    const uint32_t mask = rd_u8(&r) < 64 ? SKV_CPU_ALL : 0;
+    f.ctx = fz_context(&f.fa, mask);
+    f.same_level = skv_context_cpu_flags(f.ctx) == skv_cpu_flags();
     REQUIRE(skv_kcache_create(f.ctx, &f.p, &f.c) == SKV_OK, "create");
     REQUIRE(skv_kcache_seq_create(f.c, &f.id[0]) == SKV_OK, "first sequence");
     mseq_alloc(&f, &f.s[0]);

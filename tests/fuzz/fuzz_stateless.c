@@ -96,12 +96,12 @@ static void indexer_case(reader *r, skv_context *ctx)
     const int64_t L = rd_u8(r) < 240 ? rd_range(r, 0, 300) : (rd_u8(r) & 1 ? -1 : (int64_t)INT32_MAX + 1);
     const skv_dtype qt = (skv_dtype)(rd_u8(r) < 245 ? rd_u8(r) % 4 : 9), kt = (skv_dtype)(rd_u8(r) < 245 ? rd_u8(r) % 4 : -1);
     const uint8_t flags = rd_u8(r);
-    const int32_t k = rd_field(r, 1, 320);
+    int32_t k = rd_field(r, 1, 320);
     /* the valid shape (indexer.h's limits), and the buffers for it (1 element when a size is
        invalid); a valid shape too large to fuzz quickly runs with no tokens */
     const int shape_ok = T >= 0 && H >= 1 && H <= 4096 && D >= 1 && D <= 4096 && DK == D && L >= 0 &&
                          L <= INT32_MAX;
-    if (shape_ok && (int64_t)T * H * D > (1 << 16))
+    if (shape_ok && ((int64_t)T * H * D > (1 << 16) || (int64_t)T * H * D * L > (1 << 21)))
         T = 0;
     const int dtype_ok = (qt == SKV_F32 || qt == SKV_BF16 || qt == SKV_FP8_E4M3) &&
                          (kt == SKV_F32 || kt == SKV_BF16 || kt == SKV_FP8_E4M3);
@@ -126,6 +126,8 @@ static void indexer_case(reader *r, skv_context *ctx)
     const skv_key_block kb = {L, DK, kt, kk, (kt == SKV_FP8_E4M3) != (bad_kscale != 0) ? ks : NULL};
     const int valid = shape_ok && dtype_ok && !bad_qscale && !bad_kscale && (!null_w || T == 0);
     const int k_ok = k >= 1 && k <= SKV_TOPK_MAX_K;
+    if (k_ok && (int64_t)T * k > (1 << 20))
+        k = 320; /* valid (SKV_TOPK_MAX_K itself: tests/test_badargs.c), too large to fuzz quickly */
     const size_t n_sc = valid ? (size_t)T * (size_t)L : 0, n_top = valid && k_ok ? (size_t)T * k : 0;
     float *sc = fz_malloc(n_sc * 4 + 64), *tv = fz_malloc(n_top * 4 + 64), *rv = fz_malloc(n_top * 4 + 64);
     int32_t *ti = fz_malloc(n_top * 4 + 64), *ri = fz_malloc(n_top * 4 + 64);
@@ -204,11 +206,15 @@ static void attention_case(reader *r, skv_context *ctx)
     int32_t *qp = fz_malloc(T * 4 + 4), *kp = fz_malloc(R * 4 + 4), *ll = fz_malloc(T * HK * 4 + 4);
     int64_t *ls = fz_malloc(T * HK * 8 + 8);
     int lists_ok = 1;
+    float qmax = 0, kmax = 0;
     if (shape_ok) {
         float *tmp = fz_malloc((T * HQ * KD + R * (KD + VD)) * 4 + 4);
         rd_floats(r, tmp, T * HQ * KD + R * (KD + VD));
-        for (size_t i = 0; i < T * HQ * KD + R * KD; i++) /* no f32 overflow of q.k (the double */
-            tmp[i] = isfinite(tmp[i]) && fabsf(tmp[i]) > 1e15f ? 1e15f : tmp[i]; /* reference has none) */
+        for (size_t i = 0; i < T * HQ * KD + R * KD; i++) {
+            tmp[i] = isfinite(tmp[i]) && fabsf(tmp[i]) > 1e15f ? 1e15f : tmp[i];
+            if (isfinite(tmp[i]))
+                *(i < T * HQ * KD ? &qmax : &kmax) = fmaxf(*(i < T * HQ * KD ? &qmax : &kmax), fabsf(tmp[i]));
+        }
         for (size_t i = T * HQ * KD + R * KD; i < T * HQ * KD + R * (KD + VD); i++)
             tmp[i] = isfinite(tmp[i]) && fabsf(tmp[i]) < 1e30f ? tmp[i] : 1.0f; /* a weight-0 row's
                                                          non-finite v may or may not show */
@@ -240,10 +246,14 @@ static void attention_case(reader *r, skv_context *ctx)
         REQUIRE(untouched(o, 64) && untouched(m, 64) && untouched(l, 64), "refused attention wrote");
     } else {
         REQUIRE(s == SKV_OK && rs == SKV_OK, "attention: status %d, reference %d", s, rs);
-        for (size_t i = 0; i < n_out; i++)
+        /* scores are f32: their rounding (about |score| * k_dim * 2^-24) moves the softmax
+           weights visibly past |score| ~ 100, where f32 and the double reference part ways
+           (and the kernel may overflow where the reference does not) */
+        const double bound = fabs((double)b.scale) * qmax * kmax * b.k_dim;
+        for (size_t i = 0; bound <= 64 && i < n_out; i++)
             REQUIRE(isfinite(ro[i]) ? fabsf(o[i] - ro[i]) <= 2e-3f * (1.0f + fabsf(ro[i])) : isnan(ro[i]) == isnan(o[i]),
                     "out[%zu] %g, reference %g", i, o[i], ro[i]);
-        for (size_t i = 0; i < n_ml; i++)
+        for (size_t i = 0; bound <= 64 && i < n_ml; i++)
             REQUIRE(isfinite(rl[i]) ? fabsf(l[i] - rl[i]) <= 2e-3f * (1.0f + fabsf(rl[i])) : isnan(rl[i]) == isnan(l[i]),
                     "lse[%zu] %g, reference %g", i, l[i], rl[i]);
     }
