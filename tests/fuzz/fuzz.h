@@ -81,6 +81,24 @@ static inline void *fz_malloc(size_t n)
     return p;
 }
 
+/* A live slot of live[0..n) chosen by the input (-1 when none), and the first free one. */
+static inline int pick_live(reader *r, const int *live, int n)
+{
+    const int start = rd_u8(r) % n;
+    for (int j = 0; j < n; j++)
+        if (live[(start + j) % n])
+            return (start + j) % n;
+    return -1;
+}
+
+static inline int pick_free(const int *live, int n)
+{
+    for (int j = 0; j < n; j++)
+        if (!live[j])
+            return j;
+    return -1;
+}
+
 /* ---- an allocator that fails on request -------------------------------------------------- */
 
 typedef struct fail_alloc {

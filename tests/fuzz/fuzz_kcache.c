@@ -9,7 +9,6 @@
 enum { MAX_LAYERS = 3, MAX_SEQS = 6, MAX_LEN = 600, MAX_OPS = 32 };
 
 typedef struct mseq {
-    int live;
     int64_t len[MAX_LAYERS];
     uint8_t *rows[MAX_LAYERS]; /* [MAX_LEN][row_bytes] */
     float *sc[MAX_LAYERS];     /* [MAX_LEN] (FP8) */
@@ -22,25 +21,29 @@ typedef struct fz {
     skv_kcache_params p;
     size_t row_bytes;
     mseq s[MAX_SEQS];
+    int live[MAX_SEQS];
     int32_t id[MAX_SEQS]; /* the cache's id of model sequence i */
     int same_level;       /* the context's kernels are the CPU's own level */
 } fz;
 
-static void mseq_alloc(fz *f, mseq *s)
+static void mseq_alloc(fz *f, int i)
 {
+    mseq *s = &f->s[i];
     memset(s, 0, sizeof *s);
-    s->live = 1;
+    f->live[i] = 1;
     for (int l = 0; l < f->p.n_layers; l++) {
         s->rows[l] = fz_malloc((size_t)MAX_LEN * f->row_bytes);
         s->sc[l] = fz_malloc((size_t)MAX_LEN * 4);
     }
 }
 
-static void mseq_free(fz *f, mseq *s)
+static void mseq_free(fz *f, int i)
 {
+    mseq *s = &f->s[i];
     for (int l = 0; l < f->p.n_layers; l++)
         free(s->rows[l]), free(s->sc[l]);
     memset(s, 0, sizeof *s);
+    f->live[i] = 0;
 }
 
 /* The cache holds exactly the model. */
@@ -53,7 +56,7 @@ static void check_all(fz *f)
     float *sc = fz_malloc((size_t)MAX_LEN * 4);
     for (int i = 0; i < MAX_SEQS; i++) {
         const mseq *s = &f->s[i];
-        if (!s->live)
+        if (!f->live[i])
             continue;
         live++;
         for (int32_t l = 0; l < f->p.n_layers; l++) {
@@ -80,23 +83,6 @@ static void check_refusal(const fz *f, skv_status s, long failed_before, const c
             : s == SKV_ERR_CAPACITY ? f->p.max_pages > 0 || f->p.max_seqs > 0
                                     : 0,
             "%s: unexpected status %d", what, s);
-}
-
-static int pick_live(fz *f, reader *r)
-{
-    const int start = rd_u8(r) % MAX_SEQS;
-    for (int j = 0; j < MAX_SEQS; j++)
-        if (f->s[(start + j) % MAX_SEQS].live)
-            return (start + j) % MAX_SEQS;
-    return -1;
-}
-
-static int pick_free(const fz *f)
-{
-    for (int j = 0; j < MAX_SEQS; j++)
-        if (!f->s[j].live)
-            return j;
-    return -1;
 }
 
 static void op_append(fz *f, reader *r, int i)
@@ -306,22 +292,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.same_level = skv_context_cpu_flags(f.ctx) == skv_cpu_flags();
     REQUIRE(skv_kcache_create(f.ctx, &f.p, &f.c) == SKV_OK, "create");
     REQUIRE(skv_kcache_seq_create(f.c, &f.id[0]) == SKV_OK, "first sequence");
-    mseq_alloc(&f, &f.s[0]);
+    mseq_alloc(&f, 0);
 
     for (int op = 0; op < MAX_OPS && r.n; op++) {
         const uint8_t code = rd_u8(&r), fail = rd_u8(&r);
         f.fa.countdown = fail < 40 ? fail % 8 : -1; /* fail the N-th allocation of this operation */
-        int i = pick_live(&f, &r);
+        int i = pick_live(&r, f.live, MAX_SEQS);
         const long failed = f.fa.failed;
         switch (code % 9) {
         case 0: { /* create */
-            const int j = pick_free(&f);
+            const int j = pick_free(f.live, MAX_SEQS);
             int32_t id = -1;
             if (j < 0)
                 break;
             const skv_status st = skv_kcache_seq_create(f.c, &id);
             if (st == SKV_OK) {
-                mseq_alloc(&f, &f.s[j]);
+                mseq_alloc(&f, j);
                 f.id[j] = id;
             } else {
                 check_refusal(&f, st, failed, "create");
@@ -338,13 +324,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 op_remove(&f, &r, i);
             break;
         case 4: { /* fork */
-            const int j = pick_free(&f);
+            const int j = pick_free(f.live, MAX_SEQS);
             int32_t id = -1;
             if (i < 0 || j < 0)
                 break;
             const skv_status st = skv_kcache_seq_fork(f.c, f.id[i], &id);
             if (st == SKV_OK) {
-                mseq_alloc(&f, &f.s[j]);
+                mseq_alloc(&f, j);
                 f.id[j] = id;
                 for (int l = 0; l < f.p.n_layers; l++) {
                     f.s[j].len[l] = f.s[i].len[l];
@@ -359,7 +345,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 5: /* free */
             if (i >= 0) {
                 REQUIRE(skv_kcache_seq_free(f.c, f.id[i]) == SKV_OK, "free");
-                mseq_free(&f, &f.s[i]);
+                mseq_free(&f, i);
             }
             break;
         case 6:
@@ -374,7 +360,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 const int32_t dead = (int32_t)rd_u32(&r);
                 int live = 0;
                 for (int j = 0; j < MAX_SEQS; j++)
-                    live |= f.s[j].live && f.id[j] == dead;
+                    live |= f.live[j] && f.id[j] == dead;
                 if (!live)
                     REQUIRE(skv_kcache_seq_remove(f.c, dead, 0, -1) == SKV_ERR_INVALID_ARG, "dead id");
             }
@@ -385,8 +371,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     skv_kcache_destroy(f.c);
     for (int j = 0; j < MAX_SEQS; j++)
-        if (f.s[j].live)
-            mseq_free(&f, &f.s[j]);
+        if (f.live[j])
+            mseq_free(&f, j);
     skv_context_destroy(f.ctx);
     REQUIRE(f.fa.live == 0, "%ld allocations leaked", f.fa.live);
     return 0;

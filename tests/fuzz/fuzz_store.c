@@ -149,23 +149,6 @@ static void check_all(fz *f)
     }
 }
 
-static int pick_live(fz *f, reader *r)
-{
-    const int start = rd_u8(r) % MAX_SEQS;
-    for (int j = 0; j < MAX_SEQS; j++)
-        if (f->live[(start + j) % MAX_SEQS])
-            return (start + j) % MAX_SEQS;
-    return -1;
-}
-
-static int pick_free(const fz *f)
-{
-    for (int j = 0; j < MAX_SEQS; j++)
-        if (!f->live[j])
-            return j;
-    return -1;
-}
-
 static void op_append(fz *f, reader *r, int i)
 {
     const int32_t l = (int32_t)rd_range(r, 0, f->p.n_layers - 1);
@@ -406,7 +389,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int op = 0; op < MAX_OPS && r.n; op++) {
         const uint8_t code = rd_u8(&r), fail = rd_u8(&r);
         f.fa.countdown = fail < 40 ? fail % 8 : -1;
-        const int i = pick_live(&f, &r);
+        const int i = pick_live(&r, f.live, MAX_SEQS);
         const long failed = f.fa.failed;
         switch (code % 10) {
         case 0:
@@ -420,7 +403,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 op_remove(&f, &r, i);
             break;
         case 4: { /* fork, or create */
-            const int j = pick_free(&f);
+            const int j = pick_free(f.live, MAX_SEQS);
             int32_t id = -1;
             if (j < 0)
                 break;
