@@ -339,6 +339,8 @@ int llm_engine_step(llm_engine *e, const int32_t *tokens, int n, float *logits)
     }
     const int use_indexer = e->c.kind == LLM_INDEXER || e->c.kind == LLM_STORE_TOPK;
     const int use_store = e->c.kind == LLM_STORE || e->c.kind == LLM_STORE_TOPK;
+    /* store methods select for one query token: their prompt chunks attend densely */
+    const int dense_step = e->c.kind == LLM_DENSE || (n > 1 && (use_store || e->c.dense_prefill));
     if (use_indexer)
         SKV(skv_reuse_begin_step(e->sel, n));
     for (int l = 0; l < m->n_layers; l++) {
@@ -376,8 +378,9 @@ int llm_engine_step(llm_engine *e, const int32_t *tokens, int n, float *logits)
                 e->tm.indexer += now_ms() - t0;
             }
             t0 = now_ms();
-            SKV(skv_reuse_select_kcache(e->sel, l, role == SKV_LAYER_FULL ? &iq : NULL, e->kcache,
-                                        e->kseq, &idx));
+            if (!dense_step) /* (a step may skip every selection) */
+                SKV(skv_reuse_select_kcache(e->sel, l, role == SKV_LAYER_FULL ? &iq : NULL,
+                                            e->kcache, e->kseq, &idx));
             e->tm.select += now_ms() - t0;
         }
         if (use_store) {
@@ -391,8 +394,8 @@ int llm_engine_step(llm_engine *e, const int32_t *tokens, int n, float *logits)
 
         t0 = now_ms();
         int rc;
-        if (e->c.kind == LLM_DENSE || (use_store && n > 1))
-            rc = attend_dense(e, l, n); /* store methods: the prompt chunk attends densely */
+        if (dense_step)
+            rc = attend_dense(e, l, n);
         else if (use_store)
             rc = attend_store(e);
         else

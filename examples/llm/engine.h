@@ -16,9 +16,10 @@
  *                          (4 sinks, the recent window, pages by query-cluster similarity)
  *   store_dsa_k<K>         the offloaded DSA path: the store serves the indexer's top-K
  *                          (skv_store_select_tokens), plus its sinks and window
- * Every indexer method runs in the prefill chunk too (each prompt token attends to its own
- * selection, as DSA does); the store methods attend densely in the prefill chunk (the prompt's
- * rows are then appended to the store) and select from the store in decode. Routed methods
+ * By default every indexer method runs in the prefill chunk too (each prompt token attends to
+ * its own selection, as DSA does), or, with dense_prefill, attends densely there (its keys are
+ * still cached); the store methods attend densely in the prefill chunk (the prompt's rows are
+ * then appended to the store) and select from the store in decode. Routed methods
  * route at every length (their length gates are set to 0: at 2048 tokens the library's
  * measured crossovers would run them dense). */
 #ifndef LLM_ENGINE_H
@@ -38,6 +39,8 @@ typedef struct llm_config {
     skv_select_method method;
     int misa_heads, misa_dagger;
     int budget;                       /* store tokens per KV head */
+    int dense_prefill;                /* 1: steps of several tokens attend densely (indexer
+                                         keys are still cached); set by the caller */
 } llm_config;
 
 /* Parses a configuration name (above) for a model of n_layers; 0 on success. */

@@ -1,6 +1,7 @@
 /* llm: the model of ../shared/data/model run end to end through sparsekv.
  *
  *   llm eval --model DIR --tokens FILE [--from T0] [--configs A,B,..] [--searched PATTERN]
+ *            [--prefill selected|dense]
  *   llm generate --model DIR --prompt TEXT [-n N] [--config NAME]
  *   llm search --model DIR --tokens FILE [--calib N] [--k K]
  *
@@ -25,14 +26,14 @@ static const char *const default_configs =
 
 typedef struct args {
     const char *model, *tokens, *prompt, *configs, *config, *searched;
-    int from, n, calib, k;
+    int from, n, calib, k, dense_prefill;
 } args;
 
 static int usage(void)
 {
     fprintf(stderr,
             "usage: llm eval --model DIR --tokens FILE [--from T0] [--configs A,B,..] "
-            "[--searched PATTERN]\n"
+            "[--searched PATTERN] [--prefill selected|dense]\n"
             "       llm generate --model DIR --prompt TEXT [-n N] [--config NAME]\n"
             "       llm search --model DIR --tokens FILE [--calib N] [--k K]\n");
     return 2;
@@ -66,6 +67,8 @@ static int parse(int argc, char **argv, args *a)
             a->calib = atoi(v);
         else if (!strcmp(o, "--k"))
             a->k = atoi(v);
+        else if (!strcmp(o, "--prefill") && (!strcmp(v, "dense") || !strcmp(v, "selected")))
+            a->dense_prefill = !strcmp(v, "dense");
         else
             return -1;
         i++;
@@ -77,7 +80,7 @@ static const char *prefill_rule(const llm_config *c)
 {
     switch (c->kind) {
     case LLM_DENSE: return "dense";
-    case LLM_INDEXER: return "selected";
+    case LLM_INDEXER: return c->dense_prefill ? "dense (keys cached)" : "selected";
     default: return "dense, then appended to the store";
     }
 }
@@ -110,6 +113,7 @@ static int cmd_eval(const llm_model *m, skv_context *ctx, const args *a)
             rc = 1;
             break;
         }
+        c.dense_prefill = a->dense_prefill;
         llm_eval_result r;
         const int is_dense = c.kind == LLM_DENSE;
         if (llm_eval(m, ctx, &c, tokens, T, a->from, have_dense ? dense_argmax : NULL,

@@ -1,10 +1,12 @@
 /* The llm program checked on the real model (skipped when ../shared/data is absent):
  * 1. its forward pass, by prefill and by decode steps, and its indexer projections, against a
  *    plain double-precision implementation of manifest.json's formulas on the first positions;
- * 2. the eval over the dev tokens: dense reproduces the manifest's NLL within 5e-3, and
- *    selections that keep every visible token (top-k with k >= the context, the store with a
- *    budget >= the context) agree with dense on every position, to the bit.
- * Usage: test_llm [T0] (the eval's prefill length; default 1920 to keep the test short). */
+ * 2. the eval over the dev tokens: dense reproduces the manifest's NLL within 5e-3, and on a
+ *    prefix, selections that keep every visible token (top-k with k >= the context, the store
+ *    with a budget >= the context, MISA routing all 16 heads) agree with the exact path on
+ *    every position, to the bit.
+ * Usage: test_llm [T0] (the full-file eval's prefill length; default 2000 to keep the test
+ * short: the decode steps dominate its time). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,19 @@ static char *data_path(const char *rel)
     char *p = buf[next++ % 4];
     snprintf(p, sizeof buf[0], "%s/%s", env && *env ? env : "../shared/data", rel);
     return p;
+}
+
+static void *read_dump(const char *rel, size_t bytes)
+{
+    FILE *f = fopen(data_path(rel), "rb");
+    void *buf = f ? malloc(bytes) : NULL;
+    if (buf && fread(buf, 1, bytes, f) != bytes) {
+        free(buf);
+        buf = NULL;
+    }
+    if (f)
+        fclose(f);
+    return buf;
 }
 
 /* ---- the double-precision reference ---------------------------------------------------- */
@@ -201,6 +216,47 @@ static void test_forward(const llm_model *m, skv_context *ctx, const int32_t *to
         ww = fmax(ww, fabs(w[i] - iw[i]));
     printf("indexer (layer 0): keys within %.2e, gates within %.2e of the reference\n", wk, ww);
     CHECK(wk < 1e-4 && ww < 1e-5, "indexer keys %g gates %g", wk, ww);
+
+    /* the conventions (RoPE pairs, scales, LayerNorm) against the activations dumped from the
+       f32 checkpoint (dev/L0_*: f16 queries, f32 keys and gates): layer 0, first P tokens */
+    const int T = 2048;
+    uint16_t *dq = read_dump("dev/L0_iq.bin", (size_t)T * m->ih * m->id * 2);
+    float *dk = read_dump("dev/L0_ik.bin", (size_t)T * m->id * 4);
+    float *dw = read_dump("dev/L0_iw.bin", (size_t)T * m->ih * 4);
+    uint16_t *daq = read_dump("dev/L0_q.bin", (size_t)m->n_heads * T * m->head_dim * 2);
+    CHECK(dq && dk && dw && daq, "dumped activations");
+    if (dq && dk && dw && daq) {
+        double eq = 0, ek = 0, ew = 0, ea = 0, mq = 0, mk = 0, mw = 0, ma = 0;
+        for (int i = 0; i < P * m->ih * m->id; i++) {
+            eq = fmax(eq, fabs(q[i] - skv_f16_to_f32(dq[i])));
+            mq = fmax(mq, fabs(q[i]));
+        }
+        for (int i = 0; i < P * m->id; i++)
+            ek = fmax(ek, fabs(k[i] - dk[i])), mk = fmax(mk, fabs(k[i]));
+        for (int i = 0; i < P * m->ih; i++)
+            ew = fmax(ew, fabs(w[i] - dw[i])), mw = fmax(mw, fabs(w[i]));
+        /* attention queries of layer 0, roped: xn . wq^T */
+        float *qkv = malloc(sizeof(float) * P * 3 * m->dim);
+        llm_matmul(xn, m->layer[0].wqkv, P, m->dim, 3 * m->dim, 0, qkv);
+        for (int t = 0; t < P; t++) {
+            llm_rope(qkv + (size_t)t * 3 * m->dim, m->n_heads, m->head_dim, m->head_dim,
+                     m->rope_cos, m->rope_sin, t);
+            for (int h = 0; h < m->n_heads; h++)
+                for (int i = 0; i < m->head_dim; i++) {
+                    const float av = qkv[(size_t)t * 3 * m->dim + h * m->head_dim + i];
+                    const float d = skv_f16_to_f32(daq[((size_t)h * T + t) * m->head_dim + i]);
+                    ea = fmax(ea, fabs(av - d)), ma = fmax(ma, fabs(av));
+                }
+        }
+        free(qkv);
+        printf("layer 0 against the f32 checkpoint's dump: indexer q %.1e (of %.1f), k %.1e "
+               "(of %.1f), w %.1e (of %.2f), attention q %.1e (of %.1f)\n", eq, mq, ek, mk, ew,
+               mw, ea, ma);
+        /* f16 weights and f16-stored dumps: within a percent of each tensor's range */
+        CHECK(eq < 0.01 * mq && ek < 0.01 * mk && ew < 0.01 * mw && ea < 0.01 * ma,
+              "layer 0 differs from the dumped activations");
+    }
+    free(dq), free(dk), free(dw), free(daq);
     free(q), free(k), free(w), free(xn), free(scratch), free(x0);
     llm_engine_destroy(e1);
     llm_engine_destroy(e2);
@@ -219,38 +275,67 @@ static double manifest_nll(void)
     return p && (p = strchr(p, ':')) ? strtod(p + 1, NULL) : NAN;
 }
 
+static int eval_named(const llm_model *m, skv_context *ctx, const char *name,
+                      const int32_t *tokens, int T, int T0, const int32_t *dense_am, int32_t *am,
+                      llm_eval_result *r)
+{
+    llm_config c;
+    if (llm_config_parse(name, m->n_layers, &c)) {
+        CHECK(0, "configuration %s", name);
+        return -1;
+    }
+    const int rc = llm_eval(m, ctx, &c, tokens, T, T0, dense_am, am, r);
+    CHECK(rc == 0, "%s eval", name);
+    return rc;
+}
+
 static void test_eval(const llm_model *m, skv_context *ctx, const int32_t *tokens, int T, int T0)
 {
     int32_t *dense_am = malloc(sizeof(int32_t) * T), *am = malloc(sizeof(int32_t) * T);
-    llm_config c;
     llm_eval_result dense, r;
-    llm_config_parse("dense", m->n_layers, &c);
-    CHECK(llm_eval(m, ctx, &c, tokens, T, T0, NULL, dense_am, &dense) == 0, "dense eval");
-    const double want = manifest_nll();
-    printf("dense: NLL %.5f per token over %d positions (manifest %.4f), %.1f tokens/s\n",
-           dense.nll, T - 1, want, dense.tokens_per_s);
-    CHECK(fabs(dense.nll - want) < 5e-3, "dense NLL %.5f, manifest %.4f", dense.nll, want);
+    /* the whole file: dense against the manifest */
+    if (eval_named(m, ctx, "dense", tokens, T, T0, NULL, dense_am, &dense) == 0) {
+        const double want = manifest_nll();
+        printf("dense: NLL %.5f per token over %d positions (manifest %.4f; prefill %d)\n",
+               dense.nll, T - 1, want, T0);
+        CHECK(fabs(dense.nll - want) < 5e-3, "dense NLL %.5f, manifest %.4f", dense.nll, want);
+    }
 
-    /* selections holding every visible token: the same rows in the same order as dense */
-    char name[64];
-    const char *const full[] = {"dsa_k%d", "store_b%d"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(name, sizeof name, full[i], T);
-        CHECK(llm_config_parse(name, m->n_layers, &c) == 0, "%s", name);
-        CHECK(llm_eval(m, ctx, &c, tokens, T, T0, dense_am, am, &r) == 0, "%s eval", name);
-        int same = 1;
-        for (int p = 0; p < T - 1; p++)
-            same &= am[p] == dense_am[p];
-        printf("%s: agreement %.4f, NLL %.5f (dense %.5f)\n", name, r.agreement, r.nll, dense.nll);
-        CHECK(r.agreement == 1.0 && same, "%s: agreement %.6f", name, r.agreement);
-        CHECK(r.nll == dense.nll, "%s: NLL %.9f != dense %.9f", name, r.nll, dense.nll);
+    /* a prefix of S tokens, S/2 prefilled: selections holding every visible token take the
+       same rows in the same order as dense (indexer top-k in prefill and decode, the store,
+       MISA with every head routed against the plain indexer) */
+    enum { S = 512 };
+    if (eval_named(m, ctx, "dense", tokens, S, S / 2, NULL, dense_am, &dense))
+        return;
+    static const char *const same_as[][2] = {{"dsa_k512", "dense"}, {"store_b512", "dense"},
+                                             {"misa_h16_k64", "dsa_k64"}};
+    for (int i = 0; i < 3; i++) {
+        llm_eval_result base = dense;
+        int32_t *base_am = dense_am;
+        int32_t *tmp = NULL;
+        if (strcmp(same_as[i][1], "dense")) {
+            tmp = malloc(sizeof(int32_t) * T);
+            if (eval_named(m, ctx, same_as[i][1], tokens, S, S / 2, NULL, tmp, &base))
+                return;
+            base_am = tmp;
+        }
+        if (eval_named(m, ctx, same_as[i][0], tokens, S, S / 2, base_am, am, &r) == 0) {
+            int same = 1;
+            for (int p = 0; p < S - 1; p++)
+                same &= am[p] == base_am[p];
+            printf("%s: agreement %.4f with %s, NLL %.6f (%s %.6f)\n", same_as[i][0], r.agreement,
+                   same_as[i][1], r.nll, same_as[i][1], base.nll);
+            CHECK(r.agreement == 1.0 && same, "%s: agreement %.6f", same_as[i][0], r.agreement);
+            CHECK(r.nll == base.nll, "%s: NLL %.9f != %.9f", same_as[i][0], r.nll, base.nll);
+        }
+        free(tmp);
     }
     free(dense_am), free(am);
 }
 
 int main(int argc, char **argv)
 {
-    const int T0 = argc > 1 ? atoi(argv[1]) : 1920;
+    const int T0 = argc > 1 ? atoi(argv[1]) : 2000;
     llm_model m;
     FILE *probe = fopen(data_path("model/manifest.json"), "rb");
     if (!probe) {
