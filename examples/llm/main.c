@@ -196,19 +196,23 @@ static int cmd_generate(const llm_model *m, skv_context *ctx, const args *a)
     double t0 = now_ms();
     if (llm_engine_step(e, ids, n, logits))
         goto out;
-    printf("prompt: %d tokens, prefill %.1f ms (%s)\n", n, now_ms() - t0, c.name);
+    double ms = now_ms() - t0;
+    printf("prompt: %d tokens (%s); each line: a new token and the step that produced it\n", n,
+           c.name);
     const int first = n;
     for (int i = 0; i < a->n; i++) {
+        if (i > 0) { /* one decode step: the previous token in, logits for this one out */
+            t0 = now_ms();
+            if (llm_engine_step(e, ids + first + i - 1, 1, logits))
+                goto out;
+            ms = now_ms() - t0;
+        }
         int next;
         llm_nll(logits + (size_t)(i == 0 ? n - 1 : 0) * m->vocab, m->vocab, 0, &next);
         ids[first + i] = next;
-        if (i + 1 == a->n)
-            break;
-        t0 = now_ms();
-        if (llm_engine_step(e, ids + first + i, 1, logits))
-            goto out;
         char *piece = llm_tokenizer_decode(tk, ids + first + i, 1);
-        printf("token %3d  id %4d  %7.3f ms  %s\n", i, next, now_ms() - t0, piece ? piece : "");
+        printf("token %3d  id %4d  %8.3f ms%s  %s\n", i, next, ms, i ? "" : " (prefill)",
+               piece ? piece : "");
         free(piece);
     }
     char *text = llm_tokenizer_decode(tk, ids + 1, first - 1 + a->n);
