@@ -219,6 +219,8 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* skv_sparse_attention of the n query tokens at q (a row of e->q) into the same rows of
+ * e->att, over the lists in lstart / llen. */
 static int attend(llm_engine *e, const float *kbase, const float *vbase, const float *q,
                   const int32_t *pos, int n, int64_t n_rows, const int32_t *kpos)
 {

@@ -102,8 +102,10 @@ static int cmd_eval(const llm_model *m, skv_context *ctx, const args *a)
             char pat[LLM_MAX_LAYERS + 1];
             if (a->searched)
                 snprintf(pat, sizeof pat, "%s", a->searched);
-            else if (llm_search_pattern(m, ctx, tokens, a->from < T ? a->from : T, a->k, 2, pat))
-                return 1;
+            else if (llm_search_pattern(m, ctx, tokens, a->from < T ? a->from : T, a->k, 2, pat)) {
+                rc = 1;
+                break;
+            }
             snprintf(buf, sizeof buf, "indexcache_%s_k128", pat);
             name = buf;
         }
