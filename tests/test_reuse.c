@@ -1,7 +1,9 @@
 /* IndexCache: reuse plans (patterns, frequencies, offsets, segments), the per-step selector
  * (all-Full equals per-layer indexer runs bit-exactly; Shared layers get their source's
  * indices; the indexer runs once per Full layer), the greedy search on synthetic losses with
- * known optima (evaluation counts, P blocks, failing callbacks), the proxies against direct
+ * known optima (evaluation counts, P blocks, failing callbacks), the beam and exhaustive
+ * searches against brute-force enumeration of loss tables (greedy's myopic failure included),
+ * the proxies against direct
  * computations, and the overlap matrix on real activations against reference.json. */
 #include "common.h"
 #include "data.h"
@@ -448,6 +450,143 @@ static void test_search(void)
     CHECK_STATUS(skv_reuse_search(ctx, &sp, pat, NULL, NULL), SKV_ERR_INVALID_ARG);
 }
 
+/* A loss table over every pattern of n layers: the pattern read as bits (S = 1) indexes it. */
+typedef struct table { const double *loss; int32_t n; long calls, fail_at; } table;
+
+static double table_loss(const char *pattern, void *user)
+{
+    table *t = user;
+    t->calls++;
+    if (t->fail_at && t->calls == t->fail_at)
+        return NAN;
+    uint32_t bits = 0;
+    for (int32_t l = 0; l < t->n; l++)
+        bits |= (uint32_t)(pattern[l] == 'S') << l;
+    return t->loss[bits];
+}
+
+/* The optimum over every pattern with `full` Full layers and layer 0 Full, by brute force. */
+static double brute_force(const table *t, int32_t full, char *best)
+{
+    double bl = INFINITY;
+    for (uint32_t bits = 0; bits < (1u << t->n); bits += 2) { /* layer 0 Full: bit 0 clear */
+        if (t->n - __builtin_popcount(bits) != full || !(t->loss[bits] < bl))
+            continue;
+        bl = t->loss[bits];
+        for (int32_t l = 0; l < t->n; l++)
+            best[l] = bits >> l & 1 ? 'S' : 'F';
+        best[t->n] = '\0';
+    }
+    return bl;
+}
+
+static skv_status search_with(skv_reuse_search_method method, int32_t width, int64_t max_patterns,
+                              table *t, int32_t full, char *pat, double *curve,
+                              skv_reuse_search_result *res)
+{
+    skv_reuse_search_params sp;
+    skv_reuse_search_params_init(&sp);
+    sp.n_layers = t->n;
+    sp.target_full = full;
+    sp.loss = table_loss;
+    sp.user = t;
+    sp.method = method;
+    sp.beam_width = width;
+    if (max_patterns)
+        sp.max_patterns = max_patterns;
+    res->struct_size = sizeof *res;
+    return skv_reuse_search(ctx, &sp, pat, curve, res);
+}
+
+static void test_search_methods(void)
+{
+    skv_reuse_search_params dp;
+    skv_reuse_search_params_init(&dp);
+    CHECK(dp.method == SKV_REUSE_SEARCH_GREEDY && dp.beam_width == 4 && dp.max_patterns == 4096,
+          "search defaults");
+
+    /* greedy's myopic failure, as on the real model: flipping layer 1 alone costs least, so
+       greedy commits it, but the best pair of flips keeps layer 1 Full (FFSS) */
+    double small[16];
+    for (int i = 0; i < 16; i++)
+        small[i] = 10 + i; /* patterns outside the story */
+    small[0] = 0;                 /* FFFF */
+    small[1 << 1] = 0.1;          /* FSFF: the cheapest single flip */
+    small[1 << 2] = 0.2;          /* FFSF */
+    small[1 << 3] = 0.3;          /* FFFS */
+    small[(1 << 1) | (1 << 2)] = 1.0; /* FSSF: greedy's answer */
+    small[(1 << 1) | (1 << 3)] = 1.1; /* FSFS */
+    small[(1 << 2) | (1 << 3)] = 0.5; /* FFSS: the optimum */
+    table t = {small, 4, 0, 0};
+    char pat[17];
+    double curve[17];
+    skv_reuse_search_result res;
+    CHECK_OK(search_with(SKV_REUSE_SEARCH_GREEDY, 1, 0, &t, 2, pat, curve, &res));
+    CHECK(!strcmp(pat, "FSSF") && curve[2] == 1.0, "greedy: %s %g (its known failure)", pat, curve[2]);
+    CHECK_OK(search_with(SKV_REUSE_SEARCH_BEAM, 2, 0, &t, 2, pat, curve, &res));
+    CHECK(!strcmp(pat, "FFSS") && curve[0] == 0 && curve[1] == 0.1 && curve[2] == 0.5 &&
+          res.n_rounds == 2, "beam 2: %s, curve %g %g %g", pat, curve[0], curve[1], curve[2]);
+    t.calls = 0;
+    CHECK_OK(search_with(SKV_REUSE_SEARCH_EXHAUSTIVE, 1, 0, &t, 2, pat, curve, &res));
+    CHECK(!strcmp(pat, "FFSS") && curve[0] == 0 && curve[1] == 0.5 && res.n_rounds == 1 &&
+          res.n_evals == 1 + 3 && t.calls == 4, "exhaustive: %s in %lld evaluations", pat,
+          (long long)res.n_evals);
+    t.calls = 0;
+    CHECK_OK(search_with(SKV_REUSE_SEARCH_AUTO, 4, 0, &t, 2, pat, curve, &res));
+    CHECK(!strcmp(pat, "FFSS") && res.n_evals == 4, "auto (3 patterns): exhaustive, %s", pat);
+
+    /* random tables: exhaustive and a wide beam find the brute-force optimum for every target;
+       a beam of width 1 is greedy, round by round */
+    enum { NL = 7 };
+    double *loss = malloc(sizeof(double) << NL);
+    rng r = {77};
+    for (int rep = 0; rep < 20; rep++) {
+        for (int i = 0; i < 1 << NL; i++)
+            loss[i] = rng_uniform(&r, 0, 1);
+        table tt = {loss, NL, 0, 0};
+        for (int32_t full = 1; full <= NL; full++) {
+            char want[NL + 1], gp[NL + 1];
+            double gcurve[NL + 1];
+            const double wl = brute_force(&tt, full, want);
+            CHECK_OK(search_with(SKV_REUSE_SEARCH_EXHAUSTIVE, 1, 0, &tt, full, pat, curve, &res));
+            CHECK(!strcmp(pat, want) && curve[1] == wl, "rep %d full %d: exhaustive %s, brute %s",
+                  rep, full, pat, want);
+            CHECK_OK(search_with(SKV_REUSE_SEARCH_BEAM, 64, 0, &tt, full, pat, curve, &res));
+            CHECK(!strcmp(pat, want) && curve[NL - full] == wl, "rep %d full %d: beam 64 %s, "
+                  "brute %s", rep, full, pat, want);
+            CHECK_OK(search_with(SKV_REUSE_SEARCH_GREEDY, 1, 0, &tt, full, gp, gcurve, &res));
+            CHECK_OK(search_with(SKV_REUSE_SEARCH_BEAM, 1, 0, &tt, full, pat, curve, &res));
+            CHECK(!strcmp(pat, gp) && !memcmp(curve, gcurve, sizeof(double) * (NL - full + 1)),
+                  "rep %d full %d: beam 1 %s, greedy %s", rep, full, pat, gp);
+            CHECK(gcurve[NL - full] >= wl, "greedy below the optimum");
+        }
+    }
+    free(loss);
+
+    /* AUTO over the pattern limit runs the beam; EXHAUSTIVE refuses it */
+    table big = {small, 4, 0, 0};
+    CHECK_OK(search_with(SKV_REUSE_SEARCH_AUTO, 2, 2, &big, 2, pat, curve, &res));
+    CHECK(!strcmp(pat, "FFSS") && res.n_rounds == 2, "auto over the limit: beam, %s", pat);
+    memset(pat, 'x', sizeof pat);
+    CHECK_STATUS(search_with(SKV_REUSE_SEARCH_EXHAUSTIVE, 1, 2, &big, 2, pat, curve, &res),
+                 SKV_ERR_CAPACITY);
+    /* a failing callback: IO, the pattern of the last completed round */
+    for (int m = 0; m < 2; m++) {
+        table f = {small, 4, 0, 3};
+        CHECK_STATUS(search_with(m ? SKV_REUSE_SEARCH_EXHAUSTIVE : SKV_REUSE_SEARCH_BEAM, 2, 0, &f, 2,
+                                 pat, curve, &res), SKV_ERR_IO);
+        CHECK(!strcmp(pat, "FFFF") && res.n_rounds == 0, "NaN: %s after %d rounds", pat,
+              res.n_rounds);
+    }
+    /* bad parameters */
+    CHECK_STATUS(search_with(SKV_REUSE_SEARCH_BEAM, 0, 0, &t, 2, pat, NULL, &res),
+                 SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(search_with((skv_reuse_search_method)9, 1, 0, &t, 2, pat, NULL, &res),
+                 SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(search_with(SKV_REUSE_SEARCH_AUTO, 1, -1, &t, 2, pat, NULL, &res),
+                 SKV_ERR_INVALID_ARG);
+}
+
 /* ---- proxies ------------------------------------------------------------------------------ */
 
 static void test_proxies(void)
@@ -605,6 +744,7 @@ int main(void)
     test_selector("FFSSSFSSS", 1, 1);
     test_selector_routed();
     test_search();
+    test_search_methods();
     test_proxies();
     test_real_overlap();
     skv_context_destroy(ctx);

@@ -2,7 +2,8 @@
 # The README's quick start. On a fresh Debian 12 machine (as root, or with sudo) it installs
 # what is missing, builds, and then:
 #   sh tools/dev.sh demo    runs the host decode example (indexer over the paged key cache), then
-#                           the CPU engine example (IndexCache, indexer, sparse attention)
+#                           the CPU engine example (IndexCache, indexer, sparse attention), then
+#                           (when ../shared/data is present) the real model generating text
 #   sh tools/dev.sh test    runs the test suite, then a subset under ASan+UBSan, and ends with
 #                           the line "N passed, N failed"
 #   sh tools/dev.sh bench   runs the benchmark (JSON lines)
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 what=${1:-}
 case $what in demo|test|bench) ;; *) echo "usage: sh tools/dev.sh demo|test|bench" >&2; exit 2 ;; esac
 
-packages="build-essential meson ninja-build pkg-config python3 libopenblas-openmp-dev"
+packages="build-essential meson ninja-build pkg-config python3 libopenblas-openmp-dev libsentencepiece-dev"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -32,7 +33,12 @@ case $what in
 demo)
     ./build/examples/host_decode
     echo
-    exec ./build/examples/cpu_engine
+    ./build/examples/cpu_engine
+    if [ -f ../shared/data/model/manifest.json ] && [ -x build/examples/llm/llm ]; then
+        echo
+        exec ./build/examples/llm/llm generate --model ../shared/data/model -n 24 \
+            --config dsa_k128 --prompt "In the beginning God created"
+    fi
     ;;
 bench)
     exec ./build/bench/sparsekv-bench

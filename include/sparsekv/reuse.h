@@ -2,8 +2,8 @@
  *
  * Each layer of a model is Full (it runs its own indexer) or Shared (it reuses the top-k of the
  * nearest preceding Full layer). A reuse plan says which; a selector hands every layer its
- * indices during a forward step, running the indexer only on Full layers; the greedy search
- * finds a plan for a model from the host's own calibration loss.
+ * indices during a forward step, running the indexer only on Full layers; the calibration
+ * searches (greedy, beam, exhaustive) find a plan for a model from the host's own loss.
  *
  * Thread safety: see common.h. A plan is immutable after creation: any number of threads may
  * query it. */
@@ -131,12 +131,22 @@ SKV_API skv_status skv_reuse_select_kcache(skv_reuse_selector *s, int32_t layer,
 SKV_API skv_status skv_reuse_selector_get_stats(const skv_reuse_selector *s,
                                                 skv_reuse_selector_stats *out);
 
-/* ---- greedy calibration search --------------------------------------------------------------- */
+/* ---- calibration search ------------------------------------------------------------------------ */
 
 /* The host's loss for a pattern ('F'/'S' per layer, NUL-terminated; valid during the call):
  * it runs its model with that reuse pattern on fixed calibration batches. Lower is better. A
  * NaN return aborts the search. */
 typedef double (*skv_reuse_loss_fn)(const char *pattern, void *user);
+
+/* How skv_reuse_search explores patterns. Greedy commits one flip per round and can be misled
+ * by its first commitments (a flip that is cheap alone can rule out the best pair); the beam
+ * keeps the beam_width best patterns of each round; exhaustive evaluates every pattern. */
+typedef enum skv_reuse_search_method {
+    SKV_REUSE_SEARCH_GREEDY = 0,     /* IndexCache's greedy (with n_blocks) */
+    SKV_REUSE_SEARCH_BEAM = 1,       /* greedy's rounds over a beam of patterns */
+    SKV_REUSE_SEARCH_EXHAUSTIVE = 2, /* every pattern with target_full Full layers */
+    SKV_REUSE_SEARCH_AUTO = 3        /* exhaustive when there are at most max_patterns, else beam */
+} skv_reuse_search_method;
 
 typedef struct skv_reuse_search_params {
     size_t struct_size;            /* sizeof(skv_reuse_search_params); set by _params_init */
@@ -148,6 +158,10 @@ typedef struct skv_reuse_search_params {
     int32_t n_segments;            /* default 0 (one segment) */
     skv_reuse_loss_fn loss;        /* required */
     void *user;                    /* passed to loss */
+    skv_reuse_search_method method; /* default SKV_REUSE_SEARCH_GREEDY */
+    int32_t beam_width;            /* BEAM (and AUTO's beam): patterns kept, 1..4096; default 4 */
+    int64_t max_patterns;          /* EXHAUSTIVE and AUTO: most patterns enumerated, >= 1;
+                                      default 4096 */
 } skv_reuse_search_params;
 
 typedef struct skv_reuse_search_result {
@@ -159,16 +173,30 @@ typedef struct skv_reuse_search_result {
 
 SKV_API void skv_reuse_search_params_init(skv_reuse_search_params *p);
 
-/* Greedy search (IndexCache, training-free): start all Full; each round, for every candidate
- * (a Full layer that is not fixed), evaluate the pattern with that layer flipped to Shared;
- * commit the flip with the lowest loss (ties to the lower layer) — with P blocks, the best flip
- * of each block, and in a round that needs fewer flips than blocks, the best of those flips —
- * until target_full layers remain Full. Evaluations are cached by pattern.
+/* Searches (IndexCache, training-free) for the pattern of target_full Full layers with the
+ * lowest loss; layer 0, segment starts and block starts are always Full. Evaluations are
+ * cached by pattern.
+ * - GREEDY: start all Full; each round, for every candidate (a Full layer that is not fixed),
+ *   evaluate the pattern with that layer flipped to Shared; commit the flip with the lowest loss
+ *   (ties to the lower layer) — with P blocks, the best flip of each block, and in a round that
+ *   needs fewer flips than blocks, the best of those flips — until target_full layers remain
+ *   Full. O(n_layers^2) evaluations.
+ * - BEAM: the same rounds over the beam_width best patterns: each round every pattern of the
+ *   beam is expanded by each single flip, and the beam_width lowest-loss distinct patterns
+ *   (ties to the earlier parent, then the lower layer) are kept; one flip per round (n_blocks
+ *   only fixes block starts). Width 1 is greedy with one block. O(width * n_layers^2)
+ *   evaluations.
+ * - EXHAUSTIVE: every pattern, C(free layers, target_full - fixed) evaluations (ties to the
+ *   pattern whose non-fixed Full layers come first in lexicographic order); SKV_ERR_CAPACITY
+ *   when there are more than max_patterns. AUTO: EXHAUSTIVE when they are at most
+ *   max_patterns, BEAM otherwise.
  * Outputs: pattern_out[n_layers + 1] (the final pattern), curve_out[n_layers + 1] or NULL:
- * curve_out[r] is the loss after round r (r = 0: all Full), result may be NULL.
+ * curve_out[r] is the loss after round r (r = 0: all Full; greedy and beam: the best pattern of
+ * each round; exhaustive: one round, the optimum), result may be NULL.
  * Errors: INVALID_ARG (target below the fixed-Full count or above n_layers, bad segments or
- * blocks), NOMEM, and SKV_ERR_IO when the loss callback returns NaN (outputs then hold the
- * state before the failing round). The search costs O(n_layers^2) evaluations. */
+ * blocks, method or width out of range), CAPACITY (EXHAUSTIVE over max_patterns), NOMEM, and
+ * SKV_ERR_IO when the loss callback returns NaN (outputs then hold the state before the failing
+ * round). */
 SKV_API skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_params *p,
                                     char *pattern_out, double *curve_out,
                                     skv_reuse_search_result *result);
