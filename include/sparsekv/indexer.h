@@ -17,7 +17,7 @@ extern "C" {
 /* Query side of the indexer for n_tokens tokens. */
 typedef struct skv_indexer_query {
     int32_t n_tokens, n_heads, head_dim;
-    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3 */
+    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
     const void *q;            /* [n_tokens][n_heads][head_dim], contiguous */
     const float *q_scale;     /* FP8 only: [n_tokens][n_heads]; else NULL */
     const float *weights;     /* [n_tokens][n_heads] */
@@ -29,7 +29,7 @@ typedef struct skv_indexer_query {
 typedef struct skv_key_block {
     int64_t n_keys;
     int32_t head_dim;
-    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3 */
+    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
     const void *k;        /* [n_keys][head_dim], contiguous */
     const float *k_scale; /* FP8 only: [n_keys]; else NULL */
 } skv_key_block;
@@ -43,8 +43,12 @@ typedef struct skv_key_block {
 
 /* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
  * For FP8, q and k are the dequantised values (value * scale). out: [n_tokens][n_keys].
+ * F16 queries or keys (here and in skv_indexer_topk) are widened exactly to f32 copies
+ * allocated for the call (n_tokens * n_heads * head_dim and n_keys * head_dim floats), so the
+ * result is that of the same call on the f32 values, bit for bit; other entry points (key
+ * cache, router) return UNSUPPORTED for F16.
  * Errors: INVALID_ARG (NULL pointers, sizes out of range, head_dim mismatch, scale pointer
- * missing for FP8 or present otherwise), UNSUPPORTED (F16 or unknown dtype), NOMEM. */
+ * missing for FP8 or present otherwise, unknown dtype), NOMEM. */
 SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
                                       const skv_key_block *keys, float *out);
 

@@ -198,6 +198,14 @@ SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_que
 typedef struct skv_reuse_mass_loss { const double *mass; int32_t n_layers; } skv_reuse_mass_loss;
 SKV_API double skv_reuse_mass_loss_fn(const char *pattern, void *user);
 
+/* skv_reuse_search with skv_reuse_mass_loss_fn over `mass` [n_layers][n_layers] (from
+ * skv_reuse_mass_matrix) as its loss, in one call: p as for skv_reuse_search with p->loss and
+ * p->user left NULL (skv_reuse_search_params_init's). Outputs and errors as skv_reuse_search,
+ * plus INVALID_ARG for mass NULL or p->loss / p->user set. */
+SKV_API skv_status skv_reuse_search_mass(skv_context *ctx, const skv_reuse_search_params *p,
+                                         const double *mass, char *pattern_out,
+                                         double *curve_out, skv_reuse_search_result *result);
+
 #ifdef __cplusplus
 }
 #endif

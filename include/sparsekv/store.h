@@ -224,7 +224,10 @@ typedef struct skv_store_query {
     const void *q;         /* [n_q_heads][k_dim], one query token; default NULL */
     int64_t budget;        /* tokens per KV head, sinks and window included (partially
                               filled pages count their valid tokens); >= the sinks and window
-                              present (skv_store_seq_info); default 2048 */
+                              present (skv_store_seq_info), which a long sequence holds up to
+                              n_sink + n_window + page_tokens - 1 of: with the default store
+                              params 83 tokens, so a budget below that can be refused (make
+                              n_sink / n_window smaller for small budgets); default 2048 */
     skv_store_score score; /* default SKV_SCORE_INDEX */
     float candidates;      /* SKV_SCORE_INDEX: candidate tokens scored exactly, as a multiple
                               of the budget left after sinks and window (at least 64 pages'
@@ -247,7 +250,8 @@ SKV_API void skv_store_query_init(skv_store_query *q);
  *
  * The selection replaces `sel`'s contents (releasing its pins) and stays valid until (seq,
  * layer) next changes (append, remove, free); a stale selection gives SKV_ERR_STATE.
- * Errors: INVALID_ARG (including a budget below sinks + window), UNSUPPORTED (INDEX on a
+ * Errors: INVALID_ARG (including a budget below sinks + window: logged at SKV_LOG_WARN with
+ * the numbers), UNSUPPORTED (INDEX on a
  * positional store, MINMAX without SKV_STORE_MINMAX), NOMEM. */
 SKV_API skv_status skv_store_select(skv_store *s, int32_t seq, int32_t layer,
                                     const skv_store_query *q, skv_store_sel *sel);
@@ -336,8 +340,8 @@ typedef struct skv_store_gather_out {
     int32_t order;        /* SKV_GATHER_PAGES or SKV_GATHER_POSITIONS */
     int64_t row0;         /* first row written, >= 0 */
     int64_t max_rows;     /* rows available from row0; must be >= the selection's n_tokens */
-    void *k;              /* [row0 + max_rows][k_dim] */
-    void *v;              /* [row0 + max_rows][v_dim]; NULL iff v_dim == 0 */
+    void *k;              /* [row0 + max_rows][k_dim]; NULL with v NULL: positions only */
+    void *v;              /* [row0 + max_rows][v_dim]; NULL iff v_dim == 0 or k is NULL */
     int32_t *k_pos;       /* [row0 + max_rows] */
     int64_t *list_start;  /* [n_kv_heads]: absolute row indices */
     int32_t *list_len;    /* [n_kv_heads] */

@@ -42,4 +42,9 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
 /* The routed heads of every token on a source (STATE when the pooled router has no sums). */
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores);
+
+/* Counts a finished MISA/HISA call's path in ctx (skv_route_stats) and logs it at DEBUG;
+ * passes st through. */
+skv_status skv_route_note(skv_context *ctx, const char *method, skv_route_path path,
+                          int64_t visible, int64_t gate, skv_status st);
 #endif

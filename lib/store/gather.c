@@ -24,7 +24,8 @@ static inline void put(const skv_store *s, const skv_store_gather_out *o, int64_
                        const uint8_t *src, int32_t pos)
 {
     const size_t vb = (size_t)s->VD * s->esize;
-    if (o->dtype == s->p.dtype) {
+    if (!o->k) { /* positions only */
+    } else if (o->dtype == s->p.dtype) {
         memcpy((uint8_t *)o->k + (size_t)r * s->k_bytes, src, s->k_bytes);
         if (vb)
             memcpy((uint8_t *)o->v + (size_t)r * vb, src + s->k_bytes, vb);
@@ -46,7 +47,9 @@ skv_status skv_store_gather(skv_store *s, const skv_store_sel *sel, const skv_st
     SKV_CHECK(ctx, o->dtype == s->p.dtype || o->dtype == SKV_F32);
     SKV_CHECK(ctx, o->order == SKV_GATHER_PAGES || o->order == SKV_GATHER_POSITIONS);
     SKV_CHECK(ctx, o->row0 >= 0 && o->max_rows >= 0);
-    SKV_CHECK(ctx, o->k && o->k_pos && o->list_start && o->list_len && (o->v != NULL) == (s->VD > 0));
+    /* k and v, or neither (positions only) */
+    SKV_CHECK(ctx, o->k_pos && o->list_start && o->list_len &&
+                       (o->k ? (o->v != NULL) == (s->VD > 0) : o->v == NULL));
     if (store_sel_stale(s, sel))
         return SKV_ERR_STATE;
     const int32_t H = s->H;
@@ -91,7 +94,10 @@ skv_status skv_store_gather(skv_store *s, const skv_store_sel *sel, const skv_st
                     while (e < 64 && (m >> e & 1))
                         e++;
                     m = e < 64 ? m & (~0ull << e) : 0;
-                    if (o->dtype == s->p.dtype) {
+                    if (!o->k) {
+                        memcpy(o->k_pos + r, pp + j, (size_t)(e - j) * 4);
+                        r += e - j;
+                    } else if (o->dtype == s->p.dtype) {
                         s->kern.split_rows((uint8_t *)o->k + (size_t)r * s->k_bytes,
                                            vb ? (uint8_t *)o->v + (size_t)r * vb : NULL,
                                            pg_row(s, id, j), s->row_bytes, s->k_bytes, vb, e - j);
