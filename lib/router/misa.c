@@ -21,7 +21,7 @@ skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     return skv_indexer_run(ctx, q, &ls, k, NULL, out_idx, out_score);
 }
 
-static int64_t max_visible(const skv_indexer_query *q, int64_t n_keys)
+int64_t skv_max_visible(const skv_indexer_query *q, int64_t n_keys)
 {
     int64_t m = 0;
     for (int32_t t = 0; t < q->n_tokens; t++) {
@@ -74,8 +74,8 @@ static skv_status misa_run(skv_context *ctx, const skv_indexer_query *q, const s
                        (p->candidates == SKV_CANDIDATES_4K && k <= INT32_MAX / 4));
     const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads;
     const int32_t C = p->candidates == SKV_CANDIDATES_4K ? 4 * k : p->candidates;
-    const int64_t vis = max_visible(q, src->n_keys);
-    const int64_t gate = p->min_length >= 0 ? p->min_length : C ? SKV_MISA_DAGGER_MIN_LENGTH : SKV_MISA_MIN_LENGTH;
+    const int64_t vis = skv_max_visible(q, src->n_keys);
+    const int64_t gate = skv_misa_gate(p);
     /* the dials and the length gate: the dense indexer itself */
     *path = dense_path(T, vis, gate, h == H || (C > 0 && C >= vis));
     *vis_out = vis;
@@ -179,8 +179,8 @@ static skv_status hisa_run(skv_context *ctx, const skv_indexer_query *q, const s
     SKV_CHECK(ctx, p->blocks > 0 || m4k * B <= INT32_MAX);
     const int32_t m = p->blocks > 0 ? p->blocks : m4k > 2 ? (int32_t)m4k : 2;
     SKV_CHECK(ctx, src->pool_chunk < 1 || B % src->pool_chunk == 0);
-    const int64_t vis = max_visible(q, src->n_keys);
-    const int64_t gate = p->min_length >= 0 ? p->min_length : SKV_HISA_MIN_LENGTH;
+    const int64_t vis = skv_max_visible(q, src->n_keys);
+    const int64_t gate = skv_hisa_gate(p);
     *path = dense_path(T, vis, gate, (int64_t)m * B >= vis);
     *vis_out = vis;
     *gate_out = gate;
