@@ -94,6 +94,17 @@ static void attend(skv_context *ctx, skv_store *s, skv_store_sel *sel, int32_t s
     }
     skv_store_sel_info si = {.struct_size = sizeof si};
     TRY(skv_store_sel_info_get(sel, &si));
+    for (int32_t h = 0; h < HKV; h++) { /* the block table a device kernel would read */
+        int32_t n_pages, slots[4096];
+        if (si.max_head_pages > 4096)
+            exit(1);
+        TRY(skv_store_sel_pages(sel, h, &n_pages, NULL, slots, NULL, NULL));
+        for (int32_t i = 0; i < n_pages; i++)
+            if (slots[i] < 0 || slots[i] >= 1024) {
+                fprintf(stderr, "KV head %d: page %d has no hot slot after fetch\n", h, i);
+                exit(1);
+            }
+    }
     float *k = malloc((size_t)si.n_tokens * KD * 4), *v = malloc((size_t)si.n_tokens * VD * 4);
     int32_t *kpos = malloc((size_t)si.n_tokens * 4), lens[HKV];
     int64_t starts[HKV];

@@ -40,7 +40,7 @@ libdir=$(pkg-config --variable=libdir sparsekv)
 case $libdir in "$tmp/root"*) ;; *) libdir="$tmp/root$libdir" ;; esac # pkgconf adds the sysroot
 LD_LIBRARY_PATH="$libdir" "$tmp/consumer"
 
-# The CMake consumer: the installed package found through sparsekv_DIR, nothing else.
+# The CMake consumer: the installed package found in its folder (SKV_DIR), nothing else.
 command -v cmake >/dev/null || { echo "cmake not installed: the CMake consumer is not tested"; exit 77; }
 config=$(find "$tmp/root" -name sparsekvConfig.cmake | head -n 1)
 [ -n "$config" ] || { echo "sparsekvConfig.cmake not installed"; exit 1; }
@@ -49,12 +49,16 @@ cp "$tmp/consumer.c" "$tmp/cm/consumer.c"
 cat > "$tmp/cm/CMakeLists.txt" <<'CM'
 cmake_minimum_required(VERSION 3.16)
 project(consumer C)
-find_package(sparsekv 0.1 REQUIRED CONFIG)
+find_package(sparsekv 99 CONFIG QUIET PATHS "${SKV_DIR}" NO_DEFAULT_PATH) # refused: another major
+if(sparsekv_FOUND)
+  message(FATAL_ERROR "sparsekv: version 99 was accepted")
+endif()
+find_package(sparsekv 0.1 REQUIRED CONFIG PATHS "${SKV_DIR}" NO_DEFAULT_PATH)
 add_executable(consumer consumer.c)
 target_link_libraries(consumer PRIVATE sparsekv::sparsekv)
 set_target_properties(consumer PROPERTIES C_STANDARD 11)
 CM
 cmake -S "$tmp/cm" -B "$tmp/cm/build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="-Wall -Werror $flags" \
-    -Dsparsekv_DIR="$(dirname "$config")" >"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
+    -DSKV_DIR="$(dirname "$config")" >"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
 cmake --build "$tmp/cm/build" >>"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
 "$tmp/cm/build/consumer" # the imported target's full path is in its RUNPATH
