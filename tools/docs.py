@@ -29,10 +29,36 @@ def convert(text):
             first = False
         elif re.match(r"^\s*/\*(?!\*)", line):
             line = re.sub(r"/\*", "/**", line, count=1)
-        elif re.match(r"^\s*[^\s/#*].*?\S\s*/\*(?!\*)", line):  # code, then its comment
+        elif re.match(r"^\s*(#define\s|[^\s/#*]).*?\S\s*/\*(?!\*)", line):  # code, then its comment
             line = re.sub(r"/\*(?!\*)", "/**<", line, count=1)
         res.append(line)
-    return "\n".join(res)
+    return "\n".join(group_runs(res))
+
+
+def group_runs(lines):
+    """A comment followed by several declarations (no blank line between, no braces) documents
+    each of them: a doxygen member group, its documentation distributed."""
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if not re.match(r"^/\*\*(?!<)", line):
+            continue
+        while not lines[i - 1].rstrip().endswith("*/"):  # the rest of the comment
+            out.append(lines[i])
+            i += 1
+        j = i
+        while j < len(lines) and lines[j].strip() and not lines[j].startswith("/*"):
+            j += 1
+        run = lines[i:j]
+        decls = sum(1 for x in run if x.rstrip().endswith(";") or ";" in x.split("/**<")[0])
+        if decls >= 2 and not any("{" in x or "}" in x or x.startswith("#") for x in run):
+            out.append("/**@{*/")
+            out.extend(run)
+            out.append("/**@}*/")
+            i = j
+    return out
 
 
 def main():
@@ -71,6 +97,9 @@ def main():
             "MARKDOWN_SUPPORT = NO",
             "AUTOLINK_SUPPORT = NO",
             "HAVE_DOT = NO",
+            "TYPEDEF_HIDES_STRUCT = YES",
+            "DISTRIBUTE_GROUP_DOC = YES",
+            "EXCLUDE_SYMBOLS = SKV_API SPARSEKV_*_H",
         ]) + "\n"
         r = subprocess.run(["doxygen", "-"], input=config, text=True, capture_output=True)
         sys.stdout.write(r.stdout)

@@ -18,6 +18,7 @@
 extern "C" {
 #endif
 
+/* A layer's role: Full runs its indexer, Shared reuses its source's top-k. */
 typedef enum skv_layer_role { SKV_LAYER_FULL = 0, SKV_LAYER_SHARED = 1 } skv_layer_role;
 
 /* ---- reuse plans ------------------------------------------------------------------------- */
@@ -81,6 +82,7 @@ typedef enum skv_select_method {
     SKV_SELECT_HISA = 2
 } skv_select_method;
 
+/* Selector settings: initialise with skv_reuse_selector_params_init, then change fields. */
 typedef struct skv_reuse_selector_params {
     size_t struct_size;       /* sizeof(skv_reuse_selector_params); set by _params_init */
     int32_t k;                /* top-k per query token; default 2048 */
@@ -92,6 +94,7 @@ typedef struct skv_reuse_selector_params {
 
 typedef struct skv_reuse_selector skv_reuse_selector; /* opaque; one per sequence */
 
+/* What a selector did (skv_reuse_selector_get_stats). */
 typedef struct skv_reuse_selector_stats {
     size_t struct_size;     /* set by the caller */
     int64_t steps;          /* skv_reuse_begin_step calls */
@@ -99,6 +102,7 @@ typedef struct skv_reuse_selector_stats {
     int64_t reused;         /* Shared-layer selections served from their source */
 } skv_reuse_selector_stats;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_reuse_selector_params_init(skv_reuse_selector_params *p);
 /* The selector keeps a pointer to the plan: the plan must outlive it. Errors: INVALID_ARG,
  * UNSUPPORTED (method), NOMEM. It holds one index buffer of max_tokens * k int32. */
@@ -138,6 +142,7 @@ SKV_API skv_status skv_reuse_selector_get_stats(const skv_reuse_selector *s,
  * NaN return aborts the search. */
 typedef double (*skv_reuse_loss_fn)(const char *pattern, void *user);
 
+/* Search settings: initialise with skv_reuse_search_params_init, then change fields. */
 typedef struct skv_reuse_search_params {
     size_t struct_size;            /* sizeof(skv_reuse_search_params); set by _params_init */
     int32_t n_layers;              /* required */
@@ -150,6 +155,7 @@ typedef struct skv_reuse_search_params {
     void *user;                    /* passed to loss */
 } skv_reuse_search_params;
 
+/* What a search did (optional output of skv_reuse_search). */
 typedef struct skv_reuse_search_result {
     size_t struct_size;  /* set by the caller */
     int32_t n_rounds;    /* rounds run */
@@ -157,6 +163,7 @@ typedef struct skv_reuse_search_result {
     int64_t n_cached;    /* evaluations answered from the search's cache */
 } skv_reuse_search_result;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_reuse_search_params_init(skv_reuse_search_params *p);
 
 /* Greedy search (IndexCache, training-free): start all Full; each round, for every candidate
@@ -195,7 +202,11 @@ SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_que
 /* A loss for skv_reuse_search from a mass matrix: `user` points to an skv_reuse_mass_loss;
  * loss(pattern) = sum over Shared layers l of (1 - M[l][source(l)]), divided by n_layers
  * (0 when all Full; NaN for a malformed pattern). */
-typedef struct skv_reuse_mass_loss { const double *mass; int32_t n_layers; } skv_reuse_mass_loss;
+typedef struct skv_reuse_mass_loss {
+    const double *mass; /* [n_layers][n_layers], from skv_reuse_mass_matrix; borrowed */
+    int32_t n_layers;   /* >= 1 */
+} skv_reuse_mass_loss;
+/* The loss above, as an skv_reuse_loss_fn. Thread-safe. */
 SKV_API double skv_reuse_mass_loss_fn(const char *pattern, void *user);
 
 /* skv_reuse_search with skv_reuse_mass_loss_fn over `mass` [n_layers][n_layers] (from

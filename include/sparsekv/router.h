@@ -61,6 +61,7 @@ typedef enum skv_route_mode {
     SKV_ROUTE_POOLED_MAX = 3
 } skv_route_mode;
 
+/* MISA settings: initialise with skv_misa_params_init, then change fields. */
 typedef struct skv_misa_params {
     size_t struct_size;   /* sizeof(skv_misa_params); set by skv_misa_params_init */
     skv_route_mode route; /* default SKV_ROUTE_POOLED */
@@ -80,10 +81,11 @@ typedef struct skv_misa_params {
  * HISA (B = 128, m = 64) from 16K (at 8K its 64 blocks hold every key: it is dense). */
 #define SKV_CANDIDATES_4K (-1)                 /* "4 * k candidates", MISA-dagger and HISA */
 #define SKV_MISA_DAGGER_4K SKV_CANDIDATES_4K /* its older name, kept */
-#define SKV_MISA_MIN_LENGTH 1024
-#define SKV_MISA_DAGGER_MIN_LENGTH 16384
-#define SKV_HISA_MIN_LENGTH 16384
+#define SKV_MISA_MIN_LENGTH 1024             /* MISA's crossover (above) */
+#define SKV_MISA_DAGGER_MIN_LENGTH 16384     /* MISA-dagger's crossover */
+#define SKV_HISA_MIN_LENGTH 16384            /* HISA's crossover */
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_misa_params_init(skv_misa_params *p);
 
 /* The routed heads of every query token: out_heads [n_tokens][h] in descending router score,
@@ -127,6 +129,7 @@ typedef struct skv_hisa_params {
     int64_t min_length;   /* the length gate; -1 = SKV_HISA_MIN_LENGTH; default -1 */
 } skv_hisa_params;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_hisa_params_init(skv_hisa_params *p);
 
 /* HISA top-k: blocks scored with all heads on their means (sum_h w * max(0, q . mean)), the
@@ -155,6 +158,7 @@ typedef enum skv_route_path {
     SKV_PATH_EMPTY = 3       /* no query tokens */
 } skv_route_path;
 
+/* Counters of the paths MISA and HISA took (skv_route_get_stats). */
 typedef struct skv_route_stats {
     size_t struct_size;   /* set by the caller to sizeof(skv_route_stats) */
     int64_t calls[4];     /* MISA/HISA top-k calls that succeeded, by skv_route_path */

@@ -20,20 +20,48 @@ static skv_indexer_query token_range(const skv_indexer_query *q, int32_t t0, int
     return s;
 }
 
-/* Checks shared by both: the worker, the query (before its positions are read), and whether
- * the whole batch is below the gate. */
-static skv_status slice_begin(skv_context *wctx, const skv_indexer_query *q,
-                              const skv_key_block *keys, int64_t gate, int32_t ith, int32_t nth,
-                              int32_t *t0, int32_t *t1, int64_t *min_length)
+/* A MISA or HISA call on a sub-batch; params point at its (copied) parameters. */
+typedef skv_status (*routed_fn)(skv_context *ctx, const skv_indexer_query *q,
+                                const skv_key_block *keys, const skv_pooled_keys *pooled,
+                                const void *params, int32_t k, int32_t *out_idx, float *out_score);
+
+static skv_status misa_call(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
+                            const skv_pooled_keys *pooled, const void *params, int32_t k,
+                            int32_t *out_idx, float *out_score)
 {
-    if (!wctx || nth < 1 || ith < 0 || ith >= nth)
+    return skv_misa_topk(ctx, q, keys, pooled, params, k, out_idx, out_score);
+}
+
+static skv_status hisa_call(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
+                            const skv_pooled_keys *pooled, const void *params, int32_t k,
+                            int32_t *out_idx, float *out_score)
+{
+    return skv_hisa_topk(ctx, q, keys, pooled, params, k, out_idx, out_score);
+}
+
+/* Worker ith's tokens through fn, with *min_length (inside params) set from the whole batch's
+ * gate decision. */
+static skv_status routed_slice(skv_context *wctx, const skv_indexer_query *q,
+                               const skv_key_block *keys, const skv_pooled_keys *pooled,
+                               routed_fn fn, void *params, int64_t *min_length, int64_t gate,
+                               int32_t k, int32_t ith, int32_t nth, int32_t *out_idx,
+                               float *out_score)
+{
+    if (nth < 1 || ith < 0 || ith >= nth)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(wctx, keys != NULL && keys->n_keys >= 0);
     SKV_TRY(skv_indexer_check_query(wctx, q, keys->head_dim, keys->dtype));
-    *t0 = (int32_t)((int64_t)q->n_tokens * ith / nth);
-    *t1 = (int32_t)((int64_t)q->n_tokens * (ith + 1) / nth);
+    const int32_t t0 = (int32_t)((int64_t)q->n_tokens * ith / nth);
+    const int32_t t1 = (int32_t)((int64_t)q->n_tokens * (ith + 1) / nth);
     *min_length = skv_max_visible(q, keys->n_keys) < gate ? INT64_MAX : 0;
-    return SKV_OK;
+    const skv_indexer_query sq = token_range(q, t0, t1);
+    const int saved = wctx->n_threads;
+    wctx->n_threads = 1;
+    const skv_status st = fn(wctx, &sq, keys, pooled, params, k,
+                             out_idx ? out_idx + (size_t)t0 * k : NULL,
+                             out_score ? out_score + (size_t)t0 * k : NULL);
+    wctx->n_threads = saved;
+    return st;
 }
 
 skv_status skv_misa_topk_slice(skv_context *wctx, const skv_indexer_query *q,
@@ -43,17 +71,9 @@ skv_status skv_misa_topk_slice(skv_context *wctx, const skv_indexer_query *q,
 {
     if (!wctx || !p || p->struct_size != sizeof *p || p->min_length < -1)
         return SKV_ERR_INVALID_ARG;
-    int32_t t0, t1;
     skv_misa_params mp = *p;
-    SKV_TRY(slice_begin(wctx, q, keys, skv_misa_gate(p), ith, nth, &t0, &t1, &mp.min_length));
-    const skv_indexer_query sq = token_range(q, t0, t1);
-    const int saved = wctx->n_threads;
-    wctx->n_threads = 1;
-    const skv_status st = skv_misa_topk(wctx, &sq, keys, pooled, &mp, k,
-                                        out_idx ? out_idx + (size_t)t0 * k : NULL,
-                                        out_score ? out_score + (size_t)t0 * k : NULL);
-    wctx->n_threads = saved;
-    return st;
+    return routed_slice(wctx, q, keys, pooled, misa_call, &mp, &mp.min_length, skv_misa_gate(p), k,
+                        ith, nth, out_idx, out_score);
 }
 
 skv_status skv_hisa_topk_slice(skv_context *wctx, const skv_indexer_query *q,
@@ -63,15 +83,7 @@ skv_status skv_hisa_topk_slice(skv_context *wctx, const skv_indexer_query *q,
 {
     if (!wctx || !p || p->struct_size != sizeof *p || p->min_length < -1)
         return SKV_ERR_INVALID_ARG;
-    int32_t t0, t1;
     skv_hisa_params hp = *p;
-    SKV_TRY(slice_begin(wctx, q, keys, skv_hisa_gate(p), ith, nth, &t0, &t1, &hp.min_length));
-    const skv_indexer_query sq = token_range(q, t0, t1);
-    const int saved = wctx->n_threads;
-    wctx->n_threads = 1;
-    const skv_status st = skv_hisa_topk(wctx, &sq, keys, pooled, &hp, k,
-                                        out_idx ? out_idx + (size_t)t0 * k : NULL,
-                                        out_score ? out_score + (size_t)t0 * k : NULL);
-    wctx->n_threads = saved;
-    return st;
+    return routed_slice(wctx, q, keys, pooled, hisa_call, &hp, &hp.min_length, skv_hisa_gate(p), k,
+                        ith, nth, out_idx, out_score);
 }

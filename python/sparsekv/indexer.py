@@ -204,30 +204,26 @@ def _pooled(sums, chunk, D):
     return L.PooledKeys(chunk=chunk, sums=ptr(sums)), sums
 
 
-def misa_topk(ctx, q, keys, k, pooled=None, chunk=0, **params):
-    """MISA / MISA-dagger top-k (params: route, heads, block, candidates, min_length)."""
+def _routed(name, params, ctx, q, keys, k, pooled, chunk):
     q, keys = _q(q), _k(keys)
-    p = misa_params(**params)
     pk, _hold = _pooled(pooled, chunk, keys.s.head_dim)
     idx = np.empty((q.n_tokens, k), np.int32)
     sc = np.empty((q.n_tokens, k), np.float32)
-    check("skv_misa_topk", lib.skv_misa_topk(ctx.handle, ctypes.byref(q.s), ctypes.byref(keys.s),
-                                             None if pk is None else ctypes.byref(pk),
-                                             ctypes.byref(p), k, ptr(idx), ptr(sc)))
+    check(name, getattr(lib, name)(ctx.handle, ctypes.byref(q.s), ctypes.byref(keys.s),
+                                   None if pk is None else ctypes.byref(pk), ctypes.byref(params),
+                                   k, ptr(idx), ptr(sc)))
     return idx, sc
+
+
+def misa_topk(ctx, q, keys, k, pooled=None, chunk=0, **params):
+    """MISA / MISA-dagger top-k (params: route, heads, block, candidates, min_length); pooled:
+    pool_keys(keys, chunk)."""
+    return _routed("skv_misa_topk", misa_params(**params), ctx, q, keys, k, pooled, chunk)
 
 
 def hisa_topk(ctx, q, keys, k, pooled=None, chunk=0, **params):
-    """HISA top-k (params: block, blocks, min_length)."""
-    q, keys = _q(q), _k(keys)
-    p = hisa_params(**params)
-    pk, _hold = _pooled(pooled, chunk, keys.s.head_dim)
-    idx = np.empty((q.n_tokens, k), np.int32)
-    sc = np.empty((q.n_tokens, k), np.float32)
-    check("skv_hisa_topk", lib.skv_hisa_topk(ctx.handle, ctypes.byref(q.s), ctypes.byref(keys.s),
-                                             None if pk is None else ctypes.byref(pk),
-                                             ctypes.byref(p), k, ptr(idx), ptr(sc)))
-    return idx, sc
+    """HISA top-k (params: block, blocks, min_length); pooled: pool_keys(keys, chunk)."""
+    return _routed("skv_hisa_topk", hisa_params(**params), ctx, q, keys, k, pooled, chunk)
 
 
 # ---- the paged key cache ----------------------------------------------------------------------------
