@@ -1,7 +1,8 @@
 #!/bin/sh
-# Installs the build into a temporary destdir and builds a tiny consumer with nothing but
-# `pkg-config --cflags --libs sparsekv`, then runs it. Usage: install_test.sh BUILD_DIR CC
-# [FLAGS] (FLAGS: the build's -fsanitize=..., which a consumer of a sanitized library needs)
+# Installs the build into a temporary destdir and builds a tiny consumer twice: with nothing
+# but `pkg-config --cflags --libs sparsekv`, and as a CMake project with find_package(sparsekv)
+# and the target sparsekv::sparsekv; runs both. Usage: install_test.sh BUILD_DIR CC [FLAGS]
+# (FLAGS: the build's -fsanitize=..., which a consumer of a sanitized library needs)
 set -eu
 build=$1
 cc=$2
@@ -38,3 +39,26 @@ C
 libdir=$(pkg-config --variable=libdir sparsekv)
 case $libdir in "$tmp/root"*) ;; *) libdir="$tmp/root$libdir" ;; esac # pkgconf adds the sysroot
 LD_LIBRARY_PATH="$libdir" "$tmp/consumer"
+
+# The CMake consumer: the installed package found in its folder (SKV_DIR), nothing else.
+command -v cmake >/dev/null || { echo "cmake not installed: the CMake consumer is not tested"; exit 77; }
+config=$(find "$tmp/root" -name sparsekvConfig.cmake | head -n 1)
+[ -n "$config" ] || { echo "sparsekvConfig.cmake not installed"; exit 1; }
+mkdir "$tmp/cm"
+cp "$tmp/consumer.c" "$tmp/cm/consumer.c"
+cat > "$tmp/cm/CMakeLists.txt" <<'CM'
+cmake_minimum_required(VERSION 3.16)
+project(consumer C)
+find_package(sparsekv 99 CONFIG QUIET PATHS "${SKV_DIR}" NO_DEFAULT_PATH) # refused: another major
+if(sparsekv_FOUND)
+  message(FATAL_ERROR "sparsekv: version 99 was accepted")
+endif()
+find_package(sparsekv 0.1 REQUIRED CONFIG PATHS "${SKV_DIR}" NO_DEFAULT_PATH)
+add_executable(consumer consumer.c)
+target_link_libraries(consumer PRIVATE sparsekv::sparsekv)
+set_target_properties(consumer PROPERTIES C_STANDARD 11)
+CM
+cmake -S "$tmp/cm" -B "$tmp/cm/build" -DCMAKE_C_COMPILER="$cc" -DCMAKE_C_FLAGS="-Wall -Werror $flags" \
+    -DSKV_DIR="$(dirname "$config")" >"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
+cmake --build "$tmp/cm/build" >>"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log"; exit 1; }
+"$tmp/cm/build/consumer" # the imported target's full path is in its RUNPATH

@@ -353,11 +353,15 @@ static void test_indexer(skv_context *ctx)
         idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "n_keys out of range");
     }
 
-    /* dtypes: F16 is a valid dtype the indexer does not serve; others are not dtypes */
-    q = q0, q.dtype = SKV_F16;
-    idx_refused(ctx, &q, &k0, SKV_ERR_UNSUPPORTED, "F16 query");
-    kb = k0, kb.dtype = SKV_F16;
-    idx_refused(ctx, &q0, &kb, SKV_ERR_UNSUPPORTED, "F16 keys");
+    /* dtypes: F16 is served by widening (test_papercuts.c); its arguments are checked first */
+    q = q0, q.dtype = SKV_F16, q.q_scale = f.qs;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "F16 query with a scale");
+    q = q0, q.dtype = SKV_F16, q.q = NULL;
+    idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "F16 query, NULL q");
+    kb = k0, kb.dtype = SKV_F16, kb.k = NULL;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "F16 keys, NULL k");
+    kb = k0, kb.dtype = SKV_F16, kb.head_dim = 7;
+    idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "F16 keys, head_dim mismatch");
     static const skv_dtype bad_dt[] = {(skv_dtype)99, (skv_dtype)4, (skv_dtype)-1};
     for (int i = 0; i < 3; i++) {
         q = q0, q.dtype = bad_dt[i];

@@ -712,7 +712,7 @@ static void test_params_and_metrics(void)
     mp.candidates = 0;
     skv_hisa_params hp;
     skv_hisa_params_init(&hp);
-    CHECK(hp.blocks == 0 && hp.block == 128, "HISA defaults: m = 0 (4k), B = 128");
+    CHECK(hp.blocks == SKV_CANDIDATES_4K && hp.block == 128, "HISA defaults: m = -1 (4k), B = 128");
     hp.min_length = 0, hp.block = 32;
     CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, a4, av)); /* m = ceil(80 / 32) = 3 */
     hp.blocks = 3;
@@ -730,8 +730,14 @@ static void test_params_and_metrics(void)
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
     hp.block = 32, hp.blocks = 1;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
-    hp.blocks = -1;
+    hp.blocks = -2;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, sel, NULL), SKV_ERR_INVALID_ARG);
+    /* one sentinel for "4k candidates": SKV_CANDIDATES_4K is HISA's m = 0 (kept) as well */
+    hp.block = 16, hp.blocks = SKV_CANDIDATES_4K; /* b4 holds m = 4's result, a4 m = 5's */
+    CHECK_OK(skv_hisa_topk(ctx, &q, &kb, &pk, &hp, 20, b4, bv));
+    CHECK(memcmp(a4, b4, sizeof a4) == 0 && memcmp(av, bv, sizeof av) == 0,
+          "HISA m = SKV_CANDIDATES_4K is not m = 5");
+    hp.block = 32;
     hp.blocks = 4;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, NULL, &hp, 20, sel, NULL), SKV_ERR_STATE);
     /* a key cache without pooled sums: the pooled router has nothing to read */

@@ -7,12 +7,15 @@
 #   sh tools/dev.sh test    runs the test suite, then a subset under ASan+UBSan, and ends with
 #                           the line "N passed, N failed"
 #   sh tools/dev.sh bench   runs the benchmark (JSON lines)
+#   sh tools/dev.sh docs    renders the public headers with doxygen into build/docs/html and
+#                           fails on any doxygen warning (an undocumented declaration included)
 set -eu
 cd "$(dirname "$0")/.."
 what=${1:-}
-case $what in demo|test|bench) ;; *) echo "usage: sh tools/dev.sh demo|test|bench" >&2; exit 2 ;; esac
+case $what in demo|test|bench|docs) ;; *) echo "usage: sh tools/dev.sh demo|test|bench|docs" >&2; exit 2 ;; esac
 
-packages="build-essential meson ninja-build pkg-config python3 libopenblas-openmp-dev libsentencepiece-dev"
+packages="build-essential meson ninja-build pkg-config python3 python3-numpy cmake libopenblas-openmp-dev libsentencepiece-dev"
+[ "$what" = docs ] && packages="python3 doxygen"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -25,6 +28,8 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
 fi
+
+[ "$what" = docs ] && exec python3 tools/docs.py build/docs
 
 [ -d build ] || meson setup build --buildtype=release
 ninja -C build

@@ -134,7 +134,7 @@ static int setup_indexer(llm_engine *e)
     sp.misa.route = SKV_ROUTE_POOLED;
     sp.misa.heads = e->c.misa_heads;
     sp.misa.block = POOL;
-    sp.misa.candidates = e->c.misa_dagger ? SKV_MISA_DAGGER_4K : 0;
+    sp.misa.candidates = e->c.misa_dagger ? SKV_CANDIDATES_4K : 0;
     sp.misa.min_length = 0;
     sp.hisa.block = POOL;
     sp.hisa.blocks = 0; /* enough blocks for 4k candidates */

@@ -19,12 +19,14 @@
 extern "C" {
 #endif
 
+/* One call's query tokens, their lists of rows and the rows (see above). */
 typedef struct skv_attn_batch {
     size_t struct_size;      /* sizeof(skv_attn_batch) */
     int32_t n_tokens;        /* query tokens, >= 0 */
     int32_t n_q_heads;       /* 1..4096, a multiple of n_kv_heads */
     int32_t n_kv_heads;      /* >= 1 */
-    int32_t k_dim, v_dim;    /* 1..1024 each */
+    int32_t k_dim;           /* 1..1024 */
+    int32_t v_dim;           /* 1..1024 */
     skv_dtype dtype;         /* of q, k and v: F32 or BF16 */
     float scale;             /* softmax scale, e.g. 1/sqrt(k_dim); finite */
     int causal;              /* 1: a row is used only if k_pos[row] <= q_pos[t]; 0: every row */

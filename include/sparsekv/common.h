@@ -59,11 +59,12 @@ SKV_API size_t skv_dtype_size(skv_dtype t);
  * free receives the size that was passed to alloc. Called on the thread that calls the
  * library. Defaults: aligned_alloc / free. */
 typedef struct skv_allocator {
-    void *(*alloc)(void *user, size_t size, size_t align);
-    void (*free)(void *user, void *ptr, size_t size);
-    void *user;
+    void *(*alloc)(void *user, size_t size, size_t align); /* returns size bytes, or NULL */
+    void (*free)(void *user, void *ptr, size_t size);      /* releases what alloc returned */
+    void *user;                                            /* passed to both */
 } skv_allocator;
 
+/* Levels of the log hook, most severe first. */
 typedef enum skv_log_level {
     SKV_LOG_ERROR = 0,
     SKV_LOG_WARN = 1,
@@ -78,9 +79,13 @@ typedef void (*skv_log_fn)(void *user, skv_log_level level, const char *msg);
 
 /* Instruction-set levels. Each level includes the ones before it; a kernel family uses the
  * highest level that the CPU supports and the context's cpu_mask allows. */
-#define SKV_CPU_AVX2 (1u << 0)       /* AVX2 + FMA + F16C */
-#define SKV_CPU_AVX512 (1u << 1)     /* AVX-512 F, BW, DQ, VL */
-#define SKV_CPU_AVX512BF16 (1u << 2) /* AVX-512 BF16 + VBMI (Zen 4+, Sapphire Rapids+) */
+/* AVX2 + FMA + F16C */
+#define SKV_CPU_AVX2 (1u << 0)
+/* AVX-512 F, BW, DQ, VL */
+#define SKV_CPU_AVX512 (1u << 1)
+/* AVX-512 BF16 + VBMI (Zen 4+, Sapphire Rapids+) */
+#define SKV_CPU_AVX512BF16 (1u << 2)
+/* Every level (the default cpu_mask) */
 #define SKV_CPU_ALL 0xffffffffu
 
 /* Levels this CPU (and OS, for register state) supports, as SKV_CPU_* bits. */
@@ -93,6 +98,7 @@ SKV_API const char *skv_cpu_level_name(uint32_t flags);
 
 typedef struct skv_context skv_context; /* opaque */
 
+/* Context settings: initialise with skv_context_params_init, then change fields. */
 typedef struct skv_context_params {
     size_t struct_size;      /* sizeof(skv_context_params); set by skv_context_params_init */
     int32_t n_threads;       /* OpenMP threads for kernels; default 0 = omp_get_max_threads() */
@@ -103,6 +109,7 @@ typedef struct skv_context_params {
     skv_log_level log_level; /* most verbose level passed to log; default SKV_LOG_WARN */
 } skv_context_params;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_context_params_init(skv_context_params *p);
 
 /* p may be NULL (defaults). Errors: INVALID_ARG (out NULL, bad struct_size, n_threads < 0,
@@ -141,7 +148,8 @@ SKV_API skv_status skv_convert(skv_dtype dst_type, void *dst, skv_dtype src_type
  * do not enter amax); infinities saturate.
  * x [n_rows][n_cols] with rows `x_stride` floats apart; out [n_rows][n_cols] bytes, contiguous;
  * scales [n_rows]. Errors: INVALID_ARG. */
-enum { SKV_QUANT_POW2_SCALE = 1 };
+enum { SKV_QUANT_POW2_SCALE = 1 /* scales are powers of two (UE8M0) */ };
+/* See above. Thread-safe; borrows x, out and scales for the call. */
 SKV_API skv_status skv_quantize_fp8(const float *x, int64_t n_rows, int32_t n_cols, int64_t x_stride,
                                     uint32_t flags, uint8_t *out, float *scales);
 

@@ -16,8 +16,10 @@ extern "C" {
 
 /* Query side of the indexer for n_tokens tokens. */
 typedef struct skv_indexer_query {
-    int32_t n_tokens, n_heads, head_dim;
-    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3 */
+    int32_t n_tokens;         /* query tokens, >= 0 */
+    int32_t n_heads;          /* indexer heads, 1..4096 */
+    int32_t head_dim;         /* 1..4096, the keys' */
+    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
     const void *q;            /* [n_tokens][n_heads][head_dim], contiguous */
     const float *q_scale;     /* FP8 only: [n_tokens][n_heads]; else NULL */
     const float *weights;     /* [n_tokens][n_heads] */
@@ -32,9 +34,9 @@ typedef struct skv_indexer_query {
 
 /* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */
 typedef struct skv_key_block {
-    int64_t n_keys;
-    int32_t head_dim;
-    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3 */
+    int64_t n_keys;       /* 0..INT32_MAX */
+    int32_t head_dim;     /* 1..4096 */
+    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
     const void *k;        /* [n_keys][head_dim], contiguous */
     const float *k_scale; /* FP8 only: [n_keys]; else NULL */
 } skv_key_block;
@@ -48,8 +50,12 @@ typedef struct skv_key_block {
 
 /* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
  * For FP8, q and k are the dequantised values (value * scale). out: [n_tokens][n_keys].
+ * F16 queries or keys (here and in skv_indexer_topk) are widened exactly to f32 copies
+ * allocated for the call (n_tokens * n_heads * head_dim and n_keys * head_dim floats), so the
+ * result is that of the same call on the f32 values, bit for bit; other entry points (key
+ * cache, router) return UNSUPPORTED for F16.
  * Errors: INVALID_ARG (NULL pointers, sizes out of range, head_dim mismatch, scale pointer
- * missing for FP8 or present otherwise), UNSUPPORTED (F16 or unknown dtype), NOMEM. */
+ * missing for FP8 or present otherwise, unknown dtype), NOMEM. */
 SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
                                       const skv_key_block *keys, float *out);
 
@@ -96,6 +102,7 @@ SKV_API skv_status skv_topk_rows(skv_context *ctx, const float *x, int64_t n_row
  * Thread safety: as the context it was created from. */
 typedef struct skv_kcache skv_kcache;
 
+/* Key cache settings: initialise with skv_kcache_params_init, then change fields. */
 typedef struct skv_kcache_params {
     size_t struct_size;   /* sizeof(skv_kcache_params); set by skv_kcache_params_init */
     int32_t n_layers;     /* required: >= 1 (default 1) */
@@ -117,6 +124,7 @@ typedef struct skv_kcache_params {
                              FP8, head_dim a multiple of 32 and page_tokens of 16; default 0 */
 } skv_kcache_params;
 
+/* What a key cache holds (skv_kcache_get_stats). */
 typedef struct skv_kcache_stats {
     size_t struct_size;       /* set by the caller to sizeof(skv_kcache_stats) */
     int32_t n_seqs;           /* live sequences */
@@ -129,6 +137,7 @@ typedef struct skv_kcache_stats {
     int64_t bytes_in_use;     /* pages_in_use * bytes_per_page */
 } skv_kcache_stats;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_kcache_params_init(skv_kcache_params *p);
 
 /* Errors: INVALID_ARG, UNSUPPORTED (F16 dtype), NOMEM. */

@@ -18,6 +18,7 @@
 extern "C" {
 #endif
 
+/* A layer's role: Full runs its indexer, Shared reuses its source's top-k. */
 typedef enum skv_layer_role { SKV_LAYER_FULL = 0, SKV_LAYER_SHARED = 1 } skv_layer_role;
 
 /* ---- reuse plans ------------------------------------------------------------------------- */
@@ -81,6 +82,7 @@ typedef enum skv_select_method {
     SKV_SELECT_HISA = 2
 } skv_select_method;
 
+/* Selector settings: initialise with skv_reuse_selector_params_init, then change fields. */
 typedef struct skv_reuse_selector_params {
     size_t struct_size;       /* sizeof(skv_reuse_selector_params); set by _params_init */
     int32_t k;                /* top-k per query token, 1..SKV_TOPK_MAX_K; default 2048 */
@@ -92,6 +94,7 @@ typedef struct skv_reuse_selector_params {
 
 typedef struct skv_reuse_selector skv_reuse_selector; /* opaque; one per sequence */
 
+/* What a selector did (skv_reuse_selector_get_stats). */
 typedef struct skv_reuse_selector_stats {
     size_t struct_size;     /* set by the caller */
     int64_t steps;          /* skv_reuse_begin_step calls */
@@ -99,6 +102,7 @@ typedef struct skv_reuse_selector_stats {
     int64_t reused;         /* Shared-layer selections served from their source */
 } skv_reuse_selector_stats;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_reuse_selector_params_init(skv_reuse_selector_params *p);
 /* The selector keeps a pointer to the plan: the plan must outlive it. Errors: INVALID_ARG,
  * UNSUPPORTED (method), NOMEM. It holds one index buffer of max_tokens * k int32. */
@@ -148,6 +152,7 @@ typedef enum skv_reuse_search_method {
     SKV_REUSE_SEARCH_AUTO = 3        /* exhaustive when there are at most max_patterns, else beam */
 } skv_reuse_search_method;
 
+/* Search settings: initialise with skv_reuse_search_params_init, then change fields. */
 typedef struct skv_reuse_search_params {
     size_t struct_size;            /* sizeof(skv_reuse_search_params); set by _params_init */
     int32_t n_layers;              /* required */
@@ -164,6 +169,7 @@ typedef struct skv_reuse_search_params {
                                       default 4096 */
 } skv_reuse_search_params;
 
+/* What a search did (optional output of skv_reuse_search). */
 typedef struct skv_reuse_search_result {
     size_t struct_size;  /* set by the caller */
     int32_t n_rounds;    /* rounds run */
@@ -171,6 +177,7 @@ typedef struct skv_reuse_search_result {
     int64_t n_cached;    /* evaluations answered from the search's cache */
 } skv_reuse_search_result;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_reuse_search_params_init(skv_reuse_search_params *p);
 
 /* Searches (IndexCache, training-free) for the pattern of target_full Full layers with the
@@ -225,8 +232,20 @@ SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_que
 /* A loss for skv_reuse_search from a mass matrix: `user` points to an skv_reuse_mass_loss;
  * loss(pattern) = sum over Shared layers l of (1 - M[l][source(l)]), divided by n_layers
  * (0 when all Full; NaN for a malformed pattern). */
-typedef struct skv_reuse_mass_loss { const double *mass; int32_t n_layers; } skv_reuse_mass_loss;
+typedef struct skv_reuse_mass_loss {
+    const double *mass; /* [n_layers][n_layers], from skv_reuse_mass_matrix; borrowed */
+    int32_t n_layers;   /* >= 1 */
+} skv_reuse_mass_loss;
+/* The loss above, as an skv_reuse_loss_fn. Thread-safe. */
 SKV_API double skv_reuse_mass_loss_fn(const char *pattern, void *user);
+
+/* skv_reuse_search with skv_reuse_mass_loss_fn over `mass` [n_layers][n_layers] (from
+ * skv_reuse_mass_matrix) as its loss, in one call: p as for skv_reuse_search with p->loss and
+ * p->user left NULL (skv_reuse_search_params_init's). Outputs and errors as skv_reuse_search,
+ * plus INVALID_ARG for mass NULL or p->loss / p->user set. */
+SKV_API skv_status skv_reuse_search_mass(skv_context *ctx, const skv_reuse_search_params *p,
+                                         const double *mass, char *pattern_out,
+                                         double *curve_out, skv_reuse_search_result *result);
 
 #ifdef __cplusplus
 }

@@ -61,13 +61,14 @@ typedef enum skv_route_mode {
     SKV_ROUTE_POOLED_MAX = 3
 } skv_route_mode;
 
+/* MISA settings: initialise with skv_misa_params_init, then change fields. */
 typedef struct skv_misa_params {
     size_t struct_size;   /* sizeof(skv_misa_params); set by skv_misa_params_init */
     skv_route_mode route; /* default SKV_ROUTE_POOLED */
     int32_t heads;        /* h, routed heads per query token, 1..n_heads; default 8 */
     int32_t block;        /* pooled block in tokens, a multiple of the pooled chunk; default 1024 */
     int32_t candidates;   /* MISA-dagger: C >= k candidates re-ranked with all heads;
-                             SKV_MISA_DAGGER_4K (-1) = 4 * k, the papers' choice; 0 = plain
+                             SKV_CANDIDATES_4K (-1) = 4 * k, the papers' choice; 0 = plain
                              MISA; default 0 */
     int64_t min_length;   /* the length gate: when no query token sees this many keys, run the
                              dense indexer; -1 = the measured crossover below; default -1 */
@@ -78,11 +79,13 @@ typedef struct skv_misa_params {
  * was faster at every length swept from 1K; MISA-dagger (C = 8192) from 16K (0.89-0.96 of dense
  * there with the key cache's lane copy, 0.94-0.98 without; at 8K its candidates are every key);
  * HISA (B = 128, m = 64) from 16K (at 8K its 64 blocks hold every key: it is dense). */
-#define SKV_MISA_DAGGER_4K (-1)
-#define SKV_MISA_MIN_LENGTH 1024
-#define SKV_MISA_DAGGER_MIN_LENGTH 16384
-#define SKV_HISA_MIN_LENGTH 16384
+#define SKV_CANDIDATES_4K (-1)                 /* "4 * k candidates", MISA-dagger and HISA */
+#define SKV_MISA_DAGGER_4K SKV_CANDIDATES_4K /* its older name, kept */
+#define SKV_MISA_MIN_LENGTH 1024             /* MISA's crossover (above) */
+#define SKV_MISA_DAGGER_MIN_LENGTH 16384     /* MISA-dagger's crossover */
+#define SKV_HISA_MIN_LENGTH 16384            /* HISA's crossover */
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_misa_params_init(skv_misa_params *p);
 
 /* The routed heads of every query token: out_heads [n_tokens][h] in descending router score,
@@ -100,7 +103,7 @@ SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
  * ranks its candidates by the dense score). With h = n_heads, or C >= the visible keys, or
  * below the length gate, the result is skv_indexer_topk's, bit for bit.
  * Errors: as skv_route_heads, plus INVALID_ARG for k <= 0 or k > SKV_TOPK_MAX_K, or C other
- * than 0, k..SKV_TOPK_MAX_K or SKV_MISA_DAGGER_4K (with 4k at most SKV_TOPK_MAX_K). */
+ * than 0, k..SKV_TOPK_MAX_K or SKV_CANDIDATES_4K (with 4k at most SKV_TOPK_MAX_K). */
 SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
                                  const skv_key_block *keys, const skv_pooled_keys *pooled,
                                  const skv_misa_params *p, int32_t k, int32_t *out_idx,
@@ -119,11 +122,14 @@ typedef struct skv_hisa_params {
     size_t struct_size;   /* sizeof(skv_hisa_params); set by skv_hisa_params_init */
     int32_t block;        /* pooled block in tokens, a multiple of the pooled chunk; default 128 */
     int32_t blocks;       /* m: blocks kept per query token, the first and last visible ones
-                             among them; >= 2, or 0 = enough for 4 * k candidates
-                             (ceil(4 * k / block), at least 2), the paper's choice; default 0 */
+                             among them; >= 2, or SKV_CANDIDATES_4K (-1) = enough for 4 * k
+                             candidates (ceil(4 * k / block), at least 2), the paper's choice;
+                             0 is accepted as an older spelling of -1; default
+                             SKV_CANDIDATES_4K */
     int64_t min_length;   /* the length gate; -1 = SKV_HISA_MIN_LENGTH; default -1 */
 } skv_hisa_params;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_hisa_params_init(skv_hisa_params *p);
 
 /* HISA top-k: blocks scored with all heads on their means (sum_h w * max(0, q . mean)), the
@@ -138,18 +144,57 @@ SKV_API skv_status skv_kcache_hisa_topk(skv_kcache *c, int32_t seq, int32_t laye
                                         const skv_indexer_query *q, const skv_hisa_params *p,
                                         int32_t k, int32_t *out_idx, float *out_score);
 
+/* ---- which path ran ------------------------------------------------------------------------ */
+
+/* The path a MISA or HISA top-k took. Below the length gate (min_length, by default the
+ * crossovers above) and at the exact dials the result is the dense indexer's: a quality
+ * measurement of the approximation there reads recall 1. Each call also logs its path at
+ * SKV_LOG_DEBUG. */
+typedef enum skv_route_path {
+    SKV_PATH_ROUTED = 0,     /* the routed (MISA, MISA-dagger) or block (HISA) pass ran */
+    SKV_PATH_DENSE_GATE = 1, /* dense: no query token sees min_length keys */
+    SKV_PATH_DENSE_DIAL = 2, /* dense: the dials cover every key (h = n_heads, C or
+                                blocks * block >= the visible keys) */
+    SKV_PATH_EMPTY = 3       /* no query tokens */
+} skv_route_path;
+
+/* Counters of the paths MISA and HISA took (skv_route_get_stats). */
+typedef struct skv_route_stats {
+    size_t struct_size;   /* set by the caller to sizeof(skv_route_stats) */
+    int64_t calls[4];     /* MISA/HISA top-k calls that succeeded, by skv_route_path */
+    int32_t last_path;    /* the path of the last successful call; -1 before any */
+} skv_route_stats;
+
+/* Counters of the MISA/HISA calls made with ctx (those on a key cache count in the cache's
+ * context), since its creation or skv_route_reset_stats. Errors: INVALID_ARG (NULL,
+ * struct_size). Thread safety: as the context. */
+SKV_API skv_status skv_route_get_stats(const skv_context *ctx, skv_route_stats *out);
+/* Zeroes them (last_path -1). Errors: INVALID_ARG (NULL). */
+SKV_API skv_status skv_route_reset_stats(skv_context *ctx);
+
 /* ---- quality -------------------------------------------------------------------------------- */
 
 /* How well a selection idx [n_tokens][k] (-1 padded) matches the dense indexer's, per token,
  * computed against the dense scores on these keys:
  *   recall[t] = |{s in idx[t] : I(t,s) >= the k-th dense score}| / |T_dense(t)| (ties with the
- *               k-th count as hits, at most |T_dense(t)|);
+ *               k-th count as hits, at most |T_dense(t)|: a score-level recall that does not
+ *               punish a different choice among equal scores; skv_selection_recall_strict
+ *               gives the papers' set recall);
  *   mass[t]   = sum over idx[t] of softmax_s I(t,s) / the same sum over T_dense(t).
  * A token with no visible key gets 1 and 1. Either output may be NULL.
  * Errors: as skv_indexer_topk. Cost: one dense scoring pass. */
 SKV_API skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
                                          const skv_key_block *keys, const int32_t *idx,
                                          int32_t k, double *recall, double *mass);
+
+/* The papers' recall, a strict set intersection: recall[t] = |idx[t] & T_dense(t)| /
+ * |T_dense(t)|, T_dense(t) being exactly skv_indexer_topk's selection (ties to the lower
+ * index); repeated entries of idx[t] count once, entries < 0 or out of range never; 1 for a
+ * token with no visible key. Never above skv_selection_quality's recall, equal to it without
+ * ties at the k-th score. recall [n_tokens]. Errors: as skv_selection_quality. */
+SKV_API skv_status skv_selection_recall_strict(skv_context *ctx, const skv_indexer_query *q,
+                                               const skv_key_block *keys, const int32_t *idx,
+                                               int32_t k, double *recall);
 
 #ifdef __cplusplus
 }

@@ -10,5 +10,6 @@
 #include "router.h"
 #include "store.h"
 #include "attention.h"
+#include "slice.h"
 
 #endif

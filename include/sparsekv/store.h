@@ -61,9 +61,9 @@ typedef enum skv_tier_dir {
 /* One range of a batched copy: `bytes` bytes between offset `offset` of the staging buffer
  * and the start of hot slot `slot` (byte slot * slot_bytes of the hot region). */
 typedef struct skv_tier_xfer {
-    int64_t slot;
-    size_t offset;
-    size_t bytes;
+    int64_t slot;  /* hot slot */
+    size_t offset; /* in the staging buffer */
+    size_t bytes;  /* to move */
 } skv_tier_xfer;
 
 /* Callbacks that place the hot tier in the host's memory (e.g. a GPU's). Either all four are
@@ -77,11 +77,16 @@ typedef struct skv_tier_xfer {
  *   complete asynchronously: the library leaves the staging buffer untouched until fence.
  * fence: waits for every copy issued so far; 0 on success, else failure (SKV_ERR_IO). */
 typedef struct skv_store_tier {
+    /* the hot region, or NULL */
     void *(*alloc)(void *user, size_t bytes);
+    /* releases it */
     void (*free)(void *user, void *hot, size_t bytes);
+    /* moves n ranges; 0 on success */
     int (*copy)(void *user, skv_tier_dir dir, void *hot, size_t slot_bytes, void *staging,
                 size_t staging_bytes, const skv_tier_xfer *x, int64_t n);
+    /* waits for the copies; 0 on success */
     int (*fence)(void *user);
+    /* passed to each, never read by the library */
     void *user;
 } skv_store_tier;
 
@@ -98,6 +103,7 @@ enum {
     SKV_STORE_MINMAX = 1
 };
 
+/* Store settings: initialise with skv_store_params_init, then change fields. */
 typedef struct skv_store_params {
     size_t struct_size;      /* sizeof(skv_store_params); set by skv_store_params_init */
     int32_t n_layers;        /* 1..65536; default 1 */
@@ -121,6 +127,7 @@ typedef struct skv_store_params {
     skv_store_tier tier;     /* default: all NULL (host-memory arena) */
 } skv_store_params;
 
+/* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_store_params_init(skv_store_params *p);
 
 /* Errors: INVALID_ARG (ranges above, tier callbacks partly set, NULL), UNSUPPORTED (dtype FP8),
@@ -142,6 +149,7 @@ typedef struct skv_store_layout_info {
     void *hot;           /* the hot region's handle (NULL without a hot tier) */
 } skv_store_layout_info;
 
+/* Errors: INVALID_ARG (NULL, struct_size). */
 SKV_API skv_status skv_store_layout_get(const skv_store *s, skv_store_layout_info *out);
 
 /* ---- sequences --------------------------------------------------------------------------- */
@@ -160,6 +168,7 @@ SKV_API skv_status skv_store_seq_fork(skv_store *s, int32_t src, int32_t *out_se
  * (shared pages must be copied). */
 SKV_API skv_status skv_store_seq_remove(skv_store *s, int32_t seq, int32_t p0, int32_t p1);
 
+/* What (seq, layer) holds (skv_store_seq_info_get). */
 typedef struct skv_store_seq_info {
     size_t struct_size;  /* set by the caller */
     int64_t n_tokens;    /* tokens of (seq, layer) */
@@ -216,6 +225,7 @@ typedef enum skv_store_score {
     SKV_SCORE_EXACT = 2
 } skv_store_score;
 
+/* One query token's selection request: initialise with skv_store_query_init. */
 typedef struct skv_store_query {
     size_t struct_size;    /* sizeof(skv_store_query); set by skv_store_query_init */
     int32_t n_q_heads;     /* a multiple of n_kv_heads (query head h uses KV head
@@ -224,7 +234,10 @@ typedef struct skv_store_query {
     const void *q;         /* [n_q_heads][k_dim], one query token; default NULL */
     int64_t budget;        /* tokens per KV head, sinks and window included (partially
                               filled pages count their valid tokens); >= the sinks and window
-                              present (skv_store_seq_info); default 2048 */
+                              present (skv_store_seq_info), which a long sequence holds up to
+                              n_sink + n_window + page_tokens - 1 of: with the default store
+                              params 83 tokens, so a budget below that can be refused (make
+                              n_sink / n_window smaller for small budgets); default 2048 */
     skv_store_score score; /* default SKV_SCORE_INDEX */
     float candidates;      /* SKV_SCORE_INDEX: candidate tokens scored exactly, as a multiple
                               of the budget left after sinks and window (at least 64 pages'
@@ -234,6 +247,7 @@ typedef struct skv_store_query {
                               matters); default 0.1 */
 } skv_store_query;
 
+/* Fills *q with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_store_query_init(skv_store_query *q);
 
 /* A token of a head counts toward its score through every query head of its group: pages
@@ -247,7 +261,8 @@ SKV_API void skv_store_query_init(skv_store_query *q);
  *
  * The selection replaces `sel`'s contents (releasing its pins) and stays valid until (seq,
  * layer) next changes (append, remove, free); a stale selection gives SKV_ERR_STATE.
- * Errors: INVALID_ARG (including a budget below sinks + window), UNSUPPORTED (INDEX on a
+ * Errors: INVALID_ARG (including a budget below sinks + window: logged at SKV_LOG_WARN with
+ * the numbers), UNSUPPORTED (INDEX on a
  * positional store, MINMAX without SKV_STORE_MINMAX), NOMEM. */
 SKV_API skv_status skv_store_select(skv_store *s, int32_t seq, int32_t layer,
                                     const skv_store_query *q, skv_store_sel *sel);
@@ -266,17 +281,21 @@ SKV_API skv_status skv_store_sel_create(skv_store *s, skv_store_sel **out);
 /* Releases its pins; NULL is fine. */
 SKV_API void skv_store_sel_destroy(skv_store_sel *sel);
 
+/* What a selection holds (skv_store_sel_info_get). */
 typedef struct skv_store_sel_info {
     size_t struct_size;  /* set by the caller */
-    int32_t seq, layer;  /* -1 when nothing was selected yet */
-    int32_t n_kv_heads;
+    int32_t seq;         /* -1 when nothing was selected yet */
+    int32_t layer;       /* -1 when nothing was selected yet */
+    int32_t n_kv_heads;  /* the store's */
     int64_t n_tokens;    /* selected tokens over all KV heads (gather writes this many rows) */
     int64_t n_pages;     /* selected pages over all KV heads */
-    int64_t max_head_tokens, max_head_pages; /* the largest of one KV head */
+    int64_t max_head_tokens; /* the most tokens of one KV head */
+    int64_t max_head_pages;  /* the most pages of one KV head */
     int fetched;         /* 1 after skv_store_fetch: the pages are resident and pinned */
     int stale;           /* 1 when (seq, layer) changed since the selection */
 } skv_store_sel_info;
 
+/* Errors: INVALID_ARG (NULL, struct_size). */
 SKV_API skv_status skv_store_sel_info_get(const skv_store_sel *sel, skv_store_sel_info *out);
 
 /* The selected pages of one KV head, in gather order (sinks, body pages by rank, window):
@@ -337,8 +356,8 @@ typedef struct skv_store_gather_out {
     int64_t row0;         /* first row written, >= 0 */
     int64_t max_rows;     /* rows available from row0; must be >= the selection's n_tokens;
                              row0 + max_rows rows of the widest row must fit in size_t */
-    void *k;              /* [row0 + max_rows][k_dim] */
-    void *v;              /* [row0 + max_rows][v_dim]; NULL iff v_dim == 0 */
+    void *k;              /* [row0 + max_rows][k_dim]; NULL with v NULL: positions only */
+    void *v;              /* [row0 + max_rows][v_dim]; NULL iff v_dim == 0 or k is NULL */
     int32_t *k_pos;       /* [row0 + max_rows] */
     int64_t *list_start;  /* [n_kv_heads]: absolute row indices */
     int32_t *list_len;    /* [n_kv_heads] */
@@ -352,9 +371,10 @@ SKV_API skv_status skv_store_gather(skv_store *s, const skv_store_sel *sel,
 
 /* ---- statistics -------------------------------------------------------------------------- */
 
+/* What a store holds and has moved (skv_store_get_stats). */
 typedef struct skv_store_stats {
     size_t struct_size;     /* set by the caller */
-    int32_t n_seqs;
+    int32_t n_seqs;         /* live sequences */
     int64_t pages_in_use;   /* distinct pages referenced by any sequence */
     int64_t pages_shared;   /* of those, referenced by more than one sequence */
     int64_t page_refs;      /* page references over all sequences, layers and heads */
@@ -364,17 +384,21 @@ typedef struct skv_store_stats {
     int64_t index_bytes;    /* the index over all sequences: nodes (centroids, radii),
                                per-page centroids, radii and min/max, position maps */
     int64_t spare_bytes;    /* freed pages kept for reuse */
-    int64_t hot_capacity, hot_resident, hot_pinned; /* pages */
-    int64_t bytes_to_hot, bytes_to_host;            /* moved since the last reset */
+    int64_t hot_capacity;   /* hot slots (hot_pages) */
+    int64_t hot_resident;   /* pages resident in the hot tier */
+    int64_t hot_pinned;     /* of those, pinned by a fetched selection */
+    int64_t bytes_to_hot;   /* moved to the hot tier since the last reset */
+    int64_t bytes_to_host;  /* moved back (skv_store_check_hot) since the last reset */
     int64_t fetch_pages;    /* pages asked for by fetch and prefetch */
     int64_t fetch_hits;     /* of those, resident and current */
     int64_t fetch_stale;    /* resident but changed since copied (moved again) */
     int64_t fetch_misses;   /* not resident (moved) */
-    int64_t evictions;
-    int64_t copy_calls;
-    int64_t io_errors;
+    int64_t evictions;      /* pages evicted from the hot tier */
+    int64_t copy_calls;     /* tier copy callbacks made */
+    int64_t io_errors;      /* copy or fence callbacks that failed */
 } skv_store_stats;
 
+/* Errors: INVALID_ARG (NULL, struct_size). */
 SKV_API skv_status skv_store_get_stats(const skv_store *s, skv_store_stats *out);
 /* Zeroes the counters (bytes moved, fetch counts, evictions, copy calls, io errors). */
 SKV_API skv_status skv_store_reset_counters(skv_store *s);

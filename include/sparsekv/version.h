@@ -3,10 +3,11 @@
 #ifndef SPARSEKV_VERSION_H
 #define SPARSEKV_VERSION_H
 
-#define SKV_API_VERSION_MAJOR 0
-#define SKV_API_VERSION_MINOR 1
-#define SKV_API_VERSION_PATCH 0
+#define SKV_API_VERSION_MAJOR 0 /* incompatible changes */
+#define SKV_API_VERSION_MINOR 1 /* additions */
+#define SKV_API_VERSION_PATCH 0 /* fixes */
 
+/* The three in one int, as skv_version() returns it. */
 #define SKV_API_VERSION \
     ((SKV_API_VERSION_MAJOR << 16) | (SKV_API_VERSION_MINOR << 8) | SKV_API_VERSION_PATCH)
 

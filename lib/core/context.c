@@ -155,6 +155,7 @@ skv_status skv_context_create(const skv_context_params *p, skv_context **out)
     ctx->log_user = p->log_user;
     ctx->log_level = p->log_level;
     ctx->bytes_live = sizeof *ctx;
+    ctx->route_last = -1;
 #ifdef _OPENMP
     ctx->n_threads = p->n_threads > 0 ? p->n_threads : omp_get_max_threads();
 #else

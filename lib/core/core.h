@@ -24,6 +24,8 @@ struct skv_context {
     void *aux[3]; /* workspaces of callers of kernels (routing, gathers), likewise */
     size_t aux_size[3];
     size_t bytes_live; /* everything allocated through this context, workspace included */
+    int64_t route_paths[4]; /* MISA/HISA calls by skv_route_path (router.h) */
+    int32_t route_last;     /* the path of the last one, -1 before any */
 };
 
 /* Allocation through the context's hooks; sizes are remembered by the caller (the hook API

@@ -618,7 +618,9 @@ skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
-    SKV_CHECK(ctx, keys != NULL);
+    SKV_CHECK(ctx, keys != NULL && q != NULL);
+    if (q->dtype == SKV_F16 || keys->dtype == SKV_F16)
+        return skv_indexer_widen_f16(ctx, q, keys, 0, 0, out, NULL, NULL);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
@@ -634,7 +636,9 @@ skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
-    SKV_CHECK(ctx, keys != NULL);
+    SKV_CHECK(ctx, keys != NULL && q != NULL);
+    if (q->dtype == SKV_F16 || keys->dtype == SKV_F16)
+        return skv_indexer_widen_f16(ctx, q, keys, 1, k, NULL, out_idx, out_score);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));

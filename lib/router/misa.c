@@ -21,7 +21,7 @@ skv_status skv_rerank(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     return skv_indexer_run(ctx, q, &ls, k, NULL, out_idx, out_score);
 }
 
-static int64_t max_visible(const skv_indexer_query *q, int64_t n_keys)
+int64_t skv_max_visible(const skv_indexer_query *q, int64_t n_keys)
 {
     int64_t m = 0;
     for (int32_t t = 0; t < q->n_tokens; t++) {
@@ -56,19 +56,31 @@ static void routed_query(const skv_indexer_query *q, const int32_t *heads, int32
     }
 }
 
-static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
-                           const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+/* The dense path a call takes, or SKV_PATH_ROUTED. */
+static skv_route_path dense_path(int32_t T, int64_t vis, int64_t gate, int dial)
+{
+    return T == 0 ? SKV_PATH_EMPTY : vis < gate ? SKV_PATH_DENSE_GATE
+                                    : dial     ? SKV_PATH_DENSE_DIAL
+                                               : SKV_PATH_ROUTED;
+}
+
+static skv_status misa_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score,
+                           skv_route_path *path, int64_t *vis_out, int64_t *gate_out)
 {
     SKV_TRY(skv_misa_check(ctx, q, src, p));
     SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out_idx != NULL || q->n_tokens == 0));
     SKV_CHECK(ctx, ((p->candidates == 0 || p->candidates >= k) && p->candidates <= SKV_TOPK_MAX_K) ||
-                       (p->candidates == SKV_MISA_DAGGER_4K && k <= SKV_TOPK_MAX_K / 4));
+                       (p->candidates == SKV_CANDIDATES_4K && k <= SKV_TOPK_MAX_K / 4));
     const int32_t T = q->n_tokens, H = q->n_heads, h = p->heads;
-    const int32_t C = p->candidates == SKV_MISA_DAGGER_4K ? 4 * k : p->candidates;
-    const int64_t vis = max_visible(q, src->n_keys);
-    const int64_t gate = p->min_length >= 0 ? p->min_length : C ? SKV_MISA_DAGGER_MIN_LENGTH : SKV_MISA_MIN_LENGTH;
+    const int32_t C = p->candidates == SKV_CANDIDATES_4K ? 4 * k : p->candidates;
+    const int64_t vis = skv_max_visible(q, src->n_keys);
+    const int64_t gate = skv_misa_gate(p);
     /* the dials and the length gate: the dense indexer itself */
-    if (h == H || vis < gate || (C > 0 && C >= vis) || T == 0)
+    *path = dense_path(T, vis, gate, h == H || (C > 0 && C >= vis));
+    *vis_out = vis;
+    *gate_out = gate;
+    if (*path != SKV_PATH_ROUTED)
         return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
 
     const size_t qrow = (size_t)q->head_dim * skv_dtype_size(q->dtype);
@@ -109,6 +121,15 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
     return skv_rerank(ctx, q, src, cand, len, C, k, out_idx, out_score);
 }
 
+static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+{
+    skv_route_path path = SKV_PATH_EMPTY;
+    int64_t vis = 0, gate = 0;
+    const skv_status st = misa_run(ctx, q, src, p, k, out_idx, out_score, &path, &vis, &gate);
+    return skv_route_note(ctx, "misa", path, vis, gate, st);
+}
+
 skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
                          const skv_pooled_keys *pooled, const skv_misa_params *p, int32_t k,
                          int32_t *out_idx, float *out_score)
@@ -140,25 +161,30 @@ void skv_hisa_params_init(skv_hisa_params *p)
     memset(p, 0, sizeof *p);
     p->struct_size = sizeof *p;
     p->block = 128;
-    p->blocks = 0;
+    p->blocks = SKV_CANDIDATES_4K;
     p->min_length = -1;
 }
 
-static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
-                           const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+static skv_status hisa_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score,
+                           skv_route_path *path, int64_t *vis_out, int64_t *gate_out)
 {
     SKV_CHECK(ctx, p != NULL && p->struct_size == sizeof *p);
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
     SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, p->block >= 1 && (p->blocks >= 2 || p->blocks == 0) && p->min_length >= -1);
+    SKV_CHECK(ctx, p->block >= 1 && p->min_length >= -1 &&
+                       (p->blocks >= 2 || p->blocks == 0 || p->blocks == SKV_CANDIDATES_4K));
     const int32_t T = q->n_tokens, D = q->head_dim, B = p->block;
-    const int64_t m4k = ((int64_t)4 * k + B - 1) / B; /* blocks = 0: 4k candidates */
+    const int64_t m4k = ((int64_t)4 * k + B - 1) / B; /* SKV_CANDIDATES_4K (or 0) */
     SKV_CHECK(ctx, p->blocks > 0 || m4k * B <= INT32_MAX);
     const int32_t m = p->blocks > 0 ? p->blocks : m4k > 2 ? (int32_t)m4k : 2;
     SKV_CHECK(ctx, src->pool_chunk < 1 || B % src->pool_chunk == 0);
-    const int64_t vis = max_visible(q, src->n_keys);
-    const int64_t gate = p->min_length >= 0 ? p->min_length : SKV_HISA_MIN_LENGTH;
-    if (vis < gate || (int64_t)m * B >= vis || T == 0)
+    const int64_t vis = skv_max_visible(q, src->n_keys);
+    const int64_t gate = skv_hisa_gate(p);
+    *path = dense_path(T, vis, gate, (int64_t)m * B >= vis);
+    *vis_out = vis;
+    *gate_out = gate;
+    if (*path != SKV_PATH_ROUTED)
         return skv_indexer_run(ctx, q, src, k, NULL, out_idx, out_score);
     if (src->pool_chunk < 1)
         return SKV_ERR_STATE;
@@ -231,6 +257,15 @@ static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const s
         len[t] = n;
     }
     return skv_rerank(ctx, q, src, list, len, (int64_t)m * B, k, out_idx, out_score);
+}
+
+static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                           const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score)
+{
+    skv_route_path path = SKV_PATH_EMPTY;
+    int64_t vis = 0, gate = 0;
+    const skv_status st = hisa_run(ctx, q, src, p, k, out_idx, out_score, &path, &vis, &gate);
+    return skv_route_note(ctx, "hisa", path, vis, gate, st);
 }
 
 skv_status skv_hisa_topk(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,

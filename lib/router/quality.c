@@ -1,5 +1,5 @@
-/* Selection quality against the dense indexer: tie-aware recall and the share of the dense
- * softmax mass covered. */
+/* Selection quality against the dense indexer: tie-aware and strict recall, and the share of
+ * the dense softmax mass covered. */
 #include <math.h>
 #include <string.h>
 
@@ -7,9 +7,9 @@
 
 #define TOKENS_PER_PASS 8 /* dense score rows held at once */
 
-skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
-                                 const skv_key_block *keys, const int32_t *idx, int32_t k,
-                                 double *recall, double *mass)
+static skv_status quality(skv_context *ctx, const skv_indexer_query *q, const skv_key_block *keys,
+                          const int32_t *idx, int32_t k, double *recall, double *strict,
+                          double *mass)
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
@@ -20,11 +20,15 @@ skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
     const int64_t L = src.n_keys;
     const size_t rows_b = skv_round_up((size_t)TOKENS_PER_PASS * (L ? L : 1) * 4, 64);
     const size_t top_b = skv_round_up((size_t)TOKENS_PER_PASS * k * 8, 64);
-    uint8_t *buf = skv_workspace_aux(ctx, 1, rows_b + top_b);
+    const size_t mark_b = strict ? skv_round_up((size_t)(L ? L : 1), 64) : 0;
+    uint8_t *buf = skv_workspace_aux(ctx, 1, rows_b + top_b + mark_b);
     if (!buf)
         return SKV_ERR_NOMEM;
     float *rows = (float *)buf, *dval = (float *)(buf + rows_b);
     int32_t *didx = (int32_t *)(dval + (size_t)TOKENS_PER_PASS * k);
+    uint8_t *mark = buf + rows_b + top_b; /* strict: keys of the dense top-k not yet matched */
+    if (strict)
+        memset(mark, 0, (size_t)(L ? L : 1));
 
     for (int32_t t0 = 0; t0 < q->n_tokens; t0 += TOKENS_PER_PASS) {
         const int32_t nt = q->n_tokens - t0 < TOKENS_PER_PASS ? q->n_tokens - t0 : TOKENS_PER_PASS;
@@ -49,9 +53,24 @@ skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
             if (n_dense == 0) {
                 if (recall)
                     recall[t] = 1;
+                if (strict)
+                    strict[t] = 1;
                 if (mass)
                     mass[t] = 1;
                 continue;
+            }
+            if (strict) { /* |idx[t] & T_dense(t)|, each dense key counted once */
+                int32_t both = 0;
+                for (int32_t j = 0; j < n_dense; j++)
+                    mark[dsel[j]] = 1;
+                for (int32_t j = 0; j < k; j++) {
+                    const int32_t s = sel[j];
+                    if (s >= 0 && s < L && mark[s])
+                        both++, mark[s] = 0;
+                }
+                for (int32_t j = 0; j < n_dense; j++)
+                    mark[dsel[j]] = 0;
+                strict[t] = (double)both / n_dense;
             }
             const uint32_t kth = skv_score_key(dval[(size_t)i * k + n_dense - 1]);
             const int64_t vis = skv_visible(q, t, L);
@@ -77,4 +96,20 @@ skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
         }
     }
     return SKV_OK;
+}
+
+skv_status skv_selection_quality(skv_context *ctx, const skv_indexer_query *q,
+                                 const skv_key_block *keys, const int32_t *idx, int32_t k,
+                                 double *recall, double *mass)
+{
+    return quality(ctx, q, keys, idx, k, recall, NULL, mass);
+}
+
+skv_status skv_selection_recall_strict(skv_context *ctx, const skv_indexer_query *q,
+                                       const skv_key_block *keys, const int32_t *idx, int32_t k,
+                                       double *recall)
+{
+    if (ctx && q && q->n_tokens > 0 && !recall)
+        return SKV_ERR_INVALID_ARG;
+    return quality(ctx, q, keys, idx, k, NULL, recall, NULL);
 }

@@ -340,7 +340,7 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
     SKV_TRY(skv_indexer_check_query(ctx, q, src->head_dim, src->dtype));
     SKV_CHECK(ctx, p->heads >= 1 && p->heads <= q->n_heads);
     SKV_CHECK(ctx, on_blocks(p->route) || p->route == SKV_ROUTE_QNORM || p->route == SKV_ROUTE_OWN_KEY);
-    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= SKV_MISA_DAGGER_4K && p->min_length >= -1);
+    SKV_CHECK(ctx, p->block >= 1 && p->candidates >= SKV_CANDIDATES_4K && p->min_length >= -1);
     if (on_blocks(p->route) && src->pool_chunk >= 1)
         SKV_CHECK(ctx, p->block % src->pool_chunk == 0);
     return SKV_OK;

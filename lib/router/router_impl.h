@@ -36,10 +36,30 @@ static inline int64_t skv_visible(const skv_indexer_query *q, int32_t t, int64_t
     return v < 0 ? 0 : v > n_keys ? n_keys : v;
 }
 
+/* The most keys any query token sees. */
+int64_t skv_max_visible(const skv_indexer_query *q, int64_t n_keys);
+
+/* The length gates of MISA (-dagger) and HISA: min_length, or the measured crossover. */
+static inline int64_t skv_misa_gate(const skv_misa_params *p)
+{
+    return p->min_length >= 0 ? p->min_length
+           : p->candidates    ? SKV_MISA_DAGGER_MIN_LENGTH
+                              : SKV_MISA_MIN_LENGTH;
+}
+static inline int64_t skv_hisa_gate(const skv_hisa_params *p)
+{
+    return p->min_length >= 0 ? p->min_length : SKV_HISA_MIN_LENGTH;
+}
+
 /* Validates MISA parameters against the query and keys. */
 skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                           const skv_misa_params *p);
 /* The routed heads of every token on a source (STATE when the pooled router has no sums). */
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores);
+
+/* Counts a finished MISA/HISA call's path in ctx (skv_route_stats) and logs it at DEBUG;
+ * passes st through. */
+skv_status skv_route_note(skv_context *ctx, const char *method, skv_route_path path,
+                          int64_t visible, int64_t gate, skv_status st);
 #endif

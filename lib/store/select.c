@@ -371,7 +371,14 @@ static skv_status check_sel(skv_store *s, int32_t seq, int32_t layer, int64_t bu
     sseq *q = store_seq(s, seq);
     SKV_CHECK(s->ctx, q && sel && sel->s == s && layer >= 0 && layer < s->p.n_layers);
     const slayer *ly = &q->ly[layer];
-    SKV_CHECK(s->ctx, budget >= ly->n_sink + ly->n_win);
+    if (budget < ly->n_sink + ly->n_win) { /* the common surprise with small budgets: say why */
+        skv_log(s->ctx, SKV_LOG_WARN,
+                "store select: budget %lld is below the %lld sink and %lld window tokens held "
+                "(n_sink %d, n_window %d: up to n_sink + n_window + page_tokens - 1 = %d)",
+                (long long)budget, (long long)ly->n_sink, (long long)ly->n_win, s->p.n_sink,
+                s->p.n_window, s->p.n_sink + s->p.n_window + s->p.page_tokens - 1);
+        return SKV_ERR_INVALID_ARG;
+    }
     *out = q;
     return SKV_OK;
 }

@@ -288,7 +288,7 @@ static void router(fz *f, reader *r)
         const int valid = mp.route >= SKV_ROUTE_POOLED && mp.route <= SKV_ROUTE_POOLED_MAX && mp.heads >= 1 &&
                           mp.heads <= H && mp.block >= 1 && mp.min_length >= -1 &&
                           (mp.block % chunk == 0 || mp.route == SKV_ROUTE_QNORM || mp.route == SKV_ROUTE_OWN_KEY) &&
-                          (mp.candidates == 0 || mp.candidates >= kk || mp.candidates == SKV_MISA_DAGGER_4K);
+                          (mp.candidates == 0 || mp.candidates >= kk || mp.candidates == SKV_CANDIDATES_4K);
         const skv_status s = skv_misa_topk(f->ctx, &iq, &kb, &pk, &mp, kk, a, as);
         if (!valid) {
             REQUIRE(s == SKV_ERR_INVALID_ARG, "invalid MISA parameters accepted: status %d", s);
