@@ -87,7 +87,8 @@ static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const s
 
     SKV_TRY(skv_route_src(ctx, q, src, p, heads, NULL));
     routed_query(q, heads, h, qr, wr, q->q_scale ? sr : NULL, sorted);
-    const skv_indexer_query rq = {T, h, q->head_dim, q->dtype, qr, q->q_scale ? sr : NULL, wr, q->positions};
+    const skv_indexer_query rq = {T, h, q->head_dim, q->dtype, qr, q->q_scale ? sr : NULL, wr, q->positions,
+                                   q->n_sink, q->n_window};
     if (!C)
         return skv_indexer_run(ctx, &rq, src, k, NULL, out_idx, out_score);
 

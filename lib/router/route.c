@@ -49,7 +49,7 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
                 kern->bf16_to_f32(src, row, D);
             } else {
                 kern->fp8_to_f32(src, row, D);
-                const float s = q->q_scale[i];
+                const float s = q->q_scale ? q->q_scale[i] : 1.0f;
                 for (int32_t d = 0; d < D; d++)
                     row[d] *= s;
             }
