@@ -655,6 +655,289 @@ static void test_mx_badargs(void)
     skv_context_destroy(ctx);
 }
 
+/* ---- host-owned pages, ragged batches, compressed entries -------------------------------------- */
+
+/* Random stored keys of a dtype: rows [n][row bytes] and scales [n][scale bytes]. */
+static void random_rows(rng *r, skv_dtype t, int32_t D, int64_t n, uint8_t *rows, uint8_t *scales)
+{
+    for (int64_t i = 0; i < n; i++) {
+        if (t == SKV_F32 || t == SKV_BF16) {
+            float *f = xmalloc((size_t)D * 4);
+            for (int32_t d = 0; d < D; d++)
+                f[d] = (float)rng_uniform(r, -1, 1);
+            skv_convert(t, rows + (size_t)i * D * skv_dtype_size(t), SKV_F32, f, D);
+            free(f);
+        } else if (t == SKV_FP8_E4M3) {
+            for (int32_t d = 0; d < D; d++) {
+                uint8_t b = (uint8_t)rng_int(r, 0, 255);
+                rows[(size_t)i * D + d] = (b & 0x7f) == 0x7f ? 0x30 : b;
+            }
+            const float sc = (float)rng_uniform(r, 0.001, 0.01);
+            memcpy(scales + (size_t)i * 4, &sc, 4);
+        } else {
+            for (int32_t d = 0; d < D / 2; d++)
+                rows[(size_t)i * D / 2 + d] = (uint8_t)rng_int(r, 0, 255);
+            for (int32_t d = 0; d < D / 32; d++)
+                scales[(size_t)i * D / 32 + d] = (uint8_t)rng_int(r, 120, 134);
+        }
+    }
+}
+
+static size_t row_b(skv_dtype t, int32_t D) { return t == SKV_MXFP4_E2M1 ? (size_t)D / 2 : (size_t)D * skv_dtype_size(t); }
+static size_t scale_b(skv_dtype t, int32_t D) { return t == SKV_FP8_E4M3 ? 4 : t == SKV_MXFP4_E2M1 ? (size_t)D / 32 : 0; }
+
+static void test_paged(void)
+{
+    rng r = {2024};
+    const int32_t D = 64, H = 16, P = 16, k = 30, S = 5;
+    const int64_t NB = 60;
+    const skv_dtype dts[] = {SKV_FP8_E4M3, SKV_MXFP4_E2M1, SKV_BF16, SKV_F32};
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    for (int di = 0; di < 4; di++) {
+        const skv_dtype dt = dts[di];
+        const size_t rb = row_b(dt, D), sb = scale_b(dt, D);
+        const size_t soff = (size_t)P * rb, bbytes = soff + (size_t)P * sb + 64;
+        uint8_t *pool = xmalloc((size_t)NB * bbytes);
+        memset(pool, 0x7f, (size_t)NB * bbytes); /* NaN fp8 bytes in the gaps: never read */
+        for (int64_t b = 0; b < NB; b++)
+            random_rows(&r, dt, D, P, pool + b * bbytes, pool + b * bbytes + soff);
+        /* tables: unordered ids, sequence 1 shares sequence 0's first blocks, partial last ones */
+        int32_t table[S][12], lens[S], qs[S + 1];
+        qs[0] = 0;
+        for (int i = 0; i < S; i++) {
+            lens[i] = i == 4 ? 0 : (int32_t)rng_int(&r, 1, 12 * P);
+            for (int j = 0; j < 12; j++)
+                table[i][j] = (int32_t)rng_int(&r, 0, NB - 1);
+            if (i == 1)
+                memcpy(table[1], table[0], 6 * 4);
+            qs[i + 1] = qs[i] + (int32_t)rng_int(&r, 1, 3);
+        }
+        const int32_t T = qs[S];
+        qbuf o;
+        qbuf_make(&o, &r, T, H, D, SKV_BF16, 0, 0);
+        o.q.positions = NULL;
+        const skv_paged_keys pk = {D, dt, P, pool, NB, bbytes, soff};
+        const skv_paged_batch pb = {S, &table[0][0], 12, lens, qs};
+        int32_t *got = xmalloc((size_t)T * k * 4), *want = xmalloc((size_t)T * k * 4);
+        float *gs = xmalloc((size_t)T * k * 4), *ws = xmalloc((size_t)T * k * 4);
+        CHECK_OK(skv_paged_topk(ctx, &pk, &pb, &o.q, k, got, gs));
+        /* the same keys appended to a key cache, one sequence each */
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = D, kp.dtype = dt, kp.page_tokens = P;
+        skv_kcache *kc;
+        CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+        for (int i = 0; i < S; i++) {
+            int32_t seq;
+            CHECK_OK(skv_kcache_seq_create(kc, &seq));
+            uint8_t *rows = xmalloc((size_t)lens[i] * rb + 1), *sc = xmalloc((size_t)lens[i] * sb + 1);
+            for (int32_t s = 0; s < lens[i]; s++) {
+                const uint8_t *blk = pool + (size_t)table[i][s / P] * bbytes;
+                memcpy(rows + (size_t)s * rb, blk + (size_t)(s % P) * rb, rb);
+                memcpy(sc + (size_t)s * sb, blk + soff + (size_t)(s % P) * sb, sb);
+            }
+            const skv_key_block kb = {lens[i], D, dt, rows, dt == SKV_FP8_E4M3 ? (const float *)sc : NULL,
+                                      dt == SKV_MXFP4_E2M1 ? sc : NULL};
+            CHECK_OK(skv_kcache_append(kc, seq, 0, &kb));
+            const int32_t n = qs[i + 1] - qs[i];
+            int32_t pos[3];
+            for (int32_t j = 0; j < n; j++)
+                pos[j] = lens[i] - n + j;
+            skv_indexer_query sq = o.q;
+            sq.n_tokens = n;
+            sq.q = (const uint16_t *)o.qd + (size_t)qs[i] * H * D;
+            sq.weights = o.w + (size_t)qs[i] * H;
+            sq.positions = pos;
+            CHECK_OK(skv_kcache_topk(kc, seq, 0, &sq, k, want + (size_t)qs[i] * k, ws + (size_t)qs[i] * k));
+            free(rows), free(sc);
+        }
+        CHECK(same_topk(got, gs, want, ws, (size_t)T * k), "dtype %d: host pages differ from the key cache", dt);
+        /* bad arguments: a block id out of range, scales inside the values, misaligned fp8
+           blocks, a bad q_start; nothing written */
+        memset(got, 0x5a, (size_t)T * k * 4);
+        int32_t saved = table[2][0];
+        table[2][0] = (int32_t)NB;
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        table[2][0] = -1;
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        table[2][0] = saved;
+        if (sb) {
+            skv_paged_keys bad = pk;
+            bad.scale_offset = soff - 1;
+            CHECK_STATUS(skv_paged_topk(ctx, &bad, &pb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+            bad = pk;
+            bad.block_bytes = soff + (size_t)P * sb - 1; /* scales missing */
+            CHECK_STATUS(skv_paged_topk(ctx, &bad, &pb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        }
+        if (dt == SKV_FP8_E4M3) {
+            skv_paged_keys bad = pk;
+            bad.block_bytes = bbytes + 2;
+            CHECK_STATUS(skv_paged_topk(ctx, &bad, &pb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        }
+        skv_paged_batch badb = pb;
+        int32_t qbad[S + 1];
+        memcpy(qbad, qs, sizeof qbad);
+        qbad[2] = qbad[3] + 1;
+        badb.q_start = qbad;
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &badb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        long touched = 0;
+        for (size_t i = 0; i < (size_t)T * k; i++)
+            touched += got[i] != 0x5a5a5a5a;
+        CHECK(touched == 0, "refused paged calls wrote their output");
+        skv_kcache_destroy(kc);
+        free(got), free(want), free(gs), free(ws), free(pool);
+        qbuf_free(&o);
+    }
+    skv_context_destroy(ctx);
+}
+
+static void test_ragged(void)
+{
+    rng r = {77};
+    const int32_t D = 64, H = 12, k = 20, S = 8;
+    const int64_t L = 4000;
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    mxkeys m;
+    mxkeys_make(&m, &r, L, D, 0);
+    const skv_key_block kb = mx_block(&m);
+    int32_t ks[64], ke[64], seq_of[64], T = 0;
+    int64_t at = 0;
+    for (int i = 0; i < S; i++) {
+        const int64_t len = rng_int(&r, 1, L / S), n = rng_int(&r, 1, 4);
+        for (int64_t j = 0; j < n; j++, T++) {
+            ks[T] = (int32_t)at;
+            ke[T] = (int32_t)(at + (len - n + j + 1 > 0 ? len - n + j + 1 : 0));
+            seq_of[T] = i;
+        }
+        at += len;
+    }
+    qbuf o;
+    qbuf_make(&o, &r, T, H, D, SKV_FP8_E4M3, 0, 0);
+    o.q.positions = NULL;
+    o.q.n_sink = 2, o.q.n_window = 3;
+    int32_t got[64 * 20], rel[64 * 20], want[64 * 20];
+    float gs[64 * 20], ws[64 * 20];
+    CHECK_OK(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, gs));
+    CHECK_OK(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, SKV_RAGGED_RELATIVE, rel, NULL));
+    for (int32_t t0 = 0, t1; t0 < T; t0 = t1) { /* per sequence, as separate calls */
+        for (t1 = t0; t1 < T && seq_of[t1] == seq_of[t0]; t1++)
+            ;
+        int32_t pos[4];
+        for (int32_t t = t0; t < t1; t++)
+            pos[t - t0] = ke[t] - ks[t0] - 1;
+        const skv_key_block sub = {ke[t1 - 1] - ks[t0], D, SKV_MXFP4_E2M1,
+                                   m.codes + (size_t)ks[t0] * D / 2, NULL, m.scales + (size_t)ks[t0] * D / 32};
+        skv_indexer_query sq = o.q;
+        sq.n_tokens = t1 - t0;
+        sq.q = (const uint8_t *)o.qd + (size_t)t0 * H * D;
+        sq.q_scale = o.qs + (size_t)t0 * H;
+        sq.weights = o.w + (size_t)t0 * H;
+        sq.positions = pos;
+        CHECK_OK(skv_indexer_topk(ctx, &sq, &sub, k, want + t0 * k, ws + t0 * k));
+    }
+    long bad = 0;
+    for (int32_t i = 0; i < T * k; i++) {
+        const int32_t base = ks[i / k];
+        bad += rel[i] != want[i] || got[i] != (want[i] < 0 ? -1 : want[i] + base) ||
+               !same_float(gs[i], ws[i]);
+    }
+    CHECK(bad == 0, "ragged batch differs from per-sequence calls (%ld)", bad);
+    ks[3] = ke[3] + 1;
+    memset(got, 0x5a, sizeof got);
+    CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, NULL), SKV_ERR_INVALID_ARG);
+    ks[3] = ke[3];
+    ke[5] = (int32_t)L + 1;
+    CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, NULL), SKV_ERR_INVALID_ARG);
+    ke[5] = ks[5];
+    o.q.positions = o.pos;
+    CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, NULL), SKV_ERR_INVALID_ARG);
+    CHECK(got[0] == 0x5a5a5a5a && got[T * k - 1] == 0x5a5a5a5a, "refused ragged call wrote");
+    qbuf_free(&o);
+    mxkeys_free(&m);
+    skv_context_destroy(ctx);
+}
+
+static void test_compressed(void)
+{
+    /* visibility: entry i is seen by position p iff (i + 1) * ratio <= p + 1 */
+    int32_t pos[40], out[40];
+    for (int i = 0; i < 40; i++)
+        pos[i] = i - 3;
+    CHECK_OK(skv_compressed_positions(pos, 40, 4, out));
+    long bad = 0;
+    for (int i = 0; i < 40; i++) {
+        int32_t last = -1;
+        for (int32_t e = 0; (e + 1) * 4 <= pos[i] + 1; e++)
+            last = e;
+        bad += out[i] != last;
+    }
+    CHECK(bad == 0, "compressed positions off the rule (%ld)", bad);
+    CHECK(skv_compressed_count(1023, 4) == 255 && skv_compressed_count(1024, 4) == 256, "count");
+    const int32_t sel[4] = {0, 5, 17, -1};
+    int32_t tok[16], pages[16];
+    CHECK_OK(skv_compressed_expand(sel, 4, 4, tok));
+    CHECK(tok[0] == 0 && tok[3] == 3 && tok[4] == 20 && tok[11] == 71 && tok[12] == -1 && tok[15] == -1,
+          "expanded tokens");
+    int64_t np = 0;
+    CHECK_OK(skv_compressed_pages(sel, 4, 4, 8, pages, &np));
+    CHECK(np == 3 && pages[0] == 0 && pages[1] == 2 && pages[2] == 8, "pages %lld", (long long)np);
+    const int32_t big[1] = {INT32_MAX / 4};
+    CHECK_STATUS(skv_compressed_expand(big, 1, 4, tok), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_compressed_positions(pos, 4, 0, out), SKV_ERR_INVALID_ARG);
+
+    /* a decode run: entries appended to an MXFP4 key cache as the compressor emits them, each
+       step's top-k against the plain model on the visible entries */
+    rng r = {4};
+    const int32_t D = 64, H = 8, ratio = 4, k = 16;
+    const int64_t N = 700;
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    mxkeys m;
+    mxkeys_make(&m, &r, N / ratio, D, 0);
+    skv_kcache_params kp;
+    skv_kcache_params_init(&kp);
+    kp.head_dim = D, kp.dtype = SKV_MXFP4_E2M1;
+    skv_kcache *kc;
+    int32_t seq;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+    CHECK_OK(skv_kcache_seq_create(kc, &seq));
+    qbuf o;
+    qbuf_make(&o, &r, 1, H, D, SKV_F32, 0, 0);
+    const skv_key_block all = mx_block(&m);
+    float *sc = xmalloc((size_t)(N / ratio) * 4);
+    long off = 0;
+    for (int64_t p = 0; p < N; p++) {
+        int64_t have;
+        CHECK_OK(skv_kcache_seq_length(kc, seq, 0, &have));
+        if (skv_compressed_count(p + 1, ratio) > have) { /* token p completes an entry */
+            const skv_key_block e = {1, D, SKV_MXFP4_E2M1, m.codes + have * D / 2, NULL, m.scales + have * D / 32};
+            CHECK_OK(skv_kcache_append(kc, seq, 0, &e));
+        }
+        if (p % 37)
+            continue;
+        const int32_t tp = (int32_t)p;
+        int32_t ep;
+        CHECK_OK(skv_compressed_positions(&tp, 1, ratio, &ep));
+        o.q.positions = &ep;
+        int32_t got[16], want[16];
+        CHECK_OK(skv_kcache_topk(kc, seq, 0, &o.q, k, got, NULL));
+        const int64_t vis = (p + 1) / ratio;
+        if (vis > 0) {
+            o.q.positions = NULL;
+            const skv_key_block vk = {vis, D, SKV_MXFP4_E2M1, all.k, NULL, all.k_mx_scale};
+            CHECK_OK(skv_indexer_scores(ctx, &o.q, &vk, sc));
+        }
+        sort_topk(sc, vis, k, want, NULL);
+        for (int j = 0; j < k; j++)
+            off += got[j] != want[j];
+    }
+    CHECK(off == 0, "compressed decode top-k off the model (%ld)", off);
+    skv_kcache_destroy(kc);
+    free(sc);
+    qbuf_free(&o);
+    mxkeys_free(&m);
+    skv_context_destroy(ctx);
+}
+
 int main(int argc, char **argv)
 {
     quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -665,5 +948,8 @@ int main(int argc, char **argv)
     test_mx_badargs();
     test_mx_scores();
     test_mx_paths();
+    test_paged();
+    test_ragged();
+    test_compressed();
     return test_summary("v4");
 }

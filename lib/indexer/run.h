@@ -3,6 +3,7 @@
 #define SKV_INDEXER_RUN_H
 
 #include "core/core.h"
+#include "sparsekv/engine.h"
 #include "sparsekv/indexer.h"
 
 /* The means of whole pooled blocks of `block` tokens that a key cache keeps for the router
