@@ -3,6 +3,7 @@
  * hand-worked values, scores at every level against the double formula on dequantised values,
  * top-k, key cache, MISA/HISA, IndexCache). */
 #include "common.h"
+#include "kernels/kernels.h"
 
 static int quick;
 
@@ -117,6 +118,48 @@ static void test_mxfp4_quantiser(void)
     CHECK_STATUS(skv_quantize_mxfp4(&x[0][0], 1, 48, 48, &out[0][0], sb), SKV_ERR_INVALID_ARG);
     CHECK_STATUS(skv_quantize_mxfp4(&x[0][0], 1, 32, 16, &out[0][0], sb), SKV_ERR_INVALID_ARG);
     CHECK_STATUS(skv_quantize_mxfp4(&x[0][0], 1, 32, 32, NULL, sb), SKV_ERR_INVALID_ARG);
+}
+
+/* Every level's MXFP4 conversions against the values in double: all 256 code pairs, every
+ * scale byte (subnormal, large, overflowing and NaN ones included), ragged block counts. */
+static void test_mx_convert(void)
+{
+    const int64_t n = 256 + 7;
+    uint8_t *packed = xmalloc((size_t)n * 16), *sc = xmalloc((size_t)n);
+    for (int64_t b = 0; b < n; b++) {
+        sc[b] = (uint8_t)(b % 256);
+        for (int i = 0; i < 16; i++)
+            packed[b * 16 + i] = (uint8_t)((b * 16 + i) * 37 % 256);
+    }
+    float *f = xmalloc((size_t)(n + 1) * 32 * 4);
+    uint16_t *h = xmalloc((size_t)(n + 1) * 32 * 2);
+    for (int li = 0; li < N_LEVELS; li++) {
+        const level *lv = &all_levels[li];
+        if (!level_available(lv))
+            continue;
+        skv_kernels kern;
+        skv_kernels_init(&kern, lv->mask);
+        for (int64_t m = 0; m <= n; m += (m < 3 ? 1 : 37)) {
+            memset(f, 0x5a, (size_t)(n + 1) * 32 * 4);
+            memset(h, 0x5a, (size_t)(n + 1) * 32 * 2);
+            kern.mxfp4_to_f32(packed, sc, m, f);
+            kern.mxfp4_to_bf16(packed, sc, m, h);
+            long bad = 0;
+            for (int64_t i = 0; i < m * 32; i++) {
+                const uint8_t byte = packed[i / 2], b = sc[i / 32];
+                const double v = e2m1_value(i % 2 ? byte >> 4 : byte & 15) * ldexp(1.0, (int)b - 127);
+                const float want = b == 255 ? NAN : (float)v; /* past the f32 range: inf */
+                const float hb = skv_bf16_to_f32(h[i]);
+                bad += !same_float(f[i], want) || signbit(f[i]) != signbit(want);
+                bad += !same_float(hb, want) || signbit(hb) != signbit(want);
+            }
+            uint32_t past;
+            memcpy(&past, f + m * 32, 4);
+            bad += past != 0x5a5a5a5au || h[m * 32] != 0x5a5a; /* nothing past the m blocks */
+            CHECK(bad == 0, "%s: %lld blocks: %ld values off", lv->name, (long long)m, bad);
+        }
+    }
+    free(packed), free(sc), free(f), free(h);
 }
 
 /* ---- MXFP4 keys against the double formula -------------------------------------------------- */
@@ -943,6 +986,7 @@ int main(int argc, char **argv)
     quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_fp8_quant_options();
     test_mxfp4_quantiser();
+    test_mx_convert();
     test_null_q_scale();
     test_forced();
     test_mx_badargs();
