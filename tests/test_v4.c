@@ -795,6 +795,16 @@ static void test_paged(void)
             free(rows), free(sc);
         }
         CHECK(same_topk(got, gs, want, ws, (size_t)T * k), "dtype %d: host pages differ from the key cache", dt);
+        /* the same rule given as positions */
+        int32_t *ps = xmalloc((size_t)T * 4);
+        for (int i = 0; i < S; i++)
+            for (int32_t t = qs[i]; t < qs[i + 1]; t++)
+                ps[t] = lens[i] - (qs[i + 1] - qs[i]) + (t - qs[i]);
+        o.q.positions = ps;
+        CHECK_OK(skv_paged_topk(ctx, &pk, &pb, &o.q, k, want, ws));
+        CHECK(same_topk(got, gs, want, ws, (size_t)T * k), "dtype %d: positions differ from the rule", dt);
+        o.q.positions = NULL;
+        free(ps);
         /* bad arguments: a block id out of range, scales inside the values, misaligned fp8
            blocks, a bad q_start; nothing written */
         memset(got, 0x5a, (size_t)T * k * 4);

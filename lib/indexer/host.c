@@ -22,6 +22,16 @@ static skv_indexer_query sub_query(const skv_indexer_query *q, int32_t t0, int32
     return s;
 }
 
+/* The results of tokens that see no key: padding only. */
+static void pad(int32_t *idx, float *score, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        idx[j] = -1;
+        if (score)
+            score[j] = -INFINITY;
+    }
+}
+
 static skv_status check_paged(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
                               const skv_indexer_query *q)
 {
@@ -111,12 +121,8 @@ skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys, const sk
         };
         int32_t *oi = out_idx + (size_t)t0 * k;
         float *os = out_score ? out_score + (size_t)t0 * k : NULL;
-        if (len == 0) { /* nothing visible: padding only */
-            for (size_t j = 0; j < (size_t)(t1 - t0) * k; j++) {
-                oi[j] = -1;
-                if (os)
-                    os[j] = -INFINITY;
-            }
+        if (len == 0) { /* nothing visible */
+            pad(oi, os, (size_t)(t1 - t0) * k);
             continue;
         }
         SKV_TRY(skv_indexer_run(ctx, &sq, &src, k, NULL, oi, os));
@@ -162,11 +168,7 @@ skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_query *q,
         int32_t *oi = out_idx + (size_t)t0 * k;
         float *os = out_score ? out_score + (size_t)t0 * k : NULL;
         if (src.n_keys == 0) {
-            for (size_t j = 0; j < (size_t)(t1 - t0) * k; j++) {
-                oi[j] = -1;
-                if (os)
-                    os[j] = -INFINITY;
-            }
+            pad(oi, os, (size_t)(t1 - t0) * k);
             continue;
         }
         SKV_TRY(skv_indexer_run(ctx, &sq, &src, k, NULL, oi, os));
