@@ -991,6 +991,108 @@ static void test_compressed(void)
     skv_context_destroy(ctx);
 }
 
+/* Allocation failure at each allocation of a paged, a ragged and an MXFP4 cache call: a clear
+ * NOMEM (or success with the same result), nothing leaked. */
+typedef struct fail_alloc { long n, fail_at, live; } fail_alloc;
+
+static void *fa_alloc(void *user, size_t size, size_t align)
+{
+    fail_alloc *f = user;
+    if (++f->n == f->fail_at)
+        return NULL;
+    f->live++;
+    return aligned_alloc(align, (size + align - 1) / align * align);
+}
+
+static void fa_free(void *user, void *p, size_t size)
+{
+    fail_alloc *f = user;
+    (void)size;
+    if (p)
+        f->live--;
+    free(p);
+}
+
+static skv_status alloc_scenario(fail_alloc *fa, const mxkeys *m, const qbuf *o, int32_t *out)
+{
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 2;
+    cp.allocator = (skv_allocator){fa_alloc, fa_free, fa};
+    skv_context *ctx;
+    skv_status st = skv_context_create(&cp, &ctx);
+    if (st != SKV_OK)
+        return st;
+    const int32_t k = 8, P = 16, D = m->D;
+    int32_t table[8] = {3, 1, 0, 2, 7, 6, 5, 4}, len = (int32_t)m->L;
+    const skv_paged_keys pk = {D, SKV_MXFP4_E2M1, P, NULL, 8, (size_t)P * (D / 2 + D / 32), (size_t)P * D / 2};
+    uint8_t *pool = xmalloc(pk.block_bytes * 8);
+    for (int32_t s = 0; s < len; s++) {
+        uint8_t *blk = pool + (size_t)table[s / P] * pk.block_bytes;
+        memcpy(blk + (size_t)(s % P) * D / 2, m->codes + (size_t)s * D / 2, (size_t)D / 2);
+        memcpy(blk + pk.scale_offset + (size_t)(s % P) * D / 32, m->scales + (size_t)s * D / 32, (size_t)D / 32);
+    }
+    skv_paged_keys pk2 = pk;
+    pk2.pool = pool;
+    const skv_paged_batch pb = {1, table, 8, &len, NULL};
+    skv_indexer_query q = o->q;
+    q.n_tokens = 1;
+    st = skv_paged_topk(ctx, &pk2, &pb, &q, k, out, NULL);
+    const int32_t ks = 0, ke = len;
+    if (st == SKV_OK) {
+        q.positions = NULL;
+        st = skv_indexer_topk_ragged(ctx, &q, &(skv_key_block){m->L, D, SKV_MXFP4_E2M1, m->codes, NULL, m->scales},
+                                     &ks, &ke, k, 0, out + k, NULL);
+    }
+    skv_kcache *kc = NULL;
+    if (st == SKV_OK) {
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = D, kp.dtype = SKV_MXFP4_E2M1, kp.page_tokens = P, kp.pool_chunk = 4;
+        st = skv_kcache_create(ctx, &kp, &kc);
+    }
+    int32_t seq;
+    if (st == SKV_OK)
+        st = skv_kcache_seq_create(kc, &seq);
+    if (st == SKV_OK) {
+        const skv_key_block kb = {m->L, D, SKV_F32, m->f32, NULL};
+        st = skv_kcache_append(kc, seq, 0, &kb);
+    }
+    if (st == SKV_OK) {
+        q.positions = o->q.positions;
+        st = skv_kcache_topk(kc, seq, 0, &q, k, out + 2 * k, NULL);
+    }
+    skv_kcache_destroy(kc);
+    skv_context_destroy(ctx);
+    free(pool);
+    return st;
+}
+
+static void test_alloc_failures(void)
+{
+    rng r = {5};
+    mxkeys m;
+    mxkeys_make(&m, &r, 120, 64, 0);
+    qbuf o;
+    qbuf_make(&o, &r, 1, 8, 64, SKV_FP8_E4M3, 120, 0);
+    o.pos[0] = 119;
+    int32_t want[24], got[24];
+    fail_alloc fa = {0, 0, 0};
+    CHECK_OK(alloc_scenario(&fa, &m, &o, want));
+    const long total = fa.n;
+    for (long at = 1; at <= total; at++) {
+        fail_alloc f = {0, at, 0};
+        memset(got, 0, sizeof got);
+        const skv_status st = alloc_scenario(&f, &m, &o, got);
+        CHECK(st == SKV_ERR_NOMEM || (st == SKV_OK && memcmp(got, want, sizeof got) == 0),
+              "failing allocation %ld of %ld: %d", at, total, st);
+        CHECK(f.live == 0, "failing allocation %ld: %ld blocks leaked", at, f.live);
+    }
+    CHECK(want[0] == want[8] && want[0] == want[16], "paged, ragged and cache disagree");
+    qbuf_free(&o);
+    mxkeys_free(&m);
+}
+
 int main(int argc, char **argv)
 {
     quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -1005,5 +1107,6 @@ int main(int argc, char **argv)
     test_paged();
     test_ragged();
     test_compressed();
+    test_alloc_failures();
     return test_summary("v4");
 }
