@@ -1093,6 +1093,65 @@ static void test_alloc_failures(void)
     mxkeys_free(&m);
 }
 
+/* bf16 gates: the results of f32 weights holding the same values, in every path. */
+static void test_bf16_weights(void)
+{
+    rng r = {31};
+    const int32_t T = 3, H = 16, D = 64, k = 20;
+    const int64_t L = 2100;
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    mxkeys m;
+    mxkeys_make(&m, &r, L, D, 0);
+    const skv_key_block kb = mx_block(&m);
+    qbuf o;
+    qbuf_make(&o, &r, T, H, D, SKV_BF16, L, 0);
+    uint16_t wb[T * H];
+    for (int i = 0; i < T * H; i++) {
+        wb[i] = skv_f32_to_bf16(o.w[i]);
+        o.w[i] = skv_bf16_to_f32(wb[i]);
+    }
+    skv_indexer_query qb = o.q;
+    qb.weights = NULL, qb.weights_bf16 = wb;
+    float *pooled = xmalloc((size_t)(L / 16 + 1) * D * 4);
+    CHECK_OK(skv_pool_keys(&kb, 16, pooled));
+    const skv_pooled_keys pk = {16, pooled};
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.heads = 3, mp.block = 64, mp.min_length = 0;
+    skv_hisa_params hp;
+    skv_hisa_params_init(&hp);
+    hp.block = 64, hp.blocks = 4, hp.min_length = 0;
+    int32_t a[T * k], b[T * k];
+    float as[T * k], bs[T * k];
+    const int32_t ks[3] = {0, 500, 1000}, ke[3] = {(int32_t)L, 900, (int32_t)L - 1};
+    for (int path = 0; path < 4; path++) {
+        for (int side = 0; side < 2; side++) {
+            skv_indexer_query qq = side ? qb : o.q;
+            const skv_indexer_query *q = &qq;
+            if (path == 3) {
+                qq.positions = NULL;
+                CHECK_OK(skv_indexer_topk_ragged(ctx, q, &kb, ks, ke, k, 0, side ? b : a, side ? bs : as));
+                continue;
+            }
+            int32_t *oi = side ? b : a;
+            float *os = side ? bs : as;
+            if (path == 0)
+                CHECK_OK(skv_indexer_topk(ctx, q, &kb, k, oi, os));
+            else if (path == 1)
+                CHECK_OK(skv_misa_topk(ctx, q, &kb, &pk, &mp, k, oi, os));
+            else
+                CHECK_OK(skv_hisa_topk(ctx, q, &kb, &pk, &hp, k, oi, os));
+        }
+        CHECK(same_topk(a, as, b, bs, (size_t)T * k), "path %d: bf16 weights differ from f32", path);
+    }
+    qb.weights = o.w; /* both given */
+    CHECK_STATUS(skv_indexer_topk(ctx, &qb, &kb, k, a, NULL), SKV_ERR_INVALID_ARG);
+    free(pooled);
+    qbuf_free(&o);
+    mxkeys_free(&m);
+    skv_context_destroy(ctx);
+}
+
 int main(int argc, char **argv)
 {
     quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -1108,5 +1167,6 @@ int main(int argc, char **argv)
     test_ragged();
     test_compressed();
     test_alloc_failures();
+    test_bf16_weights();
     return test_summary("v4");
 }

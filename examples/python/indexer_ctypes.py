@@ -19,7 +19,8 @@ class IndexerQuery(ctypes.Structure):
                 ("q", ctypes.c_void_p), ("q_scale", ctypes.POINTER(ctypes.c_float)),
                 ("weights", ctypes.POINTER(ctypes.c_float)),
                 ("positions", ctypes.POINTER(ctypes.c_int32)),
-                ("n_sink", ctypes.c_int32), ("n_window", ctypes.c_int32)]
+                ("n_sink", ctypes.c_int32), ("n_window", ctypes.c_int32),
+                ("weights_bf16", ctypes.POINTER(ctypes.c_uint16))]
 
 
 class KeyBlock(ctypes.Structure):

@@ -30,6 +30,8 @@ typedef struct skv_indexer_query {
        k - (their count) places hold the best of the remaining keys as usual. Every top-k path
        (contiguous, key cache, MISA/HISA, IndexCache) honours them; scores ignore them. */
     int32_t n_sink, n_window;
+    const uint16_t *weights_bf16; /* the weights as bf16 [n_tokens][n_heads] instead (engines that
+                                     keep the gates in bf16); then weights is NULL. Widened exactly */
 } skv_indexer_query;
 
 /* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */

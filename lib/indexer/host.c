@@ -12,12 +12,8 @@
 static skv_indexer_query sub_query(const skv_indexer_query *q, int32_t t0, int32_t t1,
                                    const int32_t *pos)
 {
-    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
-    skv_indexer_query s = *q;
+    skv_indexer_query s = skv_query_from(q, t0);
     s.n_tokens = t1 - t0;
-    s.q = (const uint8_t *)q->q + (size_t)t0 * hd * skv_dtype_size(q->dtype);
-    s.q_scale = q->q_scale ? q->q_scale + (size_t)t0 * q->n_heads : NULL;
-    s.weights = q->weights + (size_t)t0 * q->n_heads;
     s.positions = pos;
     return s;
 }

@@ -68,7 +68,7 @@ skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
         return SKV_ERR_UNSUPPORTED;
     SKV_CHECK(ctx, q->dtype == SKV_FP8_E4M3 || q->q_scale == NULL); /* FP8: NULL = scales of 1 */
     SKV_CHECK(ctx, q->n_sink >= 0 && q->n_window >= 0);
-    SKV_CHECK(ctx, q->n_tokens == 0 || (q->q != NULL && q->weights != NULL));
+    SKV_CHECK(ctx, q->n_tokens == 0 || (q->q != NULL && (q->weights != NULL) != (q->weights_bf16 != NULL)));
     return SKV_OK;
 }
 
@@ -141,12 +141,13 @@ static inline __attribute__((always_inline)) segment segment_at(const skv_key_sr
 static void pack_token(const plan *p, int32_t t, void *dst)
 {
     const skv_indexer_query *q = p->q;
+    float wbuf[4096]; /* n_heads <= 4096 */
     const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
     skv_qpack_args a = {
         .q = (const uint8_t *)q->q + (size_t)t * hd * skv_dtype_size(q->dtype),
         .q_dtype = q->dtype,
         .qscale = q->q_scale ? q->q_scale + (size_t)t * q->n_heads : NULL,
-        .w = q->weights + (size_t)t * q->n_heads,
+        .w = skv_query_weights(q, t, wbuf),
         .H = q->n_heads,
         .D = q->head_dim,
         .scaled = p->scaled,

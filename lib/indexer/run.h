@@ -74,6 +74,29 @@ skv_context *skv_kcache_context(const skv_kcache *c);
 skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
                                    int32_t head_dim, skv_dtype key_dtype);
 
+/* Token t's weights as f32: q->weights' row, or its bf16 row widened into tmp [n_heads]. */
+static inline const float *skv_query_weights(const skv_indexer_query *q, int32_t t, float *tmp)
+{
+    if (q->weights)
+        return q->weights + (size_t)t * q->n_heads;
+    for (int32_t h = 0; h < q->n_heads; h++)
+        tmp[h] = skv_bf16_bits_f32(q->weights_bf16[(size_t)t * q->n_heads + h]);
+    return tmp;
+}
+
+/* The query of tokens t0.. of q: its pointers moved to token t0 (n_tokens and positions are the
+ * caller's). */
+static inline skv_indexer_query skv_query_from(const skv_indexer_query *q, int32_t t0)
+{
+    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
+    skv_indexer_query s = *q;
+    s.q = (const uint8_t *)q->q + (size_t)t0 * hd * skv_dtype_size(q->dtype);
+    s.q_scale = q->q_scale ? q->q_scale + (size_t)t0 * q->n_heads : NULL;
+    s.weights = q->weights ? q->weights + (size_t)t0 * q->n_heads : NULL;
+    s.weights_bf16 = q->weights_bf16 ? q->weights_bf16 + (size_t)t0 * q->n_heads : NULL;
+    return s;
+}
+
 /* Token t's visible keys v (returned), and its forced ones: sinks [0, sink_end) and window
  * [window_start, v) (see skv_indexer_query). */
 int64_t skv_forced_bounds(const skv_indexer_query *q, int32_t t, int64_t n_keys, int64_t *sink_end,

@@ -49,7 +49,7 @@ static void routed_query(const skv_indexer_query *q, const int32_t *heads, int32
         for (int32_t i = 0; i < h; i++) {
             const size_t from = (size_t)t * q->n_heads + sorted[i], to = (size_t)t * h + i;
             memcpy(qr + to * row, (const uint8_t *)q->q + from * row, row);
-            wr[to] = q->weights[from];
+            wr[to] = q->weights ? q->weights[from] : skv_bf16_bits_f32(q->weights_bf16[from]);
             if (sr)
                 sr[to] = q->q_scale[from];
         }
