@@ -157,6 +157,7 @@ static const char *dtype_name(skv_dtype t)
     case SKV_BF16: return "bf16";
     case SKV_F16: return "f16";
     case SKV_FP8_E4M3: return "fp8";
+    case SKV_MXFP4_E2M1: return "mxfp4";
     }
     return "?";
 }

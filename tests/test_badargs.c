@@ -237,7 +237,7 @@ static void test_quantize(void)
     Q_FAILS(x, 4, INT32_MIN, 8, 0, out, sc);
     Q_FAILS(x, 4, 8, 7, 0, out, sc);
     Q_FAILS(x, 4, 8, -8, 0, out, sc);
-    Q_FAILS(x, 4, 8, 8, 2, out, sc);
+    Q_FAILS(x, 4, 8, 8, 8, out, sc);
     Q_FAILS(x, 4, 8, 8, 0x80000000u, out, sc);
     Q_FAILS(x, 4, 8, 8, SKV_QUANT_POW2_SCALE | 4, out, sc);
     Q_FAILS(x, 0, 0, 8, 0, out, sc); /* n_cols < 1 even with no rows */
@@ -362,7 +362,7 @@ static void test_indexer(skv_context *ctx)
     idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "F16 keys, NULL k");
     kb = k0, kb.dtype = SKV_F16, kb.head_dim = 7;
     idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "F16 keys, head_dim mismatch");
-    static const skv_dtype bad_dt[] = {(skv_dtype)99, (skv_dtype)4, (skv_dtype)-1};
+    static const skv_dtype bad_dt[] = {(skv_dtype)99, (skv_dtype)6, (skv_dtype)-1};
     for (int i = 0; i < 3; i++) {
         q = q0, q.dtype = bad_dt[i];
         idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "unknown query dtype");
@@ -371,8 +371,8 @@ static void test_indexer(skv_context *ctx)
     }
 
     /* scales: required for FP8, refused otherwise */
-    q = q8, q.q_scale = NULL;
-    idx_refused(ctx, &q, &k8, SKV_ERR_INVALID_ARG, "FP8 query without q_scale");
+    q = q8, q.q_scale = NULL; /* FP8 queries: NULL q_scale means scales of 1 */
+    CHECK_OK(skv_indexer_scores(ctx, &q, &k8, out));
     q = q0, q.q_scale = f.qs;
     idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "F32 query with q_scale");
     kb = k8, kb.k_scale = NULL;
@@ -554,7 +554,7 @@ static void test_kcache_create(skv_context *ctx)
     BAD(max_pages, -1, SKV_ERR_INVALID_ARG);
     BAD(max_pages, INT64_MIN, SKV_ERR_INVALID_ARG);
     BAD(max_seqs, -1, SKV_ERR_INVALID_ARG);
-    BAD(quant_flags, 2, SKV_ERR_INVALID_ARG);
+    BAD(quant_flags, 4, SKV_ERR_INVALID_ARG);
     BAD(quant_flags, 0xffffffffu, SKV_ERR_INVALID_ARG);
     BAD(dtype, SKV_F16, SKV_ERR_UNSUPPORTED);
     BAD(dtype, (skv_dtype)99, SKV_ERR_INVALID_ARG);
@@ -914,8 +914,8 @@ static void test_kcache_ops(skv_context *ctx, skv_dtype dt)
     KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, query dtype 99");
     q = q0, q.q_scale = fx.qs;
     KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, F32 query with q_scale");
-    q = q0, q.dtype = SKV_FP8_E4M3, q.q = fx.q8;
-    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, FP8 query without q_scale");
+    q = q0, q.dtype = SKV_FP8_E4M3, q.q = fx.q8; /* NULL q_scale: scales of 1 */
+    CHECK_OK(skv_kcache_scores(f.c, f.a, 0, &q, out_s));
     memset(oidx, SENT, sizeof oidx), memset(osc, SENT, sizeof osc);
     CHECK_STATUS(skv_kcache_topk(f.c, f.a, 0, &q0, 0, oidx, osc), SKV_ERR_INVALID_ARG);
     CHECK_STATUS(skv_kcache_topk(f.c, f.a, 0, &q0, -5, oidx, osc), SKV_ERR_INVALID_ARG);

@@ -18,13 +18,16 @@ class IndexerQuery(ctypes.Structure):
                 ("head_dim", ctypes.c_int32), ("dtype", ctypes.c_int),
                 ("q", ctypes.c_void_p), ("q_scale", ctypes.POINTER(ctypes.c_float)),
                 ("weights", ctypes.POINTER(ctypes.c_float)),
-                ("positions", ctypes.POINTER(ctypes.c_int32))]
+                ("positions", ctypes.POINTER(ctypes.c_int32)),
+                ("n_sink", ctypes.c_int32), ("n_window", ctypes.c_int32),
+                ("weights_bf16", ctypes.POINTER(ctypes.c_uint16))]
 
 
 class KeyBlock(ctypes.Structure):
     _fields_ = [("n_keys", ctypes.c_int64), ("head_dim", ctypes.c_int32),
                 ("dtype", ctypes.c_int), ("k", ctypes.c_void_p),
-                ("k_scale", ctypes.POINTER(ctypes.c_float))]
+                ("k_scale", ctypes.POINTER(ctypes.c_float)),
+                ("k_mx_scale", ctypes.POINTER(ctypes.c_uint8))]
 
 
 def load(path):

@@ -42,15 +42,23 @@ SKV_API const char *skv_status_string(skv_status s);
 SKV_API int skv_version(void);
 
 /* Element types. FP8_E4M3 is OCP e4m3fn (no infinities, NaN = S.1111.111, max 448), always
- * paired with one f32 scale per row: value = fp8 * scale. */
+ * paired with one f32 scale per row: value = fp8 * scale.
+ * MXFP4_E2M1 (OCP MX; indexer keys only) is the layout of the engines' fp4 indexer caches
+ * (vLLM, SGLang, DeepGEMM's fp8_fp4_paged_mqa_logits): a row of D values (D a multiple of 32)
+ * is D / 2 bytes, value 2i in the low nibble of byte i and 2i + 1 in the high nibble, each an
+ * E2M1 code (bit 3 the sign; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6), paired with D / 32 UE8M0
+ * scale bytes, one per 32 values: value = e2m1 * 2^(byte - 127); byte 255 is NaN. */
 typedef enum skv_dtype {
     SKV_F32 = 0,
     SKV_BF16 = 1,
     SKV_F16 = 2,
-    SKV_FP8_E4M3 = 3
+    SKV_FP8_E4M3 = 3,
+    SKV_MXFP4_E2M1 = 4
+    /* 5: reserved for SKV_Q8_0 */
 } skv_dtype;
 
-/* Bytes per element of a dtype; 0 for an unknown dtype. */
+/* Bytes per element of a dtype; 0 for an unknown dtype and for MXFP4 (half a byte each, plus
+ * a scale byte per 32). */
 SKV_API size_t skv_dtype_size(skv_dtype t);
 
 /* ---- allocator and logger hooks ---------------------------------------------------------- */
@@ -143,15 +151,45 @@ SKV_API skv_status skv_convert(skv_dtype dst_type, void *dst, skv_dtype src_type
                                int64_t n);
 
 /* Quantise f32 rows to fp8-e4m3 with one f32 scale per row, as DeepSeek's reference does:
- * amax = max(max|x|, 1e-4); scale = amax / 448, or with SKV_QUANT_POW2_SCALE the smallest power
- * of two >= amax / 448 ("ue8m0"); out = e4m3(x / scale), saturating. NaN inputs stay NaN (and
- * do not enter amax); infinities saturate.
+ * amax = max(max|x|, 1e-4); scale = amax * (1 / 448) (the f32 reciprocal, DeepSeek's kernel),
+ * or amax / 448 rounded once with SKV_QUANT_DIV_SCALE (vLLM's; the two differ by an ulp for
+ * some amax), or with SKV_QUANT_POW2_SCALE the smallest power of two >= that ("ue8m0");
+ * out = e4m3(x / scale), saturating. NaN inputs stay NaN (and do not enter amax); infinities
+ * saturate.
  * x [n_rows][n_cols] with rows `x_stride` floats apart; out [n_rows][n_cols] bytes, contiguous;
  * scales [n_rows]. Errors: INVALID_ARG. */
-enum { SKV_QUANT_POW2_SCALE = 1 /* scales are powers of two (UE8M0) */ };
+enum {
+    SKV_QUANT_POW2_SCALE = 1, /* scales are powers of two (UE8M0) */
+    SKV_QUANT_DIV_SCALE = 2   /* scale = amax / 448 rounded once (vLLM's) */
+};
 /* See above. Thread-safe; borrows x, out and scales for the call. */
 SKV_API skv_status skv_quantize_fp8(const float *x, int64_t n_rows, int32_t n_cols, int64_t x_stride,
                                     uint32_t flags, uint8_t *out, float *scales);
+/* The same with one scale per `block` columns of a row (DeepSeek's act_quant: 128 of a longer
+ * row; the last block of a row may be shorter): scales [n_rows][ceil(n_cols / block)].
+ * block >= n_cols is skv_quantize_fp8. Errors: INVALID_ARG (also block < 1). */
+SKV_API skv_status skv_quantize_fp8_blocks(const float *x, int64_t n_rows, int32_t n_cols,
+                                           int64_t x_stride, int32_t block, uint32_t flags,
+                                           uint8_t *out, float *scales);
+
+/* MXFP4 (see skv_dtype). The quantiser: for each 32 values, amax = the largest finite |x|;
+ * the scale exponent e = ceil(log2(amax / 6)) of the f32 quotient, clamped to [-127, 127] (so
+ * amax / 2^e <= 6: the power of two that makes amax fit E2M1's largest value, as the engines'
+ * reference quantisers compute it); codes = E2M1(x / 2^e), rounded to nearest with ties to the
+ * even code (the hardware conversion's rounding), saturating at 6 (infinities too). A NaN
+ * makes its block's scale byte 255 (every value of the block NaN) and its codes 0.
+ * x [n_rows][n_cols] (n_cols a multiple of 32) with rows x_stride floats apart; out
+ * [n_rows][n_cols / 2] bytes and scales [n_rows][n_cols / 32], contiguous. Errors: INVALID_ARG. */
+SKV_API skv_status skv_quantize_mxfp4(const float *x, int64_t n_rows, int32_t n_cols,
+                                      int64_t x_stride, uint8_t *out, uint8_t *scales);
+/* The exact values: out [n_rows][n_cols] = e2m1 * 2^(scale - 127), as f32 (values past the f32
+ * range, from scale bytes above 253, are infinite). Errors: INVALID_ARG. */
+SKV_API skv_status skv_dequantize_mxfp4(const uint8_t *packed, const uint8_t *scales,
+                                        int64_t n_rows, int32_t n_cols, float *out);
+/* One E2M1 code (low 4 bits) as f32, and an f32 as its E2M1 code (no scale; rounding as the
+ * quantiser's; NaN gives 0). */
+SKV_API float skv_e2m1_to_f32(uint8_t code);
+SKV_API uint8_t skv_f32_to_e2m1(float x);
 
 #ifdef __cplusplus
 }

@@ -21,10 +21,19 @@ typedef struct skv_indexer_query {
     int32_t head_dim;         /* 1..4096, the keys' */
     skv_dtype dtype;          /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
     const void *q;            /* [n_tokens][n_heads][head_dim], contiguous */
-    const float *q_scale;     /* FP8 only: [n_tokens][n_heads]; else NULL */
+    const float *q_scale;     /* FP8 only: [n_tokens][n_heads], or NULL for scales of 1 (DeepGEMM
+                                 and vLLM fold the q scale into the weights); else NULL */
     const float *weights;     /* [n_tokens][n_heads] */
     const int32_t *positions; /* [n_tokens]; key s visible to token t iff s <= positions[t];
                                  NULL = every key visible */
+    /* Forced keys, top-k only (0 = off, the default): the first n_sink and the last n_window
+       keys visible to a token are always selected, counted within k (n_sink + n_window <= k).
+       They come first in out_idx, in ascending order, with out_score +INFINITY; the other
+       k - (their count) places hold the best of the remaining keys as usual. Every top-k path
+       (contiguous, key cache, MISA/HISA, IndexCache) honours them; scores ignore them. */
+    int32_t n_sink, n_window;
+    const uint16_t *weights_bf16; /* the weights as bf16 [n_tokens][n_heads] instead (engines that
+                                     keep the gates in bf16); then weights is NULL. Widened exactly */
 } skv_indexer_query;
 
 /* The largest k of any top-k, and of any candidate count that becomes one (MISA-dagger's C,
@@ -35,14 +44,18 @@ typedef struct skv_indexer_query {
 /* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */
 typedef struct skv_key_block {
     int64_t n_keys;       /* 0..INT32_MAX */
-    int32_t head_dim;     /* 1..4096 */
-    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
-    const void *k;        /* [n_keys][head_dim], contiguous */
+    int32_t head_dim;     /* 1..4096 (MXFP4: a multiple of 32) */
+    skv_dtype dtype;      /* F32, BF16, FP8_E4M3 or MXFP4_E2M1; F16 in skv_indexer_scores/_topk
+                             only */
+    const void *k;        /* [n_keys][head_dim] elements, contiguous (MXFP4: [n_keys][head_dim
+                             / 2] bytes, packed as skv_dtype says) */
     const float *k_scale; /* FP8 only: [n_keys]; else NULL */
+    const uint8_t *k_mx_scale; /* MXFP4 only: [n_keys][head_dim / 32] UE8M0 bytes; else NULL */
 } skv_key_block;
 
-/* Query and key dtypes may differ. With AVX-512-BF16, BF16/FP8 queries against BF16/FP8 keys
- * use bf16 dot products (fp8 -> bf16 is exact; products are exact in f32, sums are f32; bf16
+/* Query and key dtypes may differ (MXFP4 is a key dtype only). With AVX-512-BF16, BF16/FP8
+ * queries against BF16/FP8/MXFP4 keys use bf16 dot products (fp8 -> bf16 and mxfp4 -> bf16 are
+ * exact; products are exact in f32, sums are f32; bf16
  * subnormals, below 2^-126, count as zero there, as vdpbf16ps flushes them); otherwise
  * everything is widened exactly to f32. Scores are deterministic for a given CPU level and
  * independent of the thread count; levels may differ in the last bits (summation order).
@@ -55,7 +68,8 @@ typedef struct skv_key_block {
  * result is that of the same call on the f32 values, bit for bit; other entry points (key
  * cache, router) return UNSUPPORTED for F16.
  * Errors: INVALID_ARG (NULL pointers, sizes out of range, head_dim mismatch, scale pointer
- * missing for FP8 or present otherwise, unknown dtype), NOMEM. */
+ * missing for FP8 or MXFP4 or present otherwise, MXFP4 with head_dim not a multiple of 32,
+ * unknown dtype), UNSUPPORTED (MXFP4 queries), NOMEM. */
 SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
                                       const skv_key_block *keys, float *out);
 
@@ -107,7 +121,10 @@ typedef struct skv_kcache_params {
     size_t struct_size;   /* sizeof(skv_kcache_params); set by skv_kcache_params_init */
     int32_t n_layers;     /* required: >= 1 (default 1) */
     int32_t head_dim;     /* required: 1..4096 (default 128) */
-    skv_dtype dtype;      /* F32, BF16 or FP8_E4M3; default FP8_E4M3 */
+    skv_dtype dtype;      /* F32, BF16, FP8_E4M3 or MXFP4_E2M1 (head_dim a multiple of 32: each
+                             slot holds page_tokens * head_dim / 2 bytes of codes, then
+                             page_tokens * head_dim / 32 scale bytes, 68 bytes a token for
+                             head_dim 128 as the engines' fp4 pages); default FP8_E4M3 */
     int32_t page_tokens;  /* tokens per page, 1..65536; default 64 */
     int64_t max_pages;    /* pages in use across all sequences; default 0 = no limit */
     int32_t max_seqs;     /* live sequences; default 0 = no limit (ids below 2^30) */
@@ -161,15 +178,21 @@ SKV_API skv_status skv_kcache_seq_length(const skv_kcache *c, int32_t seq, int32
                                          int64_t *out_len);
 
 /* Appends keys->n_keys keys at the end of (seq, layer). keys->dtype is the cache's dtype, or
- * F32 (narrowed, or quantised for an FP8 cache, on append). Errors: INVALID_ARG, CAPACITY
+ * F32 (narrowed, or quantised for an FP8 or MXFP4 cache, on append: skv_quantize_fp8 with
+ * quant_flags, skv_quantize_mxfp4). Errors: INVALID_ARG, CAPACITY
  * (max_pages), NOMEM; on error nothing changed. */
 SKV_API skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer,
                                      const skv_key_block *keys);
 
 /* Copies n stored keys starting at token `start` out, in the cache's dtype: keys_out
- * [n][head_dim] elements, scales_out [n] (FP8 only; NULL otherwise). */
+ * [n][head_dim] elements (MXFP4: [n][head_dim / 2] bytes), scales_out [n] (FP8 only; NULL
+ * otherwise). */
 SKV_API skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int64_t start,
                                    int64_t n, void *keys_out, float *scales_out);
+/* The UE8M0 scale bytes of n stored MXFP4 keys: scales_out [n][head_dim / 32]. Errors:
+ * INVALID_ARG (also a cache of another dtype). */
+SKV_API skv_status skv_kcache_read_mx_scales(const skv_kcache *c, int32_t seq, int32_t layer,
+                                             int64_t start, int64_t n, uint8_t *scales_out);
 
 /* skv_indexer_scores / skv_indexer_topk over the keys of (seq, layer), read in place from the
  * pages (no gather). Results equal those of the same call on the contiguous keys. */

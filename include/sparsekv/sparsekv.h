@@ -6,6 +6,7 @@
 #include "version.h"
 #include "common.h"
 #include "indexer.h"
+#include "engine.h"
 #include "reuse.h"
 #include "router.h"
 #include "store.h"

@@ -51,6 +51,27 @@ void skv_log(skv_context *ctx, skv_log_level level, const char *fmt, ...)
 /* bf16 bits of each fp8-e4m3 value (exact; f32 bits are these << 16). */
 extern const uint16_t skv_fp8_bf16_lut[256];
 
+/* MXFP4 (mxfp4.c): E2M1 code -> f32; a UE8M0 scale byte -> 2^(b - 127) (b = 0: the f32
+ * subnormal 2^-127; 255: NaN); one row of D values (D a multiple of 32) dequantised. */
+extern const float skv_e2m1_f32_lut[16];
+static inline float skv_e8m0_f32(uint8_t b)
+{
+    union { uint32_t u; float f; } v = {b == 0 ? 0x00400000u : b == 255 ? 0x7fc00000u : (uint32_t)b << 23};
+    return v.f;
+}
+void skv_mxfp4_row_f32(const uint8_t *packed, const uint8_t *scales, int32_t D, float *out);
+
+/* Bytes of a row of D elements as stored (MXFP4: the packed values, without scales), and of
+ * its scales (FP8: one f32; MXFP4: D / 32 bytes; else 0). */
+static inline size_t skv_row_bytes(skv_dtype t, int32_t D)
+{
+    return t == SKV_MXFP4_E2M1 ? (size_t)D / 2 : (size_t)D * skv_dtype_size(t);
+}
+static inline size_t skv_row_scale_bytes(skv_dtype t, int32_t D)
+{
+    return t == SKV_FP8_E4M3 ? 4 : t == SKV_MXFP4_E2M1 ? (size_t)D / 32 : 0;
+}
+
 /* bf16 bits widened to f32 by placement (exact), inline where a loop converts elementwise. */
 static inline float skv_bf16_bits_f32(uint32_t b)
 {

@@ -35,6 +35,7 @@ size_t skv_dtype_size(skv_dtype t)
     case SKV_BF16:
     case SKV_F16: return 2;
     case SKV_FP8_E4M3: return 1;
+    case SKV_MXFP4_E2M1: return 0; /* half a byte: see skv_dtype */
     }
     return 0;
 }
@@ -119,6 +120,7 @@ static float load_f32(skv_dtype t, const void *src, int64_t i)
     case SKV_BF16: return skv_bf16_to_f32(((const uint16_t *)src)[i]);
     case SKV_F16: return skv_f16_to_f32(((const uint16_t *)src)[i]);
     case SKV_FP8_E4M3: return skv_fp8_to_f32(((const uint8_t *)src)[i]);
+    case SKV_MXFP4_E2M1: break; /* refused by skv_convert */
     }
     return 0;
 }
@@ -130,6 +132,7 @@ static void store_f32(skv_dtype t, void *dst, int64_t i, float v)
     case SKV_BF16: ((uint16_t *)dst)[i] = skv_f32_to_bf16(v); break;
     case SKV_F16: ((uint16_t *)dst)[i] = skv_f32_to_f16(v); break;
     case SKV_FP8_E4M3: ((uint8_t *)dst)[i] = skv_f32_to_fp8(v); break;
+    case SKV_MXFP4_E2M1: break; /* refused by skv_convert */
     }
 }
 
@@ -151,11 +154,11 @@ skv_status skv_convert(skv_dtype dst_type, void *dst, skv_dtype src_type, const 
     return SKV_OK;
 }
 
-/* The scale for one row, as DeepSeek's act_quant computes it. */
-static float fp8_row_scale(float amax, uint32_t flags)
+/* The scale for one block, as DeepSeek's act_quant computes it (or vLLM, dividing). */
+static float fp8_block_scale(float amax, uint32_t flags)
 {
     amax = fmaxf(amax, 1e-4f);
-    const float s = amax * (1.0f / 448.0f);
+    const float s = flags & SKV_QUANT_DIV_SCALE ? amax / 448.0f : amax * (1.0f / 448.0f);
     if (!(flags & SKV_QUANT_POW2_SCALE))
         return s;
     const uint32_t b = f32_bits(s); /* 2^ceil(log2 s); s is normal here */
@@ -163,27 +166,38 @@ static float fp8_row_scale(float amax, uint32_t flags)
     return bits_f32((uint32_t)(e + 127) << 23);
 }
 
-skv_status skv_quantize_fp8(const float *x, int64_t n_rows, int32_t n_cols, int64_t x_stride,
-                            uint32_t flags, uint8_t *out, float *scales)
+skv_status skv_quantize_fp8_blocks(const float *x, int64_t n_rows, int32_t n_cols, int64_t x_stride,
+                                   int32_t block, uint32_t flags, uint8_t *out, float *scales)
 {
-    if (n_rows < 0 || n_cols < 1 || x_stride < n_cols || (flags & ~(uint32_t)SKV_QUANT_POW2_SCALE))
+    const uint32_t known = SKV_QUANT_POW2_SCALE | SKV_QUANT_DIV_SCALE;
+    if (n_rows < 0 || n_cols < 1 || x_stride < n_cols || block < 1 || (flags & ~known))
         return SKV_ERR_INVALID_ARG;
     if (n_rows == 0)
         return SKV_OK;
     if (!x || !out || !scales)
         return SKV_ERR_INVALID_ARG;
+    const int32_t nb = (int32_t)(((int64_t)n_cols + block - 1) / block);
     for (int64_t r = 0; r < n_rows; r++) {
         const float *row = x + r * x_stride;
-        float amax = 0;
-        for (int32_t c = 0; c < n_cols; c++) {
-            const float a = fabsf(row[c]);
-            if (a > amax && a != INFINITY) /* NaN compares false */
-                amax = a;
+        for (int32_t b = 0; b < nb; b++) {
+            const int32_t c0 = b * block, c1 = n_cols - c0 < block ? n_cols : c0 + block;
+            float amax = 0;
+            for (int32_t c = c0; c < c1; c++) {
+                const float a = fabsf(row[c]);
+                if (a > amax && a != INFINITY) /* NaN compares false */
+                    amax = a;
+            }
+            const float s = fp8_block_scale(amax, flags);
+            scales[r * nb + b] = s;
+            for (int32_t c = c0; c < c1; c++)
+                out[r * n_cols + c] = skv_f32_to_fp8(row[c] / s);
         }
-        const float s = fp8_row_scale(amax, flags);
-        scales[r] = s;
-        for (int32_t c = 0; c < n_cols; c++)
-            out[r * n_cols + c] = skv_f32_to_fp8(row[c] / s);
     }
     return SKV_OK;
+}
+
+skv_status skv_quantize_fp8(const float *x, int64_t n_rows, int32_t n_cols, int64_t x_stride,
+                            uint32_t flags, uint8_t *out, float *scales)
+{
+    return skv_quantize_fp8_blocks(x, n_rows, n_cols, x_stride, n_cols, flags, out, scales);
 }

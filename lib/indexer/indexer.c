@@ -47,7 +47,8 @@ static skv_status check_dtype(skv_dtype t)
     switch (t) {
     case SKV_F32:
     case SKV_BF16:
-    case SKV_FP8_E4M3: return SKV_OK;
+    case SKV_FP8_E4M3:
+    case SKV_MXFP4_E2M1: return SKV_OK;
     case SKV_F16: return SKV_ERR_UNSUPPORTED;
     }
     return SKV_ERR_INVALID_ARG;
@@ -63,14 +64,18 @@ skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
     SKV_CHECK(ctx, q->head_dim == head_dim);
     SKV_TRY(check_dtype(q->dtype));
     SKV_TRY(check_dtype(key_dtype));
-    SKV_CHECK(ctx, (q->dtype == SKV_FP8_E4M3) == (q->q_scale != NULL));
-    SKV_CHECK(ctx, q->n_tokens == 0 || (q->q != NULL && q->weights != NULL));
+    if (q->dtype == SKV_MXFP4_E2M1) /* a key dtype only */
+        return SKV_ERR_UNSUPPORTED;
+    SKV_CHECK(ctx, q->dtype == SKV_FP8_E4M3 || q->q_scale == NULL); /* FP8: NULL = scales of 1 */
+    SKV_CHECK(ctx, q->n_sink >= 0 && q->n_window >= 0);
+    SKV_CHECK(ctx, q->n_tokens == 0 || (q->q != NULL && (q->weights != NULL) != (q->weights_bf16 != NULL)));
     return SKV_OK;
 }
 
 typedef struct segment {
     const uint8_t *rows; /* in the compute dtype after conversion */
     const float *scale;
+    const uint8_t *mx; /* MXFP4 scale bytes of the rows (before conversion) */
     int64_t start, n;
 } segment;
 
@@ -80,6 +85,7 @@ typedef struct plan {
     const skv_key_src *src;
     const skv_score_kernel *sk;
     skv_cvt_fn cvt; /* NULL when keys are already in the compute dtype */
+    skv_mx_cvt_fn cvt_mx; /* MXFP4 keys (cvt is NULL then) */
     size_t celem;   /* bytes of a compute element */
     int scaled;
     int32_t k, tb, n_blocks, splits;
@@ -118,10 +124,13 @@ static inline __attribute__((always_inline)) segment segment_at(const skv_key_sr
         const uint8_t *page = src->pages[src->table[s / src->page_tokens]];
         g.rows = page + src->slot_offset + (size_t)r * src->row_bytes;
         g.scale = src->dtype == SKV_FP8_E4M3 ? (const float *)(page + src->scale_offset) + r : NULL;
+        g.mx = src->dtype == SKV_MXFP4_E2M1
+                   ? page + src->scale_offset + (size_t)r * (size_t)(src->head_dim / 32) : NULL;
         run = src->page_tokens - r;
     } else {
         g.rows = src->base + (size_t)s * src->row_bytes;
         g.scale = src->scale ? src->scale + s : NULL;
+        g.mx = src->mx_scale ? src->mx_scale + (size_t)s * (size_t)(src->head_dim / 32) : NULL;
         run = src->n_keys - s;
     }
     g.start = s;
@@ -132,12 +141,13 @@ static inline __attribute__((always_inline)) segment segment_at(const skv_key_sr
 static void pack_token(const plan *p, int32_t t, void *dst)
 {
     const skv_indexer_query *q = p->q;
+    float wbuf[4096]; /* n_heads <= 4096 */
     const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
     skv_qpack_args a = {
         .q = (const uint8_t *)q->q + (size_t)t * hd * skv_dtype_size(q->dtype),
         .q_dtype = q->dtype,
         .qscale = q->q_scale ? q->q_scale + (size_t)t * q->n_heads : NULL,
-        .w = q->weights + (size_t)t * q->n_heads,
+        .w = skv_query_weights(q, t, wbuf),
         .H = q->n_heads,
         .D = q->head_dim,
         .scaled = p->scaled,
@@ -161,6 +171,8 @@ void skv_key_row_f32(const skv_kernels *kern, const skv_key_src *src, int64_t s,
         kern->fp8_to_f32(g.rows, out, D);
         for (int32_t d = 0; d < D; d++)
             out[d] *= g.scale[0];
+    } else if (src->dtype == SKV_MXFP4_E2M1) {
+        kern->mxfp4_to_f32(g.rows, g.mx, D / 32, out);
     } else if (src->dtype == SKV_BF16) {
         kern->bf16_to_f32(g.rows, out, D);
     } else {
@@ -190,6 +202,8 @@ static void prefetch_keys(const skv_key_src *src, int64_t s, int64_t n, int64_t 
             __builtin_prefetch(g.rows + off);
         if (g.scale)
             __builtin_prefetch(g.scale);
+        if (g.mx)
+            __builtin_prefetch(g.mx);
         s += g.n;
     }
 }
@@ -280,8 +294,9 @@ static void score_group_lanes(const plan *p, const segment *seg, int nseg, int64
 static int list_segments(const skv_key_src *src, const int32_t *list, int64_t g, int64_t ge,
                          uint8_t *gathered, segment *seg)
 {
-    const size_t rb = src->row_bytes;
+    const size_t rb = src->row_bytes, mb = skv_row_scale_bytes(src->dtype, src->head_dim);
     float *gscale = (float *)(gathered + (size_t)KEY_GROUP * rb);
+    uint8_t *gmx = gathered + (size_t)KEY_GROUP * rb; /* MXFP4 (no f32 scales then) */
     int nseg = 0;
     int64_t gathered_to = -1; /* list position where the last gathered segment ends */
     for (int64_t s = g; s < ge;) {
@@ -290,16 +305,19 @@ static int list_segments(const skv_key_src *src, const int32_t *list, int64_t g,
         while (n < r.n && list[s + n] == list[s] + n)
             n++;
         if (n >= RUN_MIN) {
-            seg[nseg++] = (segment){r.rows, r.scale, s, n};
+            seg[nseg++] = (segment){r.rows, r.scale, r.mx, s, n};
         } else {
             memcpy(gathered + (size_t)(s - g) * rb, r.rows, (size_t)n * rb);
+            if (r.mx)
+                memcpy(gmx + (size_t)(s - g) * mb, r.mx, (size_t)n * mb);
             for (int64_t i = 0; r.scale && i < n; i++) /* mostly one: no call */
                 gscale[s - g + i] = r.scale[i];
             if (gathered_to == s)
                 seg[nseg - 1].n += n;
             else
                 seg[nseg++] = (segment){gathered + (size_t)(s - g) * rb,
-                                        r.scale ? gscale + (s - g) : NULL, s, n};
+                                        r.scale ? gscale + (s - g) : NULL,
+                                        r.mx ? gmx + (size_t)(s - g) * mb : NULL, s, n};
             gathered_to = s + n;
         }
         s += n;
@@ -390,7 +408,7 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
             score_group_lanes(p, seg, nseg, g, ge, vis, nt, packs, scratch, t0, tile, st);
             continue;
         }
-        if (p->cvt) {
+        if (p->cvt || p->cvt_mx) {
             /* Convert in small steps, scoring the lead token on each while the next one
                streams in: the conversion's memory reads overlap that token's arithmetic. */
             for (int e = 0; e < nseg; e++) {
@@ -399,8 +417,13 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
                     const int64_t n = seg[e].n - j < CVT_STEP ? seg[e].n - j : CVT_STEP;
                     if (!p->src->lists)
                         prefetch_keys(p->src, seg[e].start + j + CVT_STEP, CVT_STEP, hi);
-                    p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes, dst + (size_t)j * D * p->celem,
-                           n * D);
+                    if (p->cvt_mx)
+                        p->cvt_mx(seg[e].rows + (size_t)j * p->src->row_bytes,
+                                  seg[e].mx + (size_t)j * (D / 32), n * (D / 32),
+                                  dst + (size_t)j * D * p->celem);
+                    else
+                        p->cvt(seg[e].rows + (size_t)j * p->src->row_bytes,
+                               dst + (size_t)j * D * p->celem, n * D);
                     score_range(p, packs + (size_t)lead * p->pack_bytes, dst + (size_t)j * D * p->celem,
                                 seg[e].scale ? seg[e].scale + j : NULL, n,
                                 token_out(p, t0 + lead, tile, g) + (seg[e].start - g) + j);
@@ -413,7 +436,7 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
             if (end <= g)
                 continue;
             float *dst = token_out(p, t0 + i, tile, g);
-            if (!(p->cvt && i == lead))
+            if (!((p->cvt || p->cvt_mx) && i == lead))
                 for (int e = 0; e < nseg && seg[e].start < end; e++) {
                     const int64_t n = seg[e].n < end - seg[e].start ? seg[e].n : end - seg[e].start;
                     if (i == lead && !p->src->lists) /* the kernel prefetches within a segment */
@@ -454,15 +477,17 @@ static void choose_kernel(skv_context *ctx, plan *p)
     const skv_kernels *kn = &ctx->kern;
     const skv_dtype qt = p->q->dtype, kt = p->src->dtype;
     const int narrow_q = qt == SKV_BF16 || qt == SKV_FP8_E4M3;
-    const int narrow_k = kt == SKV_BF16 || kt == SKV_FP8_E4M3;
+    const int narrow_k = kt == SKV_BF16 || kt == SKV_FP8_E4M3 || kt == SKV_MXFP4_E2M1;
     if (kn->score_bf16.pack_size && narrow_q && narrow_k) {
         p->sk = &kn->score_bf16;
         p->celem = 2;
         p->cvt = kt == SKV_FP8_E4M3 ? kn->fp8_to_bf16 : NULL;
+        p->cvt_mx = kt == SKV_MXFP4_E2M1 ? kn->mxfp4_to_bf16 : NULL;
     } else {
         p->sk = &kn->score_f32;
         p->celem = 4;
         p->cvt = kt == SKV_BF16 ? kn->bf16_to_f32 : kt == SKV_FP8_E4M3 ? kn->fp8_to_f32 : NULL;
+        p->cvt_mx = kt == SKV_MXFP4_E2M1 ? kn->mxfp4_to_f32 : NULL;
     }
     p->scaled = qt == SKV_FP8_E4M3 || kt == SKV_FP8_E4M3;
 }
@@ -471,6 +496,8 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
                       int32_t k, float *scores, int32_t *out_idx, float *out_score, int index_order)
 {
     const int32_t T = q->n_tokens;
+    if (out_idx && !index_order && (int64_t)q->n_sink + q->n_window > k)
+        return SKV_ERR_INVALID_ARG; /* forced keys are counted within k */
     if (T == 0)
         return SKV_OK;
     plan p = {.kern = &ctx->kern, .q = q, .src = src, .k = k, .index_order = index_order,
@@ -501,14 +528,18 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     p.pack_bytes = p.sk->pack_size(q->n_heads, q->head_dim);
     /* lanes: the bf16 kernel of a level that has them, few heads, whole tiles of dim pairs */
     p.lanes = p.sk->compute == SKV_BF16 && ctx->kern.lanes.to_lanes && q->n_heads <= SKV_LANES_MAX_HEADS &&
-              q->head_dim % 32 == 0 && !src->lists;
+              q->head_dim % 32 == 0 && !src->lists && src->dtype != SKV_MXFP4_E2M1;
     p.lanes_min = src->dtype == SKV_FP8_E4M3 ? LANES_MIN_TOKENS_FP8 : LANES_MIN_TOKENS_BF16;
     p.lanes = p.lanes && T >= p.lanes_min;
     p.rows_bytes = skv_round_up((size_t)KEY_GROUP * q->head_dim * p.celem, SKV_ALIGN);
     /* converted rows; with lanes the transposed tiles (as many bytes) and the group's key scales */
-    p.scratch_bytes = p.lanes ? p.rows_bytes + KEY_GROUP * sizeof(float) : p.cvt ? p.rows_bytes : 0;
+    p.scratch_bytes = p.lanes                ? p.rows_bytes + KEY_GROUP * sizeof(float)
+                      : p.cvt || p.cvt_mx ? p.rows_bytes
+                                          : 0;
     p.state_bytes = topk ? skv_topk_state_bytes(k) : 0;
-    const size_t gather_bytes = src->lists ? (size_t)KEY_GROUP * (src->row_bytes + 4) : 0;
+    const size_t gather_bytes =
+        src->lists ? (size_t)KEY_GROUP * (src->row_bytes + 4 + skv_row_scale_bytes(src->dtype, src->head_dim))
+                   : 0;
     p.thread_bytes = skv_round_up((size_t)p.tb * p.pack_bytes + p.scratch_bytes +
                                       (size_t)p.tb * KEY_GROUP * sizeof(float) +
                                       (size_t)p.tb * p.state_bytes + gather_bytes,
@@ -582,6 +613,8 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
                 if (*x >= 0)
                     *x = src->lists[(size_t)t * src->list_stride + *x];
             }
+    if (out_idx && !index_order)
+        skv_forced_apply(q, src->n_keys, k, out_idx, out_score);
     return SKV_OK;
 }
 
@@ -605,10 +638,13 @@ skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, s
     SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
     SKV_TRY(check_dtype(keys->dtype));
     SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    SKV_CHECK(ctx, keys->dtype == SKV_MXFP4_E2M1 ? keys->head_dim % 32 == 0 &&
+                                                       (keys->k_mx_scale != NULL || keys->n_keys == 0)
+                                                 : keys->k_mx_scale == NULL);
     *out = (skv_key_src){
         .n_keys = keys->n_keys, .head_dim = keys->head_dim, .dtype = keys->dtype,
-        .row_bytes = (size_t)keys->head_dim * skv_dtype_size(keys->dtype),
-        .base = keys->k, .scale = keys->k_scale,
+        .row_bytes = skv_row_bytes(keys->dtype, keys->head_dim),
+        .base = keys->k, .scale = keys->k_scale, .mx_scale = keys->k_mx_scale,
     };
     return SKV_OK;
 }

@@ -22,7 +22,7 @@ typedef struct kseq {
 struct skv_kcache {
     skv_context *ctx;
     skv_kcache_params p;
-    size_t row_bytes, scale_offset, pool_offset, lane_offset, slot_bytes, page_bytes;
+    size_t row_bytes, mx_bytes, scale_offset, pool_offset, lane_offset, slot_bytes, page_bytes;
     uint8_t **pages; /* [id_cap]; NULL for a free id */
     int32_t *refcnt; /* [id_cap] */
     int32_t *free_ids, n_free, id_cap, ids_used;
@@ -56,22 +56,27 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     SKV_CHECK(ctx, p->head_dim >= 1 && p->head_dim <= 4096);
     SKV_CHECK(ctx, p->page_tokens >= 1 && p->page_tokens <= 65536);
     SKV_CHECK(ctx, p->max_pages >= 0 && p->max_pages <= INT32_MAX && p->max_seqs >= 0);
-    SKV_CHECK(ctx, (p->quant_flags & ~(uint32_t)SKV_QUANT_POW2_SCALE) == 0);
+    SKV_CHECK(ctx, (p->quant_flags & ~(uint32_t)(SKV_QUANT_POW2_SCALE | SKV_QUANT_DIV_SCALE)) == 0);
     SKV_CHECK(ctx, p->pool_chunk >= 0 && (p->pool_chunk == 0 || p->page_tokens % p->pool_chunk == 0));
     SKV_CHECK(ctx, p->lane_copy == 0 || (p->lane_copy == 1 && p->dtype == SKV_FP8_E4M3 &&
                                          p->head_dim % 32 == 0 && p->page_tokens % 16 == 0));
     if (p->dtype == SKV_F16)
         return SKV_ERR_UNSUPPORTED;
-    SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_FP8_E4M3);
+    SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_FP8_E4M3 ||
+                       (p->dtype == SKV_MXFP4_E2M1 && p->head_dim % 32 == 0));
 
     skv_kcache *c = skv_alloc_zero(ctx, sizeof *c);
     if (!c)
         return SKV_ERR_NOMEM;
     c->ctx = ctx;
     c->p = *p;
-    c->row_bytes = (size_t)p->head_dim * skv_dtype_size(p->dtype);
+    c->row_bytes = skv_row_bytes(p->dtype, p->head_dim);
+    c->mx_bytes = p->dtype == SKV_MXFP4_E2M1 ? (size_t)p->head_dim / 32 : 0;
+    /* values, then scales: FP8 132 bytes a token for head_dim 128 (DeepGEMM's paged layout),
+       MXFP4 68 (vLLM's and DeepGEMM's fp4 layout, a block's codes then its scale bytes) */
     c->scale_offset = skv_round_up((size_t)p->page_tokens * c->row_bytes, 4);
-    c->pool_offset = c->scale_offset + (p->dtype == SKV_FP8_E4M3 ? (size_t)p->page_tokens * 4 : 0);
+    c->pool_offset = skv_round_up(c->scale_offset + (size_t)p->page_tokens *
+                                                        skv_row_scale_bytes(p->dtype, p->head_dim), 4);
     c->slot_bytes = p->pool_chunk ? c->pool_offset + (size_t)(p->page_tokens / p->pool_chunk) *
                                                          (size_t)p->head_dim * 4
                                   : c->pool_offset;
@@ -351,6 +356,12 @@ static float *scale_at(const skv_kcache *c, const kseq *s, int32_t layer, int64_
     return (float *)(slot(c, s->table[pos / P], layer) + c->scale_offset) + pos % P;
 }
 
+static uint8_t *mx_at(const skv_kcache *c, const kseq *s, int32_t layer, int64_t pos)
+{
+    const int32_t P = c->p.page_tokens;
+    return slot(c, s->table[pos / P], layer) + c->scale_offset + (size_t)(pos % P) * c->mx_bytes;
+}
+
 /* Key at pos as f32 (dequantised): the values the pooled sums add up. */
 static void row_f32(const skv_kcache *c, const kseq *s, int32_t layer, int64_t pos, float *out)
 {
@@ -360,6 +371,8 @@ static void row_f32(const skv_kcache *c, const kseq *s, int32_t layer, int64_t p
         const float sc = *scale_at(c, s, layer, pos);
         for (int32_t d = 0; d < D; d++)
             out[d] = skv_fp8_to_f32(row[d]) * sc;
+    } else if (c->p.dtype == SKV_MXFP4_E2M1) {
+        skv_mxfp4_row_f32(row, mx_at(c, s, layer, pos), D, out);
     } else {
         skv_convert(SKV_F32, out, c->p.dtype, row, D);
     }
@@ -400,10 +413,14 @@ static void write_row(skv_kcache *c, kseq *s, int32_t layer, int64_t pos,
         memcpy(dst, (const uint8_t *)keys->k + (size_t)i * c->row_bytes, c->row_bytes);
         if (c->p.dtype == SKV_FP8_E4M3)
             *scale_at(c, s, layer, pos) = keys->k_scale[i];
+        if (c->mx_bytes)
+            memcpy(mx_at(c, s, layer, pos), keys->k_mx_scale + (size_t)i * c->mx_bytes, c->mx_bytes);
         return;
     }
     const float *src = (const float *)keys->k + (size_t)i * D; /* F32 input */
-    if (c->p.dtype == SKV_FP8_E4M3)
+    if (c->p.dtype == SKV_MXFP4_E2M1)
+        skv_quantize_mxfp4(src, 1, D, D, dst, mx_at(c, s, layer, pos));
+    else if (c->p.dtype == SKV_FP8_E4M3)
         skv_quantize_fp8(src, 1, D, D, c->p.quant_flags, dst, scale_at(c, s, layer, pos));
     else
         skv_convert(c->p.dtype, dst, SKV_F32, src, D);
@@ -419,6 +436,7 @@ skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer, const sk
     SKV_CHECK(ctx, keys->head_dim == c->p.head_dim && keys->n_keys >= 0);
     SKV_CHECK(ctx, keys->dtype == c->p.dtype || keys->dtype == SKV_F32);
     SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    SKV_CHECK(ctx, (keys->dtype == SKV_MXFP4_E2M1) == (keys->k_mx_scale != NULL));
     SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
     SKV_CHECK(ctx, keys->n_keys <= INT32_MAX - s->len[layer]);
     const int32_t P = c->p.page_tokens;
@@ -468,6 +486,8 @@ skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t
             memcpy(row_at(c, s, l, a + i - b), row_at(c, s, l, i), c->row_bytes);
             if (c->p.dtype == SKV_FP8_E4M3)
                 *scale_at(c, s, l, a + i - b) = *scale_at(c, s, l, i);
+            if (c->mx_bytes)
+                memcpy(mx_at(c, s, l, a + i - b), mx_at(c, s, l, i), c->mx_bytes);
         }
         s->len[l] = len - (b - a);
         if (s->memo && b > a) /* the router's means from a's block on */
@@ -499,6 +519,20 @@ skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int6
         if (scales_out)
             scales_out[i] = *scale_at(c, s, layer, start + i);
     }
+    return SKV_OK;
+}
+
+skv_status skv_kcache_read_mx_scales(const skv_kcache *c, int32_t seq, int32_t layer,
+                                     int64_t start, int64_t n, uint8_t *scales_out)
+{
+    if (!c)
+        return SKV_ERR_INVALID_ARG;
+    const kseq *s = get_seq(c, seq);
+    SKV_CHECK(c->ctx, s && layer >= 0 && layer < c->p.n_layers && start >= 0 && n >= 0);
+    SKV_CHECK(c->ctx, start <= s->len[layer] && n <= s->len[layer] - start);
+    SKV_CHECK(c->ctx, c->p.dtype == SKV_MXFP4_E2M1 && (n == 0 || scales_out));
+    for (int64_t i = 0; i < n; i++)
+        memcpy(scales_out + (size_t)i * c->mx_bytes, mx_at(c, s, layer, start + i), c->mx_bytes);
     return SKV_OK;
 }
 

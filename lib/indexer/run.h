@@ -3,6 +3,7 @@
 #define SKV_INDEXER_RUN_H
 
 #include "core/core.h"
+#include "sparsekv/engine.h"
 #include "sparsekv/indexer.h"
 
 /* The means of whole pooled blocks of `block` tokens that a key cache keeps for the router
@@ -31,8 +32,10 @@ typedef struct skv_key_src {
     /* contiguous */
     const uint8_t *base;
     const float *scale; /* FP8 only */
+    const uint8_t *mx_scale; /* MXFP4 only: [n_keys][head_dim / 32] */
     /* paged, when table != NULL: key s is row s % page_tokens of page table[s / page_tokens];
-       that page's slot starts at pages[id] + slot_offset, its scales at + scale_offset */
+       that page's slot starts at pages[id] + slot_offset, its scales at + scale_offset
+       (page_tokens f32 for FP8, page_tokens * head_dim / 32 bytes for MXFP4) */
     const int32_t *table;
     uint8_t *const *pages;
     size_t slot_offset, scale_offset;
@@ -70,6 +73,38 @@ skv_context *skv_kcache_context(const skv_kcache *c);
 /* Validates the query against the keys (dims, dtypes, pointers). */
 skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
                                    int32_t head_dim, skv_dtype key_dtype);
+
+/* Token t's weights as f32: q->weights' row, or its bf16 row widened into tmp [n_heads]. */
+static inline const float *skv_query_weights(const skv_indexer_query *q, int32_t t, float *tmp)
+{
+    if (q->weights)
+        return q->weights + (size_t)t * q->n_heads;
+    for (int32_t h = 0; h < q->n_heads; h++)
+        tmp[h] = skv_bf16_bits_f32(q->weights_bf16[(size_t)t * q->n_heads + h]);
+    return tmp;
+}
+
+/* The query of tokens t0.. of q: its pointers moved to token t0 (n_tokens and positions are the
+ * caller's). */
+static inline skv_indexer_query skv_query_from(const skv_indexer_query *q, int32_t t0)
+{
+    const size_t hd = (size_t)q->n_heads * (size_t)q->head_dim;
+    skv_indexer_query s = *q;
+    s.q = (const uint8_t *)q->q + (size_t)t0 * hd * skv_dtype_size(q->dtype);
+    s.q_scale = q->q_scale ? q->q_scale + (size_t)t0 * q->n_heads : NULL;
+    s.weights = q->weights ? q->weights + (size_t)t0 * q->n_heads : NULL;
+    s.weights_bf16 = q->weights_bf16 ? q->weights_bf16 + (size_t)t0 * q->n_heads : NULL;
+    return s;
+}
+
+/* Token t's visible keys v (returned), and its forced ones: sinks [0, sink_end) and window
+ * [window_start, v) (see skv_indexer_query). */
+int64_t skv_forced_bounds(const skv_indexer_query *q, int32_t t, int64_t n_keys, int64_t *sink_end,
+                          int64_t *window_start);
+/* Puts each token's forced keys first in its ranked top-k (out_score +INFINITY), keeping the
+ * best k - f others in rank order; nothing when q has none. */
+void skv_forced_apply(const skv_indexer_query *q, int64_t n_keys, int32_t k, int32_t *out_idx,
+                      float *out_score);
 
 /* Scores (scores != NULL) or top-k (out_idx != NULL) of every query token. */
 skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,

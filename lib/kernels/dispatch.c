@@ -9,6 +9,7 @@ void skv_kernels_init(skv_kernels *k, uint32_t flags)
     if (!(flags & SKV_CPU_AVX2))
         return;
     skv_kernels_init_avx2(k);
+    skv_mxfp4_init_avx2(k);
     k->flags |= SKV_CPU_AVX2;
     if (!(flags & SKV_CPU_AVX512))
         return;

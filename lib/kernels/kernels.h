@@ -115,6 +115,13 @@ static inline size_t skv_fp8_tile_offset(int32_t j, int32_t d)
 /* ---- conversion to a compute dtype (n elements, any n) --------------------------------- */
 typedef void (*skv_cvt_fn)(const void *src, void *dst, int64_t n);
 
+/* ---- MXFP4 blocks to a compute dtype ---------------------------------------------------
+ * n blocks of 32 values: block b's codes are packed[16b .. 16b + 16) (low nibble first), its
+ * scale byte scales[b]; dst gets 32n values e2m1 * 2^(scale - 127), as f32 or as bf16 (exact:
+ * at most two significant bits, so the f32 value's low half is zero). Every level computes
+ * the f32 product code value * scale, so every level gives the same bits. */
+typedef void (*skv_mx_cvt_fn)(const uint8_t *packed, const uint8_t *scales, int64_t n, void *dst);
+
 /* ---- top-k filter ------------------------------------------------------------------------
  * Scores are ranked through a monotone u32 key: larger key = better; NaN -> 0; -0 == +0.
  * filter appends (key, base + j) for every j with key(s[j]) > thr (every j when `all`), in
@@ -153,6 +160,7 @@ typedef struct skv_kernels {
     skv_score_kernel score_bf16; /* pack_size == NULL when the level has no bf16 dot product */
     skv_lanes_kernel lanes;      /* to_lanes == NULL when the level has none */
     skv_cvt_fn bf16_to_f32, fp8_to_f32, fp8_to_bf16;
+    skv_mx_cvt_fn mxfp4_to_f32, mxfp4_to_bf16;
     skv_filter_fn filter;
     skv_key_range_fn key_range;
     skv_in_range_fn in_range;
@@ -169,6 +177,7 @@ void skv_kernels_init_scalar(skv_kernels *k);
 void skv_kernels_init_avx2(skv_kernels *k);
 void skv_kernels_init_avx512(skv_kernels *k);
 void skv_kernels_init_avx512bf16(skv_kernels *k);
+void skv_mxfp4_init_avx2(skv_kernels *k); /* mxfp4_avx2.c: the MXFP4 conversions */
 
 /* Score-key encoding shared by every variant. */
 static inline uint32_t skv_score_key(float f)

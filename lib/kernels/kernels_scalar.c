@@ -69,6 +69,27 @@ static void fp8_to_bf16_scalar(const void *src, void *dst, int64_t n)
         d[i] = skv_fp8_bf16_lut[s[i]];
 }
 
+static void mxfp4_to_f32_scalar(const uint8_t *packed, const uint8_t *scales, int64_t n, void *dst)
+{
+    float *d = dst;
+    for (int64_t b = 0; b < n; b++)
+        skv_mxfp4_row_f32(packed + b * 16, scales + b, 32, d + b * 32);
+}
+
+static void mxfp4_to_bf16_scalar(const uint8_t *packed, const uint8_t *scales, int64_t n, void *dst)
+{
+    uint16_t *d = dst;
+    float v[32];
+    for (int64_t b = 0; b < n; b++) {
+        skv_mxfp4_row_f32(packed + b * 16, scales + b, 32, v);
+        for (int i = 0; i < 32; i++) {
+            uint32_t u;
+            memcpy(&u, &v[i], 4);
+            d[b * 32 + i] = (uint16_t)(u >> 16);
+        }
+    }
+}
+
 static int32_t filter_scalar(const float *s, int32_t n, int32_t base, uint32_t thr, int all,
                              uint32_t *keys, int32_t *idx)
 {
@@ -159,6 +180,8 @@ void skv_kernels_init_scalar(skv_kernels *k)
     k->bf16_to_f32 = bf16_to_f32_scalar;
     k->fp8_to_f32 = fp8_to_f32_scalar;
     k->fp8_to_bf16 = fp8_to_bf16_scalar;
+    k->mxfp4_to_f32 = mxfp4_to_f32_scalar;
+    k->mxfp4_to_bf16 = mxfp4_to_bf16_scalar;
     k->filter = filter_scalar;
     k->key_range = key_range_scalar;
     k->in_range = in_range_scalar;

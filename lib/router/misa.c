@@ -49,7 +49,7 @@ static void routed_query(const skv_indexer_query *q, const int32_t *heads, int32
         for (int32_t i = 0; i < h; i++) {
             const size_t from = (size_t)t * q->n_heads + sorted[i], to = (size_t)t * h + i;
             memcpy(qr + to * row, (const uint8_t *)q->q + from * row, row);
-            wr[to] = q->weights[from];
+            wr[to] = q->weights ? q->weights[from] : skv_bf16_bits_f32(q->weights_bf16[from]);
             if (sr)
                 sr[to] = q->q_scale[from];
         }
@@ -99,7 +99,8 @@ static skv_status misa_run(skv_context *ctx, const skv_indexer_query *q, const s
 
     SKV_TRY(skv_route_src(ctx, q, src, p, heads, NULL));
     routed_query(q, heads, h, qr, wr, q->q_scale ? sr : NULL, sorted);
-    const skv_indexer_query rq = {T, h, q->head_dim, q->dtype, qr, q->q_scale ? sr : NULL, wr, q->positions};
+    const skv_indexer_query rq = {T, h, q->head_dim, q->dtype, qr, q->q_scale ? sr : NULL, wr, q->positions,
+                                   q->n_sink, q->n_window};
     if (!C)
         return skv_indexer_run(ctx, &rq, src, k, NULL, out_idx, out_score);
 

@@ -32,12 +32,8 @@ static skv_status quality(skv_context *ctx, const skv_indexer_query *q, const sk
 
     for (int32_t t0 = 0; t0 < q->n_tokens; t0 += TOKENS_PER_PASS) {
         const int32_t nt = q->n_tokens - t0 < TOKENS_PER_PASS ? q->n_tokens - t0 : TOKENS_PER_PASS;
-        skv_indexer_query qs = *q;
-        const size_t hd = (size_t)q->n_heads * q->head_dim;
+        skv_indexer_query qs = skv_query_from(q, t0);
         qs.n_tokens = nt;
-        qs.q = (const uint8_t *)q->q + (size_t)t0 * hd * skv_dtype_size(q->dtype);
-        qs.q_scale = q->q_scale ? q->q_scale + (size_t)t0 * q->n_heads : NULL;
-        qs.weights = q->weights + (size_t)t0 * q->n_heads;
         qs.positions = q->positions ? q->positions + t0 : NULL;
         if (L > 0)
             SKV_TRY(skv_indexer_run(ctx, &qs, &src, 0, rows, NULL, NULL));

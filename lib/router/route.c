@@ -49,7 +49,7 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
                 kern->bf16_to_f32(src, row, D);
             } else {
                 kern->fp8_to_f32(src, row, D);
-                const float s = q->q_scale[i];
+                const float s = q->q_scale ? q->q_scale[i] : 1.0f;
                 for (int32_t d = 0; d < D; d++)
                     row[d] *= s;
             }
@@ -123,7 +123,8 @@ static void block_terms(const skv_kernels *kern, const skv_indexer_query *q, int
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     const int64_t vis = skv_visible(q, t, src->n_keys);
-    const float *w = q->weights + (size_t)t * H;
+    float wbuf[4096];
+    const float *w = skv_query_weights(q, t, wbuf);
     float *scratch = tmp + (size_t)ROUTE_BATCH * D;
     const float *means = tmp;
     if (b + n <= sh->n) {
@@ -150,7 +151,8 @@ static void route_scores(const skv_kernels *kern, const skv_indexer_query *q, in
 {
     const int32_t H = q->n_heads, D = q->head_dim;
     q_rows_t(kern, q, t, 0, H, tmp, qbuf);
-    const float *w = q->weights + (size_t)t * H;
+    float wbuf[4096];
+    const float *w = skv_query_weights(q, t, wbuf);
     float *dots = tmp + (size_t)(ROUTE_BATCH + 1) * D;
     if (mode == SKV_ROUTE_QNORM) {
         memset(E, 0, (size_t)H * 4);
