@@ -372,6 +372,7 @@ static skv_status check_sel(skv_store *s, int32_t seq, int32_t layer, int64_t bu
     SKV_CHECK(s->ctx, q && sel && sel->s == s && layer >= 0 && layer < s->p.n_layers);
     const slayer *ly = &q->ly[layer];
     SKV_CHECK(s->ctx, budget >= ly->n_sink + ly->n_win);
+    SKV_TRY(cold_touch(s, q));
     *out = q;
     return SKV_OK;
 }
