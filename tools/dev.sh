@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 what=${1:-}
 case $what in demo|test|bench) ;; *) echo "usage: sh tools/dev.sh demo|test|bench" >&2; exit 2 ;; esac
 
-packages="build-essential meson ninja-build pkg-config python3 libopenblas-openmp-dev"
+packages="build-essential meson ninja-build pkg-config python3 libopenblas-openmp-dev libhiredis-dev redis-server"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
