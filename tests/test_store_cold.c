@@ -12,6 +12,7 @@
  *   deletes that failed, which the store counts);
  * - allocation failure at every allocation site of a park / restore / trim scenario. */
 #include "cold_fake.h"
+#include "count_alloc.h"
 #include "store/store_impl.h"
 
 enum { H = 2, D = 8, VD = 8, L = 2, MAXSEQ = 8, MAXTOK = 4096 };
@@ -463,32 +464,12 @@ static void test_random(skv_store_layout layout, uint64_t seed, int ops)
 
 /* ---- allocation failure ------------------------------------------------------------------- */
 
-typedef struct counting { long n, fail_at; size_t live; } counting;
-
-static void *c_alloc(void *u, size_t size, size_t align)
-{
-    counting *c = u;
-    if (++c->n == c->fail_at)
-        return NULL;
-    void *p = aligned_alloc(align, (size + align - 1) / align * align);
-    c->live += p ? size : 0;
-    return p;
-}
-
-static void c_free(void *u, void *p, size_t size)
-{
-    counting *c = u;
-    if (p)
-        c->live -= size;
-    free(p);
-}
-
 /* The scenario with the fail_at-th allocation failing; every call that fails with NOMEM must
  * have changed nothing and is retried. Returns 1 when a failure was injected. */
 static int alloc_scenario(long fail_at)
 {
     memset(model, 0, sizeof model);
-    counting c = {0, fail_at, 0};
+    counting c = {.fail_at = fail_at};
     skv_context_params cp;
     skv_context_params_init(&cp);
     cp.n_threads = 1;
