@@ -733,10 +733,130 @@ static void test_real_overlap(void)
     free(ref);
 }
 
+/* Pipeline parallelism: every split of 1..7 layers into stages, with frequency plans of every
+ * rule and a few frequencies and offsets: the first layer of every stage is Full, every layer
+ * reads a Full layer of its own stage, and each rank's key cache holds exactly the stage's Full
+ * layers, each in its own slot. */
+static void test_pp_ranks(void)
+{
+    skv_kcache_params base;
+    skv_kcache_params_init(&base);
+    long plans = 0;
+    for (int32_t n = 1; n <= 7; n++)
+        for (uint32_t cut = 0; cut < (1u << (n - 1)); cut++) {
+            int32_t starts[8], ns = 0, stage_of[8];
+            starts[ns++] = 0;
+            for (int32_t l = 1; l < n; l++)
+                if (cut >> (l - 1) & 1)
+                    starts[ns++] = l;
+            for (int32_t st = 0, l = 0; l < n; l++) {
+                if (st + 1 < ns && l == starts[st + 1])
+                    st++;
+                stage_of[l] = st;
+            }
+            for (int32_t freq = 1; freq <= 4; freq++)
+                for (int rule = 0; rule < 2; rule++)
+                    for (int32_t off = 0; off < n && off < 2; off++) {
+                        /* the rule's plan without stages; refused with them exactly when it
+                           puts a stage start Shared: then the same roles, stage starts Full */
+                        skv_reuse_plan *p = NULL, *whole = NULL;
+                        CHECK_OK(skv_reuse_plan_from_freq(ctx, n, freq, off, (skv_reuse_freq_rule)rule,
+                                                          NULL, 0, &whole));
+                        if (!whole)
+                            continue;
+                        skv_layer_role roles[8];
+                        int starts_shared = 0;
+                        for (int32_t l = 0; l < n; l++)
+                            CHECK_OK(skv_reuse_plan_role(whole, l, &roles[l]));
+                        for (int32_t i = 0; i < ns; i++) {
+                            starts_shared += roles[starts[i]] == SKV_LAYER_SHARED;
+                            roles[starts[i]] = SKV_LAYER_FULL;
+                        }
+                        skv_reuse_plan_destroy(whole);
+                        const skv_status fs = skv_reuse_plan_from_freq(ctx, n, freq, off,
+                                                                       (skv_reuse_freq_rule)rule, starts, ns, &p);
+                        CHECK(fs == (starts_shared ? SKV_ERR_INVALID_ARG : SKV_OK),
+                              "n %d cut %u freq %d: %s with %d stage starts Shared", n, cut, freq,
+                              skv_status_string(fs), starts_shared);
+                        if (starts_shared) {
+                            CHECK(p == NULL, "a plan on error");
+                            CHECK_OK(skv_reuse_plan_from_roles(ctx, roles, n, starts, ns, &p));
+                        }
+                        if (!p)
+                            continue;
+                        plans++;
+                        int32_t total = 0;
+                        for (int32_t st = 0; st < ns; st++) {
+                            const int32_t first = starts[st];
+                            const int32_t len = (st + 1 < ns ? starts[st + 1] : n) - first;
+                            skv_layer_role role;
+                            CHECK_OK(skv_reuse_plan_role(p, first, &role));
+                            CHECK(role == SKV_LAYER_FULL, "n %d cut %u: stage %d starts Shared", n, cut, st);
+                            skv_kcache_params kp;
+                            CHECK_OK(skv_reuse_kcache_params_range(p, first, len, &base, &kp));
+                            int32_t full = 0, used[8] = {0};
+                            for (int32_t l = first; l < first + len; l++) {
+                                int32_t src, slot;
+                                CHECK_OK(skv_reuse_plan_source(p, l, &src));
+                                CHECK_OK(skv_reuse_plan_range_slot(p, first, l, &slot));
+                                CHECK(stage_of[src] == st, "n %d cut %u: layer %d reads layer %d of another stage",
+                                      n, cut, l, src);
+                                CHECK(slot >= 0 && slot < kp.n_layers, "layer %d: slot %d of %d", l, slot,
+                                      kp.n_layers);
+                                if (src == l) {
+                                    full++;
+                                    if (slot >= 0 && slot < 8)
+                                        used[slot]++;
+                                } else {
+                                    int32_t ss;
+                                    CHECK_OK(skv_reuse_plan_range_slot(p, first, src, &ss));
+                                    CHECK(ss == slot, "layer %d: slot %d, its source's %d", l, slot, ss);
+                                }
+                            }
+                            CHECK(kp.n_layers == full, "n %d cut %u stage %d: key cache of %d layers, %d Full",
+                                  n, cut, st, kp.n_layers, full);
+                            for (int32_t i = 0; i < full && i < 8; i++)
+                                CHECK(used[i] == 1, "stage %d: slot %d used %d times", st, i, used[i]);
+                            total += full;
+                        }
+                        CHECK(total == skv_reuse_plan_n_full(p), "ranks hold %d Full layers of %d", total,
+                              skv_reuse_plan_n_full(p));
+                        if (n > 1) { /* a range starting at a Shared layer, or outside the plan */
+                            int32_t sh = -1;
+                            for (int32_t l = 1; l < n && sh < 0; l++) {
+                                skv_layer_role role;
+                                CHECK_OK(skv_reuse_plan_role(p, l, &role));
+                                sh = role == SKV_LAYER_SHARED ? l : -1;
+                            }
+                            skv_kcache_params kp;
+                            int32_t slot;
+                            if (sh > 0) {
+                                CHECK_STATUS(skv_reuse_kcache_params_range(p, sh, 1, &base, &kp), SKV_ERR_INVALID_ARG);
+                                CHECK_STATUS(skv_reuse_plan_range_slot(p, sh, sh, &slot), SKV_ERR_INVALID_ARG);
+                            }
+                            CHECK_STATUS(skv_reuse_kcache_params_range(p, 0, n + 1, &base, &kp), SKV_ERR_INVALID_ARG);
+                            CHECK_STATUS(skv_reuse_plan_range_slot(p, 1, 0, &slot), SKV_ERR_INVALID_ARG);
+                        }
+                        skv_reuse_plan_destroy(p);
+                    }
+            /* a plan whose stage starts Shared is refused */
+            if (ns > 1) {
+                skv_layer_role roles[8];
+                for (int32_t l = 0; l < n; l++)
+                    roles[l] = l == 0 ? SKV_LAYER_FULL : SKV_LAYER_SHARED;
+                skv_reuse_plan *p = NULL;
+                CHECK_STATUS(skv_reuse_plan_from_roles(ctx, roles, n, starts, ns, &p), SKV_ERR_INVALID_ARG);
+                skv_reuse_plan_destroy(p);
+            }
+        }
+    printf("pipeline stages: %ld plans checked\n", plans);
+}
+
 int main(void)
 {
     ctx = ctx_new(SKV_CPU_ALL, 2);
     test_plans();
+    test_pp_ranks();
     test_selector("FFFFFF", 1, 0);
     test_selector("FSSFSF", 1, 0);
     test_selector("FSSSFSSS", 5, 0);

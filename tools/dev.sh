@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 what=${1:-}
 case $what in demo|test|bench|docs) ;; *) echo "usage: sh tools/dev.sh demo|test|bench|docs" >&2; exit 2 ;; esac
 
-packages="build-essential meson ninja-build pkg-config python3 python3-numpy cmake libopenblas-openmp-dev libsentencepiece-dev"
+packages="build-essential meson ninja-build pkg-config python3 python3-numpy cmake libopenblas-openmp-dev libsentencepiece-dev libhiredis-dev redis-server"
 [ "$what" = docs ] && packages="python3 doxygen"
 missing=""
 for p in $packages; do

@@ -71,6 +71,20 @@ SKV_API skv_status skv_reuse_plan_pattern(const skv_reuse_plan *p, char *buf, si
 SKV_API skv_status skv_reuse_kcache_params(const skv_reuse_plan *p, const skv_kcache_params *base,
                                            skv_kcache_params *out);
 
+/* Pipeline parallelism: the rank that runs layers [first, first + n) keeps indexer keys for the
+ * Full layers among them only. `first` must be Full (give the stage boundaries as segment
+ * starts: every constructor refuses a plan that makes one Shared, vLLM #49085), so every layer
+ * of the range reads a Full layer inside it.
+ * out gets `base` with n_layers = the range's Full layers. Errors: INVALID_ARG (NULL, a range
+ * outside the plan, first Shared). */
+SKV_API skv_status skv_reuse_kcache_params_range(const skv_reuse_plan *p, int32_t first, int32_t n,
+                                                 const skv_kcache_params *base,
+                                                 skv_kcache_params *out);
+/* The layer index to use in that rank's key cache: the layer's Full slot less first's.
+ * Errors: INVALID_ARG (NULL, layer below first or outside the plan, first Shared). */
+SKV_API skv_status skv_reuse_plan_range_slot(const skv_reuse_plan *p, int32_t first, int32_t layer,
+                                             int32_t *out);
+
 /* ---- per-step selection -------------------------------------------------------------------- */
 
 /* How Full layers select: the dense indexer, MISA (router.h; MISA-dagger with candidates), or

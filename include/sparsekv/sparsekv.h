@@ -10,6 +10,7 @@
 #include "reuse.h"
 #include "router.h"
 #include "store.h"
+#include "store_cold.h"
 #include "attention.h"
 #include "slice.h"
 

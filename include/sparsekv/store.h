@@ -152,6 +152,14 @@ typedef struct skv_store_layout_info {
 /* Errors: INVALID_ARG (NULL, struct_size). */
 SKV_API skv_status skv_store_layout_get(const skv_store *s, skv_store_layout_info *out);
 
+/* Reserves page memory up front (an engine's KV pool sized at start-up): the store's pool of
+ * spare page buffers, which new pages are taken from first, is filled to n_pages buffers of
+ * host_page_bytes each, every new buffer touched on the context's threads (so a first prefill
+ * pays no allocation or first-touch page faults), and the pool keeps up to n_pages freed
+ * buffers for reuse from then on (skv_store_stats.spare_bytes). Errors: INVALID_ARG, NOMEM
+ * (nothing reserved). */
+SKV_API skv_status skv_store_reserve(skv_store *s, int64_t n_pages);
+
 /* ---- sequences --------------------------------------------------------------------------- */
 
 /* New empty sequence. Errors: CAPACITY (max_seqs), NOMEM. */

@@ -194,3 +194,26 @@ skv_status skv_reuse_kcache_params(const skv_reuse_plan *p, const skv_kcache_par
     out->n_layers = p->n_full;
     return SKV_OK;
 }
+
+skv_status skv_reuse_kcache_params_range(const skv_reuse_plan *p, int32_t first, int32_t n,
+                                         const skv_kcache_params *base, skv_kcache_params *out)
+{
+    if (!p || !base || !out || base->struct_size != sizeof *base || first < 0 || n < 1 ||
+        first >= p->n_layers || n > p->n_layers - first || p->source[first] != first)
+        return SKV_ERR_INVALID_ARG;
+    /* slots grow by one at each Full layer: the range's count is a difference of slots */
+    const int32_t last = first + n - 1;
+    *out = *base;
+    out->n_layers = p->slot[last] - p->slot[first] + 1;
+    return SKV_OK;
+}
+
+skv_status skv_reuse_plan_range_slot(const skv_reuse_plan *p, int32_t first, int32_t layer,
+                                     int32_t *out)
+{
+    if (!p || !out || first < 0 || layer < first || layer >= p->n_layers ||
+        p->source[first] != first)
+        return SKV_ERR_INVALID_ARG;
+    *out = p->slot[layer] - p->slot[first];
+    return SKV_OK;
+}

@@ -229,6 +229,7 @@ skv_status skv_store_append(skv_store *s, int32_t seq, int32_t layer, const skv_
         SKV_CHECK(ctx, pos[i] > prev && pos[i] < INT32_MAX);
         prev = pos[i];
     }
+    SKV_TRY(cold_touch(s, q));
 
     const int32_t P = s->P, H = s->H;
     plan pl = {0};
@@ -475,6 +476,7 @@ skv_status skv_store_seq_remove(skv_store *s, int32_t seq, int32_t p0, int32_t p
     skv_context *ctx = s->ctx;
     sseq *q = store_seq(s, seq);
     SKV_CHECK(ctx, q && p0 >= 0 && (p1 < 0 || p1 >= p0));
+    SKV_TRY(cold_touch(s, q));
     if (p1 < 0)
         p1 = INT32_MAX;
     const int32_t L = s->p.n_layers, H = s->H;

@@ -187,11 +187,12 @@ skv_status skv_store_read(skv_store *s, int32_t seq, int32_t layer, int64_t firs
 {
     if (!s)
         return SKV_ERR_INVALID_ARG;
-    const sseq *q = store_seq(s, seq);
+    sseq *q = store_seq(s, seq);
     SKV_CHECK(s->ctx, q && layer >= 0 && layer < s->p.n_layers && first >= 0 && n >= 0);
     const slayer *ly = &q->ly[layer];
     SKV_CHECK(s->ctx, first <= ly->n && n <= ly->n - first);
     SKV_CHECK(s->ctx, n == 0 || (k_out && (v_out != NULL) == (s->VD > 0)));
+    SKV_TRY(cold_touch(s, q));
     const size_t vb = (size_t)s->VD * s->esize;
     for (int64_t i = 0; i < n; i++) {
         const int64_t r = first + i;

@@ -379,6 +379,7 @@ static skv_status check_sel(skv_store *s, int32_t seq, int32_t layer, int64_t bu
                 s->p.n_window, s->p.n_sink + s->p.n_window + s->p.page_tokens - 1);
         return SKV_ERR_INVALID_ARG;
     }
+    SKV_TRY(cold_touch(s, q));
     *out = q;
     return SKV_OK;
 }

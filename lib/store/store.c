@@ -94,6 +94,7 @@ void skv_store_destroy(skv_store *s)
     for (int32_t i = 0; i < s->seq_cap; i++)
         if (s->seqs[i].live)
             seq_release(s, &s->seqs[i]);
+    cold_destroy(s);
     tier_destroy(s);
     for (int32_t i = 0; i < s->n_spare; i++)
         skv_free(ctx, s->spare[i], s->page_bytes);
@@ -199,7 +200,10 @@ void page_unref(skv_store *s, int32_t id)
     if (--s->refcnt[id] > 0)
         return;
     tier_page_freed(s, id);
-    spare_put(s, s->pages[id]);
+    if (s->pages[id])
+        spare_put(s, s->pages[id]);
+    else
+        cold_page_freed(s, id); /* parked: its key goes */
     s->pages[id] = NULL;
     s->free_ids[s->n_free++] = id;
     s->pages_in_use--;
@@ -432,6 +436,7 @@ skv_status skv_store_seq_fork(skv_store *s, int32_t src, int32_t *out_seq)
     if (!s)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(s->ctx, out_seq != NULL && store_seq(s, src) != NULL);
+    SKV_TRY(cold_touch(s, store_seq(s, src)));
     int32_t id;
     SKV_TRY(seq_new(s, &id));
     const sseq *a = store_seq(s, src); /* seq_new may have moved the table */
@@ -522,7 +527,10 @@ skv_status skv_store_get_stats(const skv_store *s, skv_store_stats *out)
     idx += s->pages_in_use * (int64_t)(s->page_bytes - s->slot_bytes);
     out->index_bytes = idx;
     out->kv_bytes = out->tokens_stored * (int64_t)s->row_bytes;
-    out->host_bytes = s->pages_in_use * (int64_t)s->page_bytes;
+    int64_t parked = 0;
+    for (int32_t i = 0; i < s->seq_cap; i++)
+        parked += s->seqs[i].live ? s->seqs[i].n_cold : 0;
+    out->host_bytes = (s->pages_in_use - parked) * (int64_t)s->page_bytes; /* parked: cold */
     out->spare_bytes = (int64_t)s->n_spare * (int64_t)s->page_bytes;
     out->hot_capacity = s->C;
     out->hot_resident = s->n_resident;

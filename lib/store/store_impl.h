@@ -82,7 +82,9 @@ typedef struct slayer {
 
 typedef struct sseq {
     int live;
-    slayer *ly; /* [n_layers] */
+    slayer *ly;      /* [n_layers] */
+    int64_t n_cold;  /* pages parked in the cold tier (cold.c) */
+    uint64_t used;   /* cold.c's clock at the last call that touched the sequence */
 } sseq;
 
 /* ---- reservations ---------------------------------------------------------------------- */
@@ -138,6 +140,8 @@ struct skv_store {
     skv_tier_xfer *xfer;
     int64_t xfer_cap;
     skv_store_stats ctr; /* counters only */
+
+    struct cold_tier *cold; /* the cold tier (cold.c), NULL without one */
 
     /* scratch, grown on demand, kept */
     void *scratch;
@@ -344,6 +348,17 @@ void sel_pack(skv_store_sel *sel, int32_t H, const int64_t *at, const int64_t *c
 int store_sel_stale(const skv_store *s, const skv_store_sel *sel);
 /* Drops a selection's pins (selection destroy). */
 void store_sel_unpin(skv_store_sel *sel);
+
+/* ---- cold.c --------------------------------------------------------------------------- */
+
+/* Restores a parked sequence before a call touches it, and marks it used. */
+skv_status cold_touch(skv_store *s, sseq *q);
+/* 1 when page id is parked (its memory is NULL, its refcount 1). */
+int cold_is(const skv_store *s, int32_t id);
+/* A parked page's last reference is gone: its key is deleted in the backend. */
+void cold_page_freed(skv_store *s, int32_t id);
+/* Waits for outstanding deletes and frees the cold tier's state. */
+void cold_destroy(skv_store *s);
 
 /* ---- validate.c (tests) ---------------------------------------------------------------- */
 

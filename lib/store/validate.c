@@ -156,10 +156,12 @@ int skv_store_validate(const skv_store *s, char *msg, size_t msg_len)
         snprintf(msg, msg_len, "out of memory");
         return -1;
     }
+    int64_t parked_all = 0;
     for (int32_t qi = 0; qi < s->seq_cap; qi++) {
         const sseq *q = &s->seqs[qi];
         if (!q->live)
             continue;
+        int64_t parked = 0;
         for (int32_t li = 0; li < s->p.n_layers; li++) {
             const slayer *ly = &q->ly[li];
             if (ly->n > ly->cap || ly->n_sink + ly->n_win > ly->n || ly->n_sink > s->p.n_sink)
@@ -168,7 +170,20 @@ int skv_store_validate(const skv_store *s, char *msg, size_t msg_len)
             for (int64_t r = 1; r < ly->n; r++)
                 if (ly->pos[r] <= ly->pos[r - 1])
                     FAIL("seq %d layer %d: positions not ascending at %lld", qi, li, (long long)r);
-            for (int32_t h = 0; h < s->H; h++) {
+            for (int32_t h = 0; q->n_cold && h < s->H; h++) {
+                /* parked: only the references can be checked without the backend */
+                const hidx *x = &ly->h[h];
+                for (int32_t l = 0; l < x->n_leaf; l++) {
+                    const int32_t id = x->leaf[l].page;
+                    if (id < 0)
+                        continue;
+                    if (id >= s->ids_used || (!s->pages[id] && !cold_is(s, id)))
+                        FAIL("seq %d layer %d head %d: leaf %d names dead page %d", qi, li, h, l, id);
+                    refs[id]++;
+                    parked += cold_is(s, id);
+                }
+            }
+            for (int32_t h = 0; !q->n_cold && h < s->H; h++) {
                 const hidx *x = &ly->h[h];
                 if ((size_t)x->n_leaf + 1 > seen_cap) {
                     free(seen), free(cnt);
@@ -253,16 +268,28 @@ int skv_store_validate(const skv_store *s, char *msg, size_t msg_len)
                         FAIL("seq %d layer %d head %d: leaf %d unreachable", qi, li, h, l);
             }
         }
+        if (parked != q->n_cold)
+            FAIL("seq %d: %lld pages parked, %lld counted", qi, (long long)parked,
+                 (long long)q->n_cold);
+        parked_all += parked;
     }
-    int64_t in_use = 0;
+    int64_t in_use = 0, parked = 0;
     for (int32_t id = 0; id < s->ids_used; id++) {
-        if ((s->pages[id] != NULL) != (s->refcnt[id] > 0) || s->refcnt[id] != refs[id])
+        const int cold = cold_is(s, id);
+        if ((s->pages[id] != NULL || cold) != (s->refcnt[id] > 0) || s->refcnt[id] != refs[id])
             FAIL("page %d: refcount %d, %d references held, memory %s", id, s->refcnt[id],
-                 refs[id], s->pages[id] ? "present" : "absent");
-        in_use += s->pages[id] != NULL;
+                 refs[id], s->pages[id] ? "present" : cold ? "parked" : "absent");
+        if (cold && (s->pages[id] || s->refcnt[id] != 1 || s->page_slot[id] >= 0))
+            FAIL("page %d: parked with memory, %d references or slot %d", id, s->refcnt[id],
+                 s->page_slot[id]);
+        in_use += s->pages[id] != NULL || cold;
+        parked += cold;
         if (!s->pages[id] && s->page_slot[id] >= 0)
             FAIL("page %d: free but mapped to slot %d", id, s->page_slot[id]);
     }
+    if (parked != parked_all)
+        FAIL("%lld pages parked, %lld held by parked sequences", (long long)parked,
+             (long long)parked_all);
     if (in_use != s->pages_in_use || in_use + s->n_free != s->ids_used)
         FAIL("pages in use %lld, counted %lld, free ids %d, used ids %d",
              (long long)s->pages_in_use, (long long)in_use, s->n_free, s->ids_used);
