@@ -994,8 +994,8 @@ static void test_bad_args(void)
 }
 
 /* Selections of an empty sequence, by every score and by tokens, with a fresh selection object
- * (no arrays yet): nothing selected, no pointer arithmetic on its NULL arrays (which clang's
- * UBSan reports), and gather then writes nothing. */
+ * (no arrays yet): nothing selected, and no pointer arithmetic on NULL arrays (which clang's
+ * UBSan reports). */
 static void test_empty_selection(void)
 {
     skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
