@@ -1,6 +1,8 @@
 """The Python package against numpy formulas and the C library's own results: every binding,
 bad dtypes/shapes/strides, and callbacks that raise. Run: python3 tests/test_python.py
 [path/to/libsparsekv.so] (the path also goes through SPARSEKV_LIBRARY)."""
+import ctypes
+import itertools
 import os
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import sparsekv as skv  # noqa: E402
+from sparsekv import _lib as L  # noqa: E402
+from sparsekv._lib import lib  # noqa: E402
 
 
 def dense_scores(q, w, k, pos=None):
@@ -107,6 +111,31 @@ class IndexerTest(Base):
         self.assertEqual(i8.shape, (3, 8))
         with self.assertRaises(ValueError):
             skv.Keys(k8, dtype="fp8")  # scales missing
+
+    def test_forced_sinks_and_window(self):
+        q, w, k, pos = self.data()
+        idx, sc = skv.indexer_topk(self.ctx, skv.Query(q, w, pos, n_sink=2, n_window=1),
+                                   skv.Keys(k), 12)
+        plain, _ = skv.indexer_topk(self.ctx, skv.Query(q, w, pos), skv.Keys(k), 12)
+        for t in range(q.shape[0]):
+            forced = [0, 1, pos[t]]  # first two and the last visible key, ascending, first
+            self.assertEqual(list(idx[t, :3]), forced)
+            self.assertTrue(np.all(np.isposinf(sc[t, :3])))
+            rest = [i for i in plain[t] if i not in forced][:9]
+            self.assertEqual(list(idx[t, 3:]), rest)
+
+    def test_structs_match_the_library(self):
+        # each *_params_init writes struct_size = the C struct's size: the ctypes mirror must
+        # be exactly as large (a smaller one is overwritten past its end)
+        for cls, init in [(L.ContextParams, lib.skv_context_params_init),
+                          (L.KCacheParams, lib.skv_kcache_params_init),
+                          (L.MisaParams, lib.skv_misa_params_init),
+                          (L.HisaParams, lib.skv_hisa_params_init),
+                          (L.SearchParams, lib.skv_reuse_search_params_init),
+                          (L.StoreParams, lib.skv_store_params_init)]:
+            buf = ctypes.create_string_buffer(4096)
+            init(ctypes.cast(buf, ctypes.POINTER(cls)))
+            self.assertEqual(ctypes.c_size_t.from_buffer(buf).value, ctypes.sizeof(cls), cls.__name__)
 
     def test_bad_arrays_raise(self):
         q, w, k, pos = self.data()
@@ -248,6 +277,18 @@ class ReuseTest(Base):
 
         pat, curve, stats = skv.search(self.ctx, n, 3, loss)
         pat2, curve2, _ = skv.search_mass(self.ctx, mass, 3)
+        best = min(loss("F" + "".join("F" if i in c else "S" for i in range(1, n)))
+                   for c in itertools.combinations(range(1, n), 2))
+        ex, ex_curve, _ = skv.search(self.ctx, n, 3, loss, method="exhaustive")
+        self.assertEqual(loss(ex), best)
+        self.assertEqual(ex_curve[-1], best)
+        beam, _, _ = skv.search(self.ctx, n, 3, loss, method="beam", beam_width=3)
+        self.assertEqual(beam.count("F"), 3)
+        self.assertGreaterEqual(loss(beam), best)
+        one, _, _ = skv.search(self.ctx, n, 3, loss, method="beam", beam_width=1)
+        self.assertEqual(one, pat)  # width 1 is greedy
+        with self.assertRaises(ValueError):
+            skv.search(self.ctx, n, 3, loss, method="best")
         self.assertEqual(pat, pat2)
         self.assertTrue(np.allclose(curve, curve2, rtol=0, atol=1e-15))
         self.assertEqual(pat.count("F"), 3)

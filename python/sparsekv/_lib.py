@@ -19,6 +19,7 @@ F32, BF16, F16, FP8_E4M3 = 0, 1, 2, 3
 CPU_ALL = 0xFFFFFFFF
 ROUTE_POOLED, ROUTE_QNORM, ROUTE_OWN_KEY, ROUTE_POOLED_MAX = 0, 1, 2, 3
 CANDIDATES_4K = -1
+SEARCH_METHODS = {"greedy": 0, "beam": 1, "exhaustive": 2, "auto": 3}
 PATH_ROUTED, PATH_DENSE_GATE, PATH_DENSE_DIAL, PATH_EMPTY = 0, 1, 2, 3
 STORE_CLUSTERED, STORE_POSITIONAL = 0, 1
 SCORE_INDEX, SCORE_MINMAX, SCORE_EXACT = 0, 1, 2
@@ -111,12 +112,13 @@ class ContextParams(Struct):
 class IndexerQuery(Struct):
     _fields_ = [("n_tokens", ctypes.c_int32), ("n_heads", ctypes.c_int32),
                 ("head_dim", ctypes.c_int32), ("dtype", ctypes.c_int), ("q", vp),
-                ("q_scale", vp), ("weights", vp), ("positions", vp)]
+                ("q_scale", vp), ("weights", vp), ("positions", vp),
+                ("n_sink", ctypes.c_int32), ("n_window", ctypes.c_int32), ("weights_bf16", vp)]
 
 
 class KeyBlock(Struct):
     _fields_ = [("n_keys", ctypes.c_int64), ("head_dim", ctypes.c_int32), ("dtype", ctypes.c_int),
-                ("k", vp), ("k_scale", vp)]
+                ("k", vp), ("k_scale", vp), ("k_mx_scale", vp)]
 
 
 class KCacheParams(Struct):
@@ -161,7 +163,8 @@ class SearchParams(Struct):
     _fields_ = [("struct_size", ctypes.c_size_t), ("n_layers", ctypes.c_int32),
                 ("target_full", ctypes.c_int32), ("n_blocks", ctypes.c_int32),
                 ("segment_starts", vp), ("n_segments", ctypes.c_int32), ("loss", LOSS_FN),
-                ("user", vp)]
+                ("user", vp), ("method", ctypes.c_int), ("beam_width", ctypes.c_int32),
+                ("max_patterns", ctypes.c_int64)]
 
 
 class SearchResult(Struct):

@@ -63,20 +63,22 @@ class Context:
 
 class Query:
     """Indexer queries: q [T, H, D] (float32, float16, or bf16 bits / fp8 bytes with dtype=),
-    weights [T, H] float32, q_scale [T, H] (fp8 only), positions [T] int32 or None."""
+    weights [T, H] float32, q_scale [T, H] (fp8 only; None: scales of 1), positions [T] int32
+    or None. Top-k calls always select the first n_sink and the last n_window visible keys
+    (counted within k; 0 = off)."""
 
-    def __init__(self, q, weights, positions=None, q_scale=None, dtype=None):
+    def __init__(self, q, weights, positions=None, q_scale=None, dtype=None, n_sink=0, n_window=0):
         t = L.infer_type(q, dtype)
         self.q = array(q, L.STORAGE[t], "q", ndim=3)
         T, H, D = self.q.shape
         self.weights = array(weights, np.float32, "weights", (T, H))
         self.positions = None if positions is None else array(positions, np.int32, "positions", (T,))
-        if (t == L.FP8_E4M3) != (q_scale is not None):
-            raise ValueError("q_scale: required for fp8 queries and only for them")
+        if t != L.FP8_E4M3 and q_scale is not None:
+            raise ValueError("q_scale: for fp8 queries only")
         self.q_scale = None if q_scale is None else array(q_scale, np.float32, "q_scale", (T, H))
         self.s = L.IndexerQuery(n_tokens=T, n_heads=H, head_dim=D, dtype=t, q=ptr(self.q),
                                 q_scale=ptr(self.q_scale), weights=ptr(self.weights),
-                                positions=ptr(self.positions))
+                                positions=ptr(self.positions), n_sink=n_sink, n_window=n_window)
         self.n_tokens = T
 
 

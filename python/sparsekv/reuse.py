@@ -69,11 +69,16 @@ class ReusePlan:
         return out.value
 
 
-def _params(n_layers, target_full, n_blocks, segments):
+def _params(n_layers, target_full, n_blocks, segments, method="greedy", beam_width=None):
     p = L.SearchParams()
     lib.skv_reuse_search_params_init(ctypes.byref(p))
     seg, n_seg = _segments(segments)
     p.n_layers, p.target_full, p.n_blocks = n_layers, target_full, n_blocks
+    if method not in L.SEARCH_METHODS:
+        raise ValueError("method: one of " + ", ".join(L.SEARCH_METHODS))
+    p.method = L.SEARCH_METHODS[method]
+    if beam_width is not None:
+        p.beam_width = beam_width
     p.segment_starts, p.n_segments = ptr(seg), n_seg
     return p, seg
 
@@ -83,11 +88,13 @@ def _result(pattern, curve, res):
     return pattern.value.decode(), list(curve[:n + 1]), L.struct_dict(res)
 
 
-def search(ctx, n_layers, target_full, loss, n_blocks=1, segments=None):
-    """Greedy IndexCache search: loss(pattern: str) -> float, lower better. Returns (pattern,
-    curve [loss after each round], stats). An exception raised by loss ends the search and is
-    re-raised here (the search returns nothing then); a NaN loss raises sparsekv.Error (IO)."""
-    p, _seg = _params(n_layers, target_full, n_blocks, segments)
+def search(ctx, n_layers, target_full, loss, n_blocks=1, segments=None, method="greedy",
+           beam_width=None):
+    """IndexCache search (method greedy, beam, exhaustive or auto; reuse.h): loss(pattern: str)
+    -> float, lower better. Returns (pattern, curve [loss after each round], stats). An
+    exception raised by loss ends the search and is re-raised here (the search returns nothing
+    then); a NaN loss raises sparsekv.Error (IO)."""
+    p, _seg = _params(n_layers, target_full, n_blocks, segments, method, beam_width)
     box = [None]
 
     @L.callback_guard(box, math.nan)

@@ -304,7 +304,7 @@ static void router(fz *f, reader *r)
         hp.block = chunk * (int32_t)rd_range(r, 0, 4) + (rd_u8(r) < 30);
         hp.blocks = (int32_t)rd_range(r, -1, 12);
         hp.min_length = rd_range(r, -2, 200);
-        const int valid = hp.block >= 1 && hp.block % chunk == 0 && (hp.blocks >= 2 || hp.blocks == 0) &&
+        const int valid = hp.block >= 1 && hp.block % chunk == 0 && (hp.blocks >= 2 || hp.blocks == 0 || hp.blocks == SKV_CANDIDATES_4K) &&
                           hp.min_length >= -1;
         const skv_status s = skv_hisa_topk(f->ctx, &iq, &kb, &pk, &hp, kk, a, as);
         if (!valid) {
