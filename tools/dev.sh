@@ -73,8 +73,9 @@ meson test -C build --suite unit --print-errorlogs || status=1
 set -- $(count build/meson-logs/testlog.json)
 passed=$1 failed=$2
 
-# The same programs under AddressSanitizer and UndefinedBehaviorSanitizer (the indexer test
-# in its quick mode: the full one is too slow instrumented for CI's time limit).
+# The same programs under AddressSanitizer and UndefinedBehaviorSanitizer (the indexer, v4 and
+# router tests in their quick modes: the full ones are too slow instrumented for CI's time limit;
+# the unit suite above runs them in full).
 if [ ! -d build-asan ]; then
     meson setup build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined \
         -Db_lundef=false -Dbench=false >/dev/null
