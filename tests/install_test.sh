@@ -49,11 +49,13 @@ cp "$tmp/consumer.c" "$tmp/cm/consumer.c"
 cat > "$tmp/cm/CMakeLists.txt" <<'CM'
 cmake_minimum_required(VERSION 3.16)
 project(consumer C)
-find_package(sparsekv 99 CONFIG QUIET PATHS "${SKV_DIR}" NO_DEFAULT_PATH) # refused: another major
-if(sparsekv_FOUND)
-  message(FATAL_ERROR "sparsekv: version 99 was accepted")
-endif()
-find_package(sparsekv 0.1 REQUIRED CONFIG PATHS "${SKV_DIR}" NO_DEFAULT_PATH)
+foreach(other 99 0.1) # refused: another major; another ABI while the major is 0
+  find_package(sparsekv ${other} CONFIG QUIET PATHS "${SKV_DIR}" NO_DEFAULT_PATH)
+  if(sparsekv_FOUND)
+    message(FATAL_ERROR "sparsekv: version ${other} was accepted")
+  endif()
+endforeach()
+find_package(sparsekv 0.2 REQUIRED CONFIG PATHS "${SKV_DIR}" NO_DEFAULT_PATH)
 add_executable(consumer consumer.c)
 target_link_libraries(consumer PRIVATE sparsekv::sparsekv)
 set_target_properties(consumer PROPERTIES C_STANDARD 11)

@@ -44,16 +44,20 @@ class Error(Exception):
 
 # ---- finding the library ------------------------------------------------------------------------
 
+# The ABI these bindings mirror (the structs below): MAJOR.MINOR while MAJOR is 0 (version.h).
+ABI = (0, 2)
+SONAME = "libsparsekv.so.%d.%d" % ABI
+
 def _candidates():
     env = os.environ.get("SPARSEKV_LIBRARY")
     if env:
         yield env, True
     here = os.path.dirname(os.path.abspath(__file__))
-    for name in ("libsparsekv.so", "libsparsekv.so.0", "libsparsekv.dylib", "sparsekv.dll"):
+    for name in ("libsparsekv.so", SONAME, "libsparsekv.dylib", "sparsekv.dll"):
         path = os.path.join(here, name)
         if os.path.exists(path):
             yield path, True
-    yield "libsparsekv.so.0", False
+    yield SONAME, False
     yield "libsparsekv.so", False
 
 
@@ -74,6 +78,10 @@ def _load():
 lib = _load()
 lib.skv_status_string.restype = ctypes.c_char_p
 lib.skv_status_string.argtypes = [ctypes.c_int]
+_found = lib.skv_version()
+if (_found >> 16, (_found >> 8) & 0xFF) != ABI:  # another ABI: the structs would not match
+    raise ImportError("sparsekv: the library is version %d.%d.%d, these bindings need ABI %d.%d"
+                      % (_found >> 16, (_found >> 8) & 0xFF, _found & 0xFF, ABI[0], ABI[1]))
 
 
 def status_string(status):
