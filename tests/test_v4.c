@@ -137,8 +137,13 @@ static void test_mx_convert(void)
         const level *lv = &all_levels[li];
         if (!level_available(lv))
             continue;
-        skv_kernels kern;
+        skv_kernels kern, below;
         skv_kernels_init(&kern, lv->mask);
+        /* each x86 level above AVX2 has conversions of its own: this checks them, not AVX2's */
+        skv_kernels_init(&below, SKV_CPU_AVX2);
+        if (lv->mask & SKV_CPU_AVX512)
+            CHECK(kern.mxfp4_to_f32 != below.mxfp4_to_f32 && kern.mxfp4_to_bf16 != below.mxfp4_to_bf16,
+                  "%s: the MXFP4 conversions are AVX2's", lv->name);
         for (int64_t m = 0; m <= n; m += (m < 3 ? 1 : 37)) {
             memset(f, 0x5a, (size_t)(n + 1) * 32 * 4);
             memset(h, 0x5a, (size_t)(n + 1) * 32 * 2);
