@@ -775,9 +775,11 @@ static void test_paged(void)
         kp.head_dim = D, kp.dtype = dt, kp.page_tokens = P;
         skv_kcache *kc;
         CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+        int32_t seqs[S];
         for (int i = 0; i < S; i++) {
             int32_t seq;
             CHECK_OK(skv_kcache_seq_create(kc, &seq));
+            seqs[i] = seq;
             uint8_t *rows = xmalloc((size_t)lens[i] * rb + 1), *sc = xmalloc((size_t)lens[i] * sb + 1);
             for (int32_t s = 0; s < lens[i]; s++) {
                 const uint8_t *blk = pool + (size_t)table[i][s / P] * bbytes;
@@ -800,6 +802,49 @@ static void test_paged(void)
             free(rows), free(sc);
         }
         CHECK(same_topk(got, gs, want, ws, (size_t)T * k), "dtype %d: host pages differ from the key cache", dt);
+        /* the scores alone: the key cache's scores of each sequence, -inf past its length */
+        const int64_t stride = 12 * P + 5;
+        float *psc = xmalloc((size_t)T * stride * 4), *wsc = xmalloc((size_t)T * stride * 4);
+        for (size_t i = 0; i < (size_t)T * stride; i++)
+            wsc[i] = -INFINITY;
+        for (int i = 0; i < S; i++) {
+            const int32_t n = qs[i + 1] - qs[i];
+            int32_t pos[3];
+            for (int32_t j = 0; j < n; j++)
+                pos[j] = lens[i] - n + j;
+            skv_indexer_query sq = o.q;
+            sq.n_tokens = n;
+            sq.q = (const uint16_t *)o.qd + (size_t)qs[i] * H * D;
+            sq.weights = o.w + (size_t)qs[i] * H;
+            sq.positions = pos;
+            float *rows = xmalloc((size_t)n * lens[i] * 4 + 4);
+            CHECK_OK(skv_kcache_scores(kc, seqs[i], 0, &sq, rows));
+            for (int32_t j = 0; j < n; j++)
+                memcpy(wsc + (size_t)(qs[i] + j) * stride, rows + (size_t)j * lens[i], (size_t)lens[i] * 4);
+            free(rows);
+        }
+        memset(psc, 0x5a, (size_t)T * stride * 4);
+        CHECK_OK(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, stride));
+        long sbad = 0;
+        for (size_t i = 0; i < (size_t)T * stride; i++)
+            sbad += !same_float(psc[i], wsc[i]);
+        CHECK(sbad == 0, "dtype %d: host page scores differ from the key cache's (%ld)", dt, sbad);
+        /* refused: a row shorter than a sequence, no output; nothing written */
+        memset(psc, 0x5a, (size_t)T * stride * 4);
+        int32_t longest = 0;
+        for (int i = 0; i < S; i++)
+            longest = lens[i] > longest ? lens[i] : longest;
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, longest - 1), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, NULL, stride), SKV_ERR_INVALID_ARG);
+        const int32_t id3 = table[3][0];
+        table[3][0] = (int32_t)NB;
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, stride), SKV_ERR_INVALID_ARG);
+        table[3][0] = id3;
+        uint32_t first, last;
+        memcpy(&first, psc, 4);
+        memcpy(&last, psc + (size_t)T * stride - 1, 4);
+        CHECK(first == 0x5a5a5a5au && last == 0x5a5a5a5au, "refused paged scores wrote");
+        free(psc), free(wsc);
         /* the same rule given as positions */
         int32_t *ps = xmalloc((size_t)T * 4);
         for (int i = 0; i < S; i++)

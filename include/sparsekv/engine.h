@@ -60,6 +60,18 @@ SKV_API skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys,
                                   const skv_paged_batch *batch, const skv_indexer_query *q,
                                   int32_t k, int32_t *out_idx, float *out_score);
 
+/* The scores alone (DeepGEMM's fp8_paged_mqa_logits / fp8_fp4_paged_mqa_logits): query token
+ * t's score for key s of its sequence at out[t * out_stride + s], the formula and bits of
+ * skv_indexer_scores on the same keys; -inf for the keys the token does not see, and for the
+ * columns from its sequence's length up to out_stride (every column is written). out_stride
+ * >= every context_lens[i] (DeepGEMM's max_context_len). n_sink / n_window play no part.
+ * Errors: those of skv_paged_topk, and INVALID_ARG for out NULL with tokens, out_stride < 0 or
+ * below a length. Arguments are checked before anything is written; only an allocation
+ * failure part way (NOMEM) leaves the earlier sequences' rows written. */
+SKV_API skv_status skv_paged_scores(skv_context *ctx, const skv_paged_keys *keys,
+                                    const skv_paged_batch *batch, const skv_indexer_query *q,
+                                    float *out, int64_t out_stride);
+
 /* ---- ragged batches on one key buffer ---------------------------------------------------------
  * Query token t sees keys [ks[t], ke[t]) of `keys` (DeepGEMM fp8_mqa_logits' cu_seqlen_ks /
  * cu_seqlen_ke); q->positions must be NULL. Tokens with one ks form one sequence (one driver
