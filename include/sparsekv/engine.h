@@ -97,6 +97,20 @@ SKV_API skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_q
 /* Entries that exist after n_tokens tokens: n_tokens / ratio. */
 SKV_API int64_t skv_compressed_count(int64_t n_tokens, int32_t ratio);
 
+/* Appends to (seq, layer) of a key cache the entries the host's compressor emitted as the
+ * sequence grew to n_tokens tokens: afterwards the layer holds skv_compressed_count(n_tokens,
+ * ratio) entries, entry i at key i. entries->n_keys must be that count minus the entries
+ * already stored: on a decode step 1 when the step completed a group of `ratio` tokens and 0
+ * otherwise (a no-op), for a prefill chunk every group it completed. entries are in the
+ * cache's dtype or F32 (quantised, as skv_kcache_append). The layer must hold entries only.
+ * Errors: INVALID_ARG (ratio < 1, n_tokens < 0 or past INT32_MAX, an entry count that is not
+ * the one the token count implies: entries missing, extra, or n_tokens behind the stored
+ * ones), and those of skv_kcache_append; on error nothing changed. Thread safety: as
+ * skv_kcache_append. */
+SKV_API skv_status skv_kcache_append_compressed(skv_kcache *c, int32_t seq, int32_t layer,
+                                                int64_t n_tokens, int32_t ratio,
+                                                const skv_key_block *entries);
+
 /* Token positions to entry positions for skv_indexer_query.positions: out[t] = (p + 1) /
  * ratio - 1 (floor), the last entry token t may see (-1: none). out may be positions.
  * Errors: INVALID_ARG (ratio < 1, NULL with n > 0). */
