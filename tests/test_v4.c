@@ -1188,8 +1188,8 @@ static void test_compressed_reuse(void)
     skv_context_destroy(ctx);
 }
 
-/* Allocation failure at each allocation of a paged, a ragged and an MXFP4 cache call: a clear
- * NOMEM (or success with the same result), nothing leaked. */
+/* Allocation failure at each allocation of a paged (top-k and scores), a ragged and an MXFP4
+ * cache call: a clear NOMEM (or success with the same result), nothing leaked. */
 typedef struct fail_alloc { long n, fail_at, live; } fail_alloc;
 
 static void *fa_alloc(void *user, size_t size, size_t align)
@@ -1235,6 +1235,16 @@ static skv_status alloc_scenario(fail_alloc *fa, const mxkeys *m, const qbuf *o,
     skv_indexer_query q = o->q;
     q.n_tokens = 1;
     st = skv_paged_topk(ctx, &pk2, &pb, &q, k, out, NULL);
+    if (st == SKV_OK) { /* the scores alone: their best key is the top-k's first */
+        float *sc = xmalloc((size_t)len * 4);
+        st = skv_paged_scores(ctx, &pk2, &pb, &q, sc, len);
+        int32_t best = 0;
+        for (int32_t s = 1; s < len; s++)
+            best = sc[s] > sc[best] ? s : best;
+        if (st == SKV_OK && best != out[0])
+            st = SKV_ERR_STATE;
+        free(sc);
+    }
     const int32_t ks = 0, ke = len;
     if (st == SKV_OK) {
         q.positions = NULL;
