@@ -1,8 +1,8 @@
 /* sparsekv-bench-v4: DeepSeek-V4-Flash-like indexer shapes (64 heads x 128, top-512, FP8
  * queries) over compressed entries: FP8 against MXFP4 keys, the owned key cache against the
  * same keys in host pages (skv_paged_topk), decode at 32K and 256K entries (128K and 1M tokens
- * at ratio 4) and a 512-token prefill chunk at 32K; and a ragged batch of 8 sequences against 8
- * separate calls. JSON Lines; the machine's limits come first. Variants compared with one
+ * at ratio 4) and a 512-token prefill chunk at both; bf16 keys beside them (the score kernel
+ * without a conversion); and a ragged batch of 8 sequences against 8 separate calls. JSON Lines; the machine's limits come first. Variants compared with one
  * another are timed in interleaved rounds (bench_time_rounds). */
 #include <math.h>
 #include <stdio.h>
@@ -72,7 +72,8 @@ static void keys_make(keys *o, skv_context *ctx, skv_dtype dt, int64_t L, const 
     bench_check(skv_kcache_seq_create(o->kc, &o->seq), "seq_create");
     const skv_key_block kb = {L, D, SKV_F32, f32, NULL};
     bench_check(skv_kcache_append(o->kc, o->seq, 0, &kb), "append"); /* quantised on append */
-    const size_t rb = dt == SKV_MXFP4_E2M1 ? D / 2 : D, sb = dt == SKV_MXFP4_E2M1 ? D / 32 : 4;
+    const size_t rb = dt == SKV_MXFP4_E2M1 ? D / 2 : dt == SKV_BF16 ? 2 * D : D;
+    const size_t sb = dt == SKV_MXFP4_E2M1 ? D / 32 : dt == SKV_FP8_E4M3 ? 4 : 0;
     const int64_t nb = (L + PAGE - 1) / PAGE;
     const size_t bbytes = PAGE * (rb + sb);
     o->pool = bench_xmalloc((size_t)nb * bbytes);
@@ -86,7 +87,7 @@ static void keys_make(keys *o, skv_context *ctx, skv_dtype dt, int64_t L, const 
         const int32_t x = o->table[b];
         o->table[b] = o->table[j], o->table[j] = x;
     }
-    uint8_t *rows = bench_xmalloc(PAGE * rb), *sc = bench_xmalloc(PAGE * sb);
+    uint8_t *rows = bench_xmalloc(PAGE * rb), *sc = bench_xmalloc(PAGE * sb + 4);
     for (int64_t b = 0; b < nb; b++) {
         const int64_t n = L - b * PAGE < PAGE ? L - b * PAGE : PAGE;
         uint8_t *blk = o->pool + (size_t)o->table[b] * bbytes;
@@ -156,23 +157,28 @@ static void emit_case(const char *name, const bench_rounds *r, double flops, dou
     json_end(&j);
 }
 
-/* FP8 owned, FP8 host, MXFP4 owned, MXFP4 host on one shape, in rounds. */
+/* FP8 owned, MXFP4 owned, bf16 owned, then FP8 and MXFP4 host pages on one shape, in rounds.
+ * bf16 keys take the bf16 score kernel with no conversion: MXFP4 against them is the
+ * conversion's cost, bf16 against the peak the score kernel's efficiency. */
 static void shape(bench_setup_out *s, int64_t L, int32_t T, const float *f32)
 {
-    keys k8, k4;
+    keys k8, k4, k16;
     keys_make(&k8, s->ctx, SKV_FP8_E4M3, L, f32);
     keys_make(&k4, s->ctx, SKV_MXFP4_E2M1, L, f32);
+    keys_make(&k16, s->ctx, SKV_BF16, L, f32);
     query q;
     query_make(&q, T, L, 7);
     /* FP8 owned first (every time_vs is against it); host pages only for decode, where T
        one-token sequences are the same problem */
-    call c[4] = {{s->ctx, &k8, &q, 0, NULL}, {s->ctx, &k4, &q, 0, NULL},
+    call c[5] = {{s->ctx, &k8, &q, 0, NULL}, {s->ctx, &k4, &q, 0, NULL}, {s->ctx, &k16, &q, 0, NULL},
                  {s->ctx, &k8, &q, 1, NULL}, {s->ctx, &k4, &q, 1, NULL}};
-    const char *what[4] = {"fp8/owned", "mxfp4/owned", "fp8/host", "mxfp4/host"};
-    const int n = T == 1 ? 4 : 2;
-    int32_t *idx[4];
-    bench_fn fn[4];
-    void *arg[4];
+    const char *what[5] = {"fp8/owned", "mxfp4/owned", "bf16/owned", "fp8/host", "mxfp4/host"};
+    const char *dt[5] = {"fp8", "mxfp4", "bf16", "fp8", "mxfp4"};
+    const double key_bytes[5] = {D + 4, D / 2 + D / 32, 2 * D, D + 4, D / 2 + D / 32};
+    const int n = T == 1 ? 5 : 3;
+    int32_t *idx[5];
+    bench_fn fn[5];
+    void *arg[5];
     for (int i = 0; i < n; i++) {
         idx[i] = bench_xmalloc((size_t)T * K * 4);
         c[i].idx = idx[i];
@@ -181,25 +187,24 @@ static void shape(bench_setup_out *s, int64_t L, int32_t T, const float *f32)
         if (run_call(&c[i]))
             bench_check(SKV_ERR_STATE, what[i]);
     }
-    for (int i = 2; i < n; i++) /* host pages select exactly what the owned cache does */
-        if (memcmp(idx[i], idx[i - 2], (size_t)T * K * 4))
+    for (int i = 3; i < n; i++) /* host pages select exactly what the owned cache does */
+        if (memcmp(idx[i], idx[i - 3], (size_t)T * K * 4))
             fprintf(stderr, "v4_bench: %s disagrees with the owned cache\n", what[i]);
-    bench_rounds r[4];
+    bench_rounds r[5];
     bench_check(bench_time_rounds(n, fn, arg, s->min_time, r) ? SKV_ERR_NOMEM : SKV_OK, "timing");
     const double flops = 2.0 * H * D * (double)L * T;
     char name[128];
     for (int i = 0; i < n; i++) {
-        const int mx = i % 2;
         snprintf(name, sizeof name, "v4_indexer/%s/H%d/k%d/entries%lld/%s", T == 1 ? "decode" : "prefill",
                  H, K, (long long)L, what[i]);
-        emit_case(name, &r[i], flops, (double)L * (mx ? D / 2 + D / 32 : D + 4), &s->machine,
-                  "fp8/owned", L, T, mx ? "mxfp4" : "fp8");
+        emit_case(name, &r[i], flops, (double)L * key_bytes[i], &s->machine, "fp8/owned", L, T, dt[i]);
     }
     for (int i = 0; i < n; i++)
         free(idx[i]);
     query_free(&q);
     keys_free(&k8);
     keys_free(&k4);
+    keys_free(&k16);
 }
 
 typedef struct ragged_arg {
@@ -282,6 +287,8 @@ int main(int argc, char **argv)
     if (!s.quick)
         shape(&s, 262144, 1, f32);
     shape(&s, 32768, s.quick ? 64 : 512, f32);
+    if (!s.quick)
+        shape(&s, 262144, 512, f32);
     ragged(&s, f32);
     free(f32);
     skv_context_destroy(s.ctx);

@@ -137,8 +137,13 @@ static void test_mx_convert(void)
         const level *lv = &all_levels[li];
         if (!level_available(lv))
             continue;
-        skv_kernels kern;
+        skv_kernels kern, below;
         skv_kernels_init(&kern, lv->mask);
+        /* each x86 level above AVX2 has conversions of its own: this checks them, not AVX2's */
+        skv_kernels_init(&below, SKV_CPU_AVX2);
+        if (lv->mask & SKV_CPU_AVX512)
+            CHECK(kern.mxfp4_to_f32 != below.mxfp4_to_f32 && kern.mxfp4_to_bf16 != below.mxfp4_to_bf16,
+                  "%s: the MXFP4 conversions are AVX2's", lv->name);
         for (int64_t m = 0; m <= n; m += (m < 3 ? 1 : 37)) {
             memset(f, 0x5a, (size_t)(n + 1) * 32 * 4);
             memset(h, 0x5a, (size_t)(n + 1) * 32 * 2);
@@ -770,9 +775,11 @@ static void test_paged(void)
         kp.head_dim = D, kp.dtype = dt, kp.page_tokens = P;
         skv_kcache *kc;
         CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+        int32_t seqs[S];
         for (int i = 0; i < S; i++) {
             int32_t seq;
             CHECK_OK(skv_kcache_seq_create(kc, &seq));
+            seqs[i] = seq;
             uint8_t *rows = xmalloc((size_t)lens[i] * rb + 1), *sc = xmalloc((size_t)lens[i] * sb + 1);
             for (int32_t s = 0; s < lens[i]; s++) {
                 const uint8_t *blk = pool + (size_t)table[i][s / P] * bbytes;
@@ -795,6 +802,49 @@ static void test_paged(void)
             free(rows), free(sc);
         }
         CHECK(same_topk(got, gs, want, ws, (size_t)T * k), "dtype %d: host pages differ from the key cache", dt);
+        /* the scores alone: the key cache's scores of each sequence, -inf past its length */
+        const int64_t stride = 12 * P + 5;
+        float *psc = xmalloc((size_t)T * stride * 4), *wsc = xmalloc((size_t)T * stride * 4);
+        for (size_t i = 0; i < (size_t)T * stride; i++)
+            wsc[i] = -INFINITY;
+        for (int i = 0; i < S; i++) {
+            const int32_t n = qs[i + 1] - qs[i];
+            int32_t pos[3];
+            for (int32_t j = 0; j < n; j++)
+                pos[j] = lens[i] - n + j;
+            skv_indexer_query sq = o.q;
+            sq.n_tokens = n;
+            sq.q = (const uint16_t *)o.qd + (size_t)qs[i] * H * D;
+            sq.weights = o.w + (size_t)qs[i] * H;
+            sq.positions = pos;
+            float *rows = xmalloc((size_t)n * lens[i] * 4 + 4);
+            CHECK_OK(skv_kcache_scores(kc, seqs[i], 0, &sq, rows));
+            for (int32_t j = 0; j < n; j++)
+                memcpy(wsc + (size_t)(qs[i] + j) * stride, rows + (size_t)j * lens[i], (size_t)lens[i] * 4);
+            free(rows);
+        }
+        memset(psc, 0x5a, (size_t)T * stride * 4);
+        CHECK_OK(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, stride));
+        long sbad = 0;
+        for (size_t i = 0; i < (size_t)T * stride; i++)
+            sbad += !same_float(psc[i], wsc[i]);
+        CHECK(sbad == 0, "dtype %d: host page scores differ from the key cache's (%ld)", dt, sbad);
+        /* refused: a row shorter than a sequence, no output; nothing written */
+        memset(psc, 0x5a, (size_t)T * stride * 4);
+        int32_t longest = 0;
+        for (int i = 0; i < S; i++)
+            longest = lens[i] > longest ? lens[i] : longest;
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, longest - 1), SKV_ERR_INVALID_ARG);
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, NULL, stride), SKV_ERR_INVALID_ARG);
+        const int32_t id3 = table[3][0];
+        table[3][0] = (int32_t)NB;
+        CHECK_STATUS(skv_paged_scores(ctx, &pk, &pb, &o.q, psc, stride), SKV_ERR_INVALID_ARG);
+        table[3][0] = id3;
+        uint32_t first, last;
+        memcpy(&first, psc, 4);
+        memcpy(&last, psc + (size_t)T * stride - 1, 4);
+        CHECK(first == 0x5a5a5a5au && last == 0x5a5a5a5au, "refused paged scores wrote");
+        free(psc), free(wsc);
         /* the same rule given as positions */
         int32_t *ps = xmalloc((size_t)T * 4);
         for (int i = 0; i < S; i++)
@@ -961,10 +1011,17 @@ static void test_compressed(void)
     for (int64_t p = 0; p < N; p++) {
         int64_t have;
         CHECK_OK(skv_kcache_seq_length(kc, seq, 0, &have));
-        if (skv_compressed_count(p + 1, ratio) > have) { /* token p completes an entry */
-            const skv_key_block e = {1, D, SKV_MXFP4_E2M1, m.codes + have * D / 2, NULL, m.scales + have * D / 32};
-            CHECK_OK(skv_kcache_append(kc, seq, 0, &e));
+        /* the compressor's output of this step: an entry when token p completes one */
+        const int64_t n_new = skv_compressed_count(p + 1, ratio) - have;
+        const skv_key_block e = {n_new, D, SKV_MXFP4_E2M1, m.codes + have * D / 2, NULL, m.scales + have * D / 32};
+        if (p % 5 == 0) { /* a missing entry, one too many: refused, nothing appended */
+            skv_key_block wrong = e;
+            wrong.n_keys = 1 - n_new;
+            CHECK_STATUS(skv_kcache_append_compressed(kc, seq, 0, p + 1, ratio, &wrong), SKV_ERR_INVALID_ARG);
         }
+        CHECK_OK(skv_kcache_append_compressed(kc, seq, 0, p + 1, ratio, &e));
+        CHECK_OK(skv_kcache_seq_length(kc, seq, 0, &have));
+        CHECK(have == (p + 1) / ratio, "after token %lld: %lld entries", (long long)p, (long long)have);
         if (p % 37)
             continue;
         const int32_t tp = (int32_t)p;
@@ -984,6 +1041,51 @@ static void test_compressed(void)
             off += got[j] != want[j];
     }
     CHECK(off == 0, "compressed decode top-k off the model (%ld)", off);
+
+    /* prefill: chunks of any length, each appending the entries it completes (f32 entries
+       quantised on the way: the values are exact, so the same codes); the same cache contents */
+    int32_t seq2;
+    CHECK_OK(skv_kcache_seq_create(kc, &seq2));
+    for (int64_t p = 0; p < N;) {
+        const int64_t c = p + 90 < N ? rng_int(&r, 1, 90) : N - p;
+        const int64_t have = skv_compressed_count(p, ratio), n_new = skv_compressed_count(p + c, ratio) - have;
+        const skv_key_block e = {n_new, D, SKV_F32, m.f32 + have * D, NULL, NULL};
+        CHECK_OK(skv_kcache_append_compressed(kc, seq2, 0, p + c, ratio, &e));
+        p += c;
+    }
+    const int64_t n_e = N / ratio;
+    uint8_t *c1 = xmalloc((size_t)n_e * D / 2), *c2 = xmalloc((size_t)n_e * D / 2);
+    uint8_t *s1 = xmalloc((size_t)n_e * D / 32), *s2 = xmalloc((size_t)n_e * D / 32);
+    CHECK_OK(skv_kcache_read(kc, seq, 0, 0, n_e, c1, NULL));
+    CHECK_OK(skv_kcache_read(kc, seq2, 0, 0, n_e, c2, NULL));
+    CHECK_OK(skv_kcache_read_mx_scales(kc, seq, 0, 0, n_e, s1));
+    CHECK_OK(skv_kcache_read_mx_scales(kc, seq2, 0, 0, n_e, s2));
+    float *v1 = xmalloc((size_t)n_e * D * 4), *v2 = xmalloc((size_t)n_e * D * 4);
+    CHECK_OK(skv_dequantize_mxfp4(c1, s1, n_e, D, v1));
+    CHECK_OK(skv_dequantize_mxfp4(c2, s2, n_e, D, v2));
+    CHECK(memcmp(c1, m.codes, (size_t)n_e * D / 2) == 0 && memcmp(v1, v2, (size_t)n_e * D * 4) == 0,
+          "prefill and decode appends of compressed entries differ");
+    free(v1), free(v2);
+    /* refused, nothing changed: tokens behind the stored entries, ratio 0, negative tokens, a
+       sequence that does not exist, the dtype of another cache */
+    const skv_key_block none = {0, D, SKV_MXFP4_E2M1, m.codes, NULL, m.scales};
+    const skv_key_block one = {1, D, SKV_MXFP4_E2M1, m.codes, NULL, m.scales};
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 0, N - ratio, ratio, &none), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 0, N + ratio, 0, &one), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 0, -1, ratio, &none), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 1, N + ratio, ratio, &one), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2 + 7, 0, N + ratio, ratio, &one), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 0, N + ratio, ratio, NULL), SKV_ERR_INVALID_ARG);
+    const skv_key_block fp8 = {1, D, SKV_FP8_E4M3, m.codes, (const float *)m.f32, NULL};
+    CHECK_STATUS(skv_kcache_append_compressed(kc, seq2, 0, N + ratio, ratio, &fp8), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_kcache_append_compressed(NULL, seq2, 0, N + ratio, ratio, &one), SKV_ERR_INVALID_ARG);
+    int64_t len2;
+    CHECK_OK(skv_kcache_seq_length(kc, seq2, 0, &len2));
+    uint8_t *c3 = xmalloc((size_t)n_e * D / 2);
+    CHECK_OK(skv_kcache_read(kc, seq2, 0, 0, n_e, c3, NULL));
+    CHECK(len2 == n_e && memcmp(c2, c3, (size_t)n_e * D / 2) == 0, "a refused append changed the cache");
+    free(c3);
+    free(c1), free(c2), free(s1), free(s2);
     skv_kcache_destroy(kc);
     free(sc);
     qbuf_free(&o);
@@ -991,8 +1093,103 @@ static void test_compressed(void)
     skv_context_destroy(ctx);
 }
 
-/* Allocation failure at each allocation of a paged, a ragged and an MXFP4 cache call: a clear
- * NOMEM (or success with the same result), nothing leaked. */
+/* IndexCache over compressed layers: a plan "FSFS" over a key cache holding only the Full
+ * layers' compressed entries, appended as the compressor emits them (a prefill chunk, then
+ * decode steps). Full layers compute (the key cache's own top-k of their slot), Shared layers
+ * return their source's indices without running the indexer, and the indices are entries that
+ * expand to tokens the query token has seen. */
+static void test_compressed_reuse(void)
+{
+    rng r = {26274};
+    const int32_t D = 64, H = 8, ratio = 4, k = 12, NL = 4, prefill = 61;
+    const int64_t N = 400;
+    skv_context *ctx = ctx_new(SKV_CPU_ALL, 2);
+    skv_reuse_plan *plan;
+    CHECK_OK(skv_reuse_plan_from_string(ctx, "FSFS", NULL, 0, &plan));
+    skv_kcache_params base, kp;
+    skv_kcache_params_init(&base);
+    base.head_dim = D, base.dtype = SKV_MXFP4_E2M1, base.page_tokens = 16;
+    CHECK_OK(skv_reuse_kcache_params(plan, &base, &kp));
+    CHECK(kp.n_layers == 2, "the cache keeps the 2 Full layers, not %d", kp.n_layers);
+    skv_kcache *kc;
+    int32_t seq;
+    CHECK_OK(skv_kcache_create(ctx, &kp, &kc));
+    CHECK_OK(skv_kcache_seq_create(kc, &seq));
+    mxkeys m[2]; /* each Full layer's entries */
+    mxkeys_make(&m[0], &r, N / ratio, D, 0);
+    mxkeys_make(&m[1], &r, N / ratio, D, 0);
+    skv_reuse_selector_params sp;
+    skv_reuse_selector_params_init(&sp);
+    sp.k = k, sp.max_tokens = prefill;
+    skv_reuse_selector *sel;
+    CHECK_OK(skv_reuse_selector_create(ctx, plan, &sp, &sel));
+    qbuf o[NL]; /* each layer's queries (a Shared layer's are never read) */
+    for (int l = 0; l < NL; l++)
+        qbuf_make(&o[l], &r, prefill, H, D, SKV_FP8_E4M3, 0, 0);
+    int32_t *want = xmalloc((size_t)prefill * k * 4), *tok = xmalloc((size_t)prefill * k * ratio * 4);
+    int32_t *epos = xmalloc((size_t)prefill * 4), src_idx[2][61 * 12];
+    long bad = 0, steps = 0;
+    for (int64_t p = 0; p < N;) {
+        const int32_t T = p == 0 ? prefill : 1; /* a prefill chunk, then decode */
+        for (int32_t slot = 0; slot < 2; slot++) { /* the compressor's entries of this step */
+            const int64_t have = skv_compressed_count(p, ratio), n_new = skv_compressed_count(p + T, ratio) - have;
+            const skv_key_block e = {n_new, D, SKV_MXFP4_E2M1, m[slot].codes + have * D / 2, NULL,
+                                     m[slot].scales + have * D / 32};
+            CHECK_OK(skv_kcache_append_compressed(kc, seq, slot, p + T, ratio, &e));
+        }
+        for (int32_t t = 0; t < T; t++)
+            epos[t] = (int32_t)(p + t);
+        CHECK_OK(skv_compressed_positions(epos, T, ratio, epos)); /* tokens to entries */
+        CHECK_OK(skv_reuse_begin_step(sel, T));
+        steps++;
+        for (int32_t l = 0; l < NL; l++) {
+            skv_indexer_query q = o[l].q;
+            q.n_tokens = T;
+            q.positions = epos;
+            const int32_t *view;
+            if (l % 2) { /* Shared: no query, no keys read */
+                CHECK_OK(skv_reuse_select_kcache(sel, l, NULL, kc, seq, &view));
+                bad += memcmp(view, src_idx[(l - 1) / 2], (size_t)T * k * 4) != 0;
+                continue;
+            }
+            CHECK_OK(skv_reuse_select_kcache(sel, l, &q, kc, seq, &view));
+            CHECK_OK(skv_kcache_topk(kc, seq, l / 2, &q, k, want, NULL));
+            bad += memcmp(view, want, (size_t)T * k * 4) != 0;
+            memcpy(src_idx[l / 2], view, (size_t)T * k * 4);
+            /* entries a token may see only, expanding to tokens at or before it */
+            CHECK_OK(skv_compressed_expand(view, (int64_t)T * k, ratio, tok));
+            for (int32_t t = 0; t < T; t++)
+                for (int32_t j = 0; j < k; j++) {
+                    const int32_t e = view[t * k + j];
+                    if (e < 0)
+                        continue;
+                    bad += e > epos[t];
+                    for (int32_t i = 0; i < ratio; i++)
+                        bad += tok[((size_t)t * k + j) * ratio + i] != e * ratio + i ||
+                               tok[((size_t)t * k + j) * ratio + i] > p + t;
+                }
+        }
+        p += T;
+    }
+    CHECK(bad == 0, "IndexCache over compressed entries: %ld mismatches", bad);
+    skv_reuse_selector_stats stats = {sizeof stats, 0, 0, 0};
+    CHECK_OK(skv_reuse_selector_get_stats(sel, &stats));
+    CHECK(stats.steps == steps && stats.indexer_runs == 2 * steps && stats.reused == 2 * steps,
+          "selector stats %lld %lld %lld for %ld steps", (long long)stats.steps,
+          (long long)stats.indexer_runs, (long long)stats.reused, steps);
+    for (int l = 0; l < NL; l++)
+        qbuf_free(&o[l]);
+    free(want), free(tok), free(epos);
+    mxkeys_free(&m[0]);
+    mxkeys_free(&m[1]);
+    skv_reuse_selector_destroy(sel);
+    skv_kcache_destroy(kc);
+    skv_reuse_plan_destroy(plan);
+    skv_context_destroy(ctx);
+}
+
+/* Allocation failure at each allocation of a paged (top-k and scores), a ragged and an MXFP4
+ * cache call: a clear NOMEM (or success with the same result), nothing leaked. */
 typedef struct fail_alloc { long n, fail_at, live; } fail_alloc;
 
 static void *fa_alloc(void *user, size_t size, size_t align)
@@ -1038,6 +1235,16 @@ static skv_status alloc_scenario(fail_alloc *fa, const mxkeys *m, const qbuf *o,
     skv_indexer_query q = o->q;
     q.n_tokens = 1;
     st = skv_paged_topk(ctx, &pk2, &pb, &q, k, out, NULL);
+    if (st == SKV_OK) { /* the scores alone: their best key is the top-k's first */
+        float *sc = xmalloc((size_t)len * 4);
+        st = skv_paged_scores(ctx, &pk2, &pb, &q, sc, len);
+        int32_t best = 0;
+        for (int32_t s = 1; s < len; s++)
+            best = sc[s] > sc[best] ? s : best;
+        if (st == SKV_OK && best != out[0])
+            st = SKV_ERR_STATE;
+        free(sc);
+    }
     const int32_t ks = 0, ke = len;
     if (st == SKV_OK) {
         q.positions = NULL;
@@ -1166,6 +1373,7 @@ int main(int argc, char **argv)
     test_paged();
     test_ragged();
     test_compressed();
+    test_compressed_reuse();
     test_alloc_failures();
     test_bf16_weights();
     return test_summary("v4");

@@ -60,6 +60,18 @@ SKV_API skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys,
                                   const skv_paged_batch *batch, const skv_indexer_query *q,
                                   int32_t k, int32_t *out_idx, float *out_score);
 
+/* The scores alone (DeepGEMM's fp8_paged_mqa_logits / fp8_fp4_paged_mqa_logits): query token
+ * t's score for key s of its sequence at out[t * out_stride + s], the formula and bits of
+ * skv_indexer_scores on the same keys; -inf for the keys the token does not see, and for the
+ * columns from its sequence's length up to out_stride (every column is written). out_stride
+ * >= every context_lens[i] (DeepGEMM's max_context_len). n_sink / n_window play no part.
+ * Errors: those of skv_paged_topk, and INVALID_ARG for out NULL with tokens, out_stride < 0 or
+ * below a length. Arguments are checked before anything is written; only an allocation
+ * failure part way (NOMEM) leaves the earlier sequences' rows written. */
+SKV_API skv_status skv_paged_scores(skv_context *ctx, const skv_paged_keys *keys,
+                                    const skv_paged_batch *batch, const skv_indexer_query *q,
+                                    float *out, int64_t out_stride);
+
 /* ---- ragged batches on one key buffer ---------------------------------------------------------
  * Query token t sees keys [ks[t], ke[t]) of `keys` (DeepGEMM fp8_mqa_logits' cu_seqlen_ks /
  * cu_seqlen_ke); q->positions must be NULL. Tokens with one ks form one sequence (one driver
@@ -84,6 +96,20 @@ SKV_API skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_q
 
 /* Entries that exist after n_tokens tokens: n_tokens / ratio. */
 SKV_API int64_t skv_compressed_count(int64_t n_tokens, int32_t ratio);
+
+/* Appends to (seq, layer) of a key cache the entries the host's compressor emitted as the
+ * sequence grew to n_tokens tokens: afterwards the layer holds skv_compressed_count(n_tokens,
+ * ratio) entries, entry i at key i. entries->n_keys must be that count minus the entries
+ * already stored: on a decode step 1 when the step completed a group of `ratio` tokens and 0
+ * otherwise (a no-op), for a prefill chunk every group it completed. entries are in the
+ * cache's dtype or F32 (quantised, as skv_kcache_append). The layer must hold entries only.
+ * Errors: INVALID_ARG (ratio < 1, n_tokens < 0 or past INT32_MAX, an entry count that is not
+ * the one the token count implies: entries missing, extra, or n_tokens behind the stored
+ * ones), and those of skv_kcache_append; on error nothing changed. Thread safety: as
+ * skv_kcache_append. */
+SKV_API skv_status skv_kcache_append_compressed(skv_kcache *c, int32_t seq, int32_t layer,
+                                                int64_t n_tokens, int32_t ratio,
+                                                const skv_key_block *entries);
 
 /* Token positions to entry positions for skv_indexer_query.positions: out[t] = (p + 1) /
  * ratio - 1 (floor), the last entry token t may see (-1: none). out may be positions.

@@ -2,12 +2,25 @@
  * pages a selected entry stands for (engine.h). */
 #include <stdlib.h>
 
-#include "core/core.h"
-#include "sparsekv/engine.h"
+#include "indexer/run.h"
 
 int64_t skv_compressed_count(int64_t n_tokens, int32_t ratio)
 {
     return ratio >= 1 && n_tokens > 0 ? n_tokens / ratio : 0;
+}
+
+skv_status skv_kcache_append_compressed(skv_kcache *c, int32_t seq, int32_t layer,
+                                        int64_t n_tokens, int32_t ratio, const skv_key_block *entries)
+{
+    if (!c)
+        return SKV_ERR_INVALID_ARG;
+    skv_context *ctx = skv_kcache_context(c);
+    SKV_CHECK(ctx, ratio >= 1 && n_tokens >= 0 && n_tokens <= INT32_MAX && entries != NULL);
+    int64_t stored;
+    SKV_TRY(skv_kcache_seq_length(c, seq, layer, &stored));
+    /* exactly the entries the new tokens completed: none missing, none twice */
+    SKV_CHECK(ctx, entries->n_keys == skv_compressed_count(n_tokens, ratio) - stored);
+    return skv_kcache_append(c, seq, layer, entries);
 }
 
 /* floor(a / b) for b >= 1 */

@@ -64,6 +64,66 @@ static skv_status check_paged(skv_context *ctx, const skv_paged_keys *keys, cons
     return SKV_OK;
 }
 
+/* Per-call room shared by the sequences: a sequence's page pointers, an identity table over
+ * them, its tokens' positions. */
+typedef struct paged_ws {
+    uint8_t **pages;
+    int32_t *table, *pos;
+} paged_ws;
+
+static skv_status paged_ws_get(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                               paged_ws *w)
+{
+    const int32_t P = keys->block_tokens;
+    int64_t max_blocks = 0;
+    int32_t max_tokens = 0;
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        const int64_t nb = ((int64_t)b->context_lens[i] + P - 1) / P;
+        const int32_t nt = b->q_start ? b->q_start[i + 1] - b->q_start[i] : 1;
+        max_blocks = nb > max_blocks ? nb : max_blocks;
+        max_tokens = nt > max_tokens ? nt : max_tokens;
+    }
+    const size_t ptr_b = skv_round_up((size_t)max_blocks * sizeof(uint8_t *), 64);
+    const size_t tab_b = skv_round_up((size_t)max_blocks * 4, 64);
+    uint8_t *ws = skv_workspace_aux(ctx, 2, ptr_b + tab_b + (size_t)max_tokens * 4 + 64);
+    if (!ws)
+        return SKV_ERR_NOMEM;
+    w->pages = (uint8_t **)ws;
+    w->table = (int32_t *)(ws + ptr_b);
+    w->pos = (int32_t *)(ws + ptr_b + tab_b);
+    for (int64_t j = 0; j < max_blocks; j++)
+        w->table[j] = (int32_t)j;
+    return SKV_OK;
+}
+
+/* Sequence i's query tokens [*t0, *t1), as a query of their own, and its keys where they lie. */
+static void paged_seq(const skv_paged_keys *keys, const skv_paged_batch *b, const skv_indexer_query *q,
+                      int32_t i, const paged_ws *w, int32_t *t0, int32_t *t1, skv_indexer_query *sq,
+                      skv_key_src *src)
+{
+    const int32_t P = keys->block_tokens, D = keys->head_dim, len = b->context_lens[i];
+    *t0 = b->q_start ? b->q_start[i] : i;
+    *t1 = b->q_start ? b->q_start[i + 1] : i + 1;
+    const int64_t nb = ((int64_t)len + P - 1) / P;
+    for (int64_t j = 0; j < nb; j++)
+        w->pages[j] = (uint8_t *)keys->pool +
+                      (size_t)b->block_table[(size_t)i * (size_t)b->table_stride + (size_t)j] *
+                          keys->block_bytes;
+    /* DeepGEMM's rule without positions: token j of n sees the first len - n + j + 1 keys */
+    if (!q->positions)
+        for (int32_t t = *t0; t < *t1; t++)
+            w->pos[t - *t0] = len - (*t1 - *t0) + (t - *t0);
+    *sq = sub_query(q, *t0, *t1, q->positions ? q->positions + *t0 : w->pos);
+    const size_t values = (size_t)P * skv_row_bytes(keys->dtype, D);
+    *src = (skv_key_src){
+        .n_keys = len, .head_dim = D, .dtype = keys->dtype,
+        .row_bytes = skv_row_bytes(keys->dtype, D), .table = w->table,
+        .pages = (uint8_t *const *)w->pages, .slot_offset = 0,
+        .scale_offset = skv_row_scale_bytes(keys->dtype, D) ? keys->scale_offset : values,
+        .page_tokens = P,
+    };
+}
+
 skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
                           const skv_indexer_query *q, int32_t k, int32_t *out_idx,
                           float *out_score)
@@ -73,55 +133,48 @@ skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys, const sk
     SKV_TRY(check_paged(ctx, keys, b, q));
     SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
     SKV_CHECK(ctx, (int64_t)q->n_sink + q->n_window <= k);
-    const int32_t P = keys->block_tokens, D = keys->head_dim;
-    int64_t max_blocks = 0;
-    int32_t max_tokens = 0;
+    paged_ws w;
+    SKV_TRY(paged_ws_get(ctx, keys, b, &w));
     for (int32_t i = 0; i < b->n_seqs; i++) {
-        const int64_t nb = ((int64_t)b->context_lens[i] + P - 1) / P;
-        const int32_t nt = b->q_start ? b->q_start[i + 1] - b->q_start[i] : 1;
-        max_blocks = nb > max_blocks ? nb : max_blocks;
-        max_tokens = nt > max_tokens ? nt : max_tokens;
-    }
-    /* a sequence's page pointers, an identity table over them, its tokens' positions */
-    const size_t ptr_b = skv_round_up((size_t)max_blocks * sizeof(uint8_t *), 64);
-    const size_t tab_b = skv_round_up((size_t)max_blocks * 4, 64);
-    uint8_t *ws = skv_workspace_aux(ctx, 2, ptr_b + tab_b + (size_t)max_tokens * 4 + 64);
-    if (!ws)
-        return SKV_ERR_NOMEM;
-    uint8_t **pages = (uint8_t **)ws;
-    int32_t *table = (int32_t *)(ws + ptr_b), *pos = (int32_t *)(ws + ptr_b + tab_b);
-    for (int64_t j = 0; j < max_blocks; j++)
-        table[j] = (int32_t)j;
-    const size_t values = (size_t)P * skv_row_bytes(keys->dtype, D);
-    for (int32_t i = 0; i < b->n_seqs; i++) {
-        const int32_t t0 = b->q_start ? b->q_start[i] : i, t1 = b->q_start ? b->q_start[i + 1] : i + 1;
-        const int32_t len = b->context_lens[i];
+        int32_t t0, t1;
+        skv_indexer_query sq;
+        skv_key_src src;
+        paged_seq(keys, b, q, i, &w, &t0, &t1, &sq, &src);
         if (t1 == t0)
             continue;
-        const int64_t nb = ((int64_t)len + P - 1) / P;
-        for (int64_t j = 0; j < nb; j++)
-            pages[j] = (uint8_t *)keys->pool +
-                       (size_t)b->block_table[(size_t)i * (size_t)b->table_stride + (size_t)j] *
-                           keys->block_bytes;
-        /* DeepGEMM's rule without positions: token j of n sees the first len - n + j + 1 keys */
-        if (!q->positions)
-            for (int32_t t = t0; t < t1; t++)
-                pos[t - t0] = len - (t1 - t0) + (t - t0);
-        const skv_indexer_query sq = sub_query(q, t0, t1, q->positions ? q->positions + t0 : pos);
-        const skv_key_src src = {
-            .n_keys = len, .head_dim = D, .dtype = keys->dtype,
-            .row_bytes = skv_row_bytes(keys->dtype, D), .table = table,
-            .pages = (uint8_t *const *)pages, .slot_offset = 0,
-            .scale_offset = skv_row_scale_bytes(keys->dtype, D) ? keys->scale_offset : values,
-            .page_tokens = P,
-        };
         int32_t *oi = out_idx + (size_t)t0 * k;
         float *os = out_score ? out_score + (size_t)t0 * k : NULL;
-        if (len == 0) { /* nothing visible */
+        if (src.n_keys == 0) { /* nothing visible */
             pad(oi, os, (size_t)(t1 - t0) * k);
             continue;
         }
         SKV_TRY(skv_indexer_run(ctx, &sq, &src, k, NULL, oi, os));
+    }
+    return SKV_OK;
+}
+
+skv_status skv_paged_scores(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                            const skv_indexer_query *q, float *out, int64_t out_stride)
+{
+    if (!ctx)
+        return SKV_ERR_INVALID_ARG;
+    SKV_TRY(check_paged(ctx, keys, b, q));
+    SKV_CHECK(ctx, out_stride >= 0 && (out != NULL || q->n_tokens == 0));
+    for (int32_t i = 0; i < b->n_seqs; i++)
+        SKV_CHECK(ctx, b->context_lens[i] <= out_stride);
+    paged_ws w;
+    SKV_TRY(paged_ws_get(ctx, keys, b, &w));
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        int32_t t0, t1;
+        skv_indexer_query sq;
+        skv_key_src src;
+        paged_seq(keys, b, q, i, &w, &t0, &t1, &sq, &src);
+        float *o = out + (size_t)t0 * (size_t)out_stride;
+        if (t1 > t0 && src.n_keys == 0) /* nothing visible */
+            for (size_t j = 0; j < (size_t)(t1 - t0) * (size_t)out_stride; j++)
+                o[j] = -INFINITY;
+        else if (t1 > t0)
+            SKV_TRY(skv_indexer_run_scores(ctx, &sq, &src, o, out_stride));
     }
     return SKV_OK;
 }

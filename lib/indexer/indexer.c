@@ -94,6 +94,7 @@ typedef struct plan {
     int32_t lanes_min;
     size_t pack_bytes, rows_bytes, scratch_bytes, state_bytes, thread_bytes;
     float *scores;
+    int64_t score_stride; /* floats from one token's scores to the next's (>= n_keys) */
     int32_t *out_idx;
     float *out_score;
     uint8_t *ws;
@@ -219,7 +220,7 @@ static inline void score_range(const plan *p, const uint8_t *pack, const uint8_t
 static inline float *token_out(const plan *p, int32_t t, float *tile, int64_t g)
 {
     if (p->scores)
-        return p->scores + (size_t)t * p->src->n_keys + g;
+        return p->scores + (size_t)t * p->score_stride + g;
     return tile + (size_t)(t % p->tb) * KEY_GROUP;
 }
 
@@ -387,8 +388,8 @@ static void block_range(const plan *p, block_work *w, int32_t range, int32_t n_r
     skv_topk_state *st = w->st;
     if (p->scores && range == 0) /* the score matrix past each token's visible keys */
         for (int32_t i = 0; i < nt; i++)
-            for (int64_t s = vis[i]; s < p->src->n_keys; s++)
-                p->scores[(size_t)(t0 + i) * p->src->n_keys + s] = -INFINITY;
+            for (int64_t s = vis[i]; s < p->score_stride; s++)
+                p->scores[(size_t)(t0 + i) * p->score_stride + s] = -INFINITY;
 
     for (int64_t g = lo; g < hi; g += KEY_GROUP) {
         const int64_t ge = g + KEY_GROUP < hi ? g + KEY_GROUP : hi;
@@ -493,7 +494,8 @@ static void choose_kernel(skv_context *ctx, plan *p)
 }
 
 static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
-                      int32_t k, float *scores, int32_t *out_idx, float *out_score, int index_order)
+                      int32_t k, float *scores, int64_t score_stride, int32_t *out_idx,
+                      float *out_score, int index_order)
 {
     const int32_t T = q->n_tokens;
     if (out_idx && !index_order && (int64_t)q->n_sink + q->n_window > k)
@@ -501,7 +503,8 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
     if (T == 0)
         return SKV_OK;
     plan p = {.kern = &ctx->kern, .q = q, .src = src, .k = k, .index_order = index_order,
-              .scores = scores, .out_idx = out_idx, .out_score = out_score};
+              .scores = scores, .score_stride = score_stride, .out_idx = out_idx,
+              .out_score = out_score};
     choose_kernel(ctx, &p);
 
     const int nth = skv_threads(ctx);
@@ -621,13 +624,19 @@ static skv_status run(skv_context *ctx, const skv_indexer_query *q, const skv_ke
 skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                            int32_t k, float *scores, int32_t *out_idx, float *out_score)
 {
-    return run(ctx, q, src, k, scores, out_idx, out_score, 0);
+    return run(ctx, q, src, k, scores, src->n_keys, out_idx, out_score, 0);
+}
+
+skv_status skv_indexer_run_scores(skv_context *ctx, const skv_indexer_query *q,
+                                  const skv_key_src *src, float *scores, int64_t stride)
+{
+    return run(ctx, q, src, 0, scores, stride, NULL, NULL, 0);
 }
 
 skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,
                                const skv_key_src *src, int32_t k, int32_t *out_idx)
 {
-    return run(ctx, q, src, k, NULL, out_idx, NULL, 1);
+    return run(ctx, q, src, k, NULL, 0, out_idx, NULL, 1);
 }
 
 skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, skv_key_src *out)

@@ -109,6 +109,11 @@ void skv_forced_apply(const skv_indexer_query *q, int64_t n_keys, int32_t k, int
 /* Scores (scores != NULL) or top-k (out_idx != NULL) of every query token. */
 skv_status skv_indexer_run(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                            int32_t k, float *scores, int32_t *out_idx, float *out_score);
+/* Scores only, token t's row at scores + t * stride (stride >= n_keys): its columns from the
+ * token's visible keys up to stride are -inf (host page logits, whose rows are as long as the
+ * longest sequence). */
+skv_status skv_indexer_run_scores(skv_context *ctx, const skv_indexer_query *q,
+                                  const skv_key_src *src, float *scores, int64_t stride);
 /* The same top-k of every token as a set: its indices in ascending order, padded with -1
  * (candidate lists, where ranking them would be wasted). */
 skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,

@@ -14,6 +14,7 @@ void skv_kernels_init(skv_kernels *k, uint32_t flags)
     if (!(flags & SKV_CPU_AVX512))
         return;
     skv_kernels_init_avx512(k);
+    skv_mxfp4_init_avx512(k);
     k->flags |= SKV_CPU_AVX512;
     if (!(flags & SKV_CPU_AVX512BF16))
         return;

@@ -177,7 +177,8 @@ void skv_kernels_init_scalar(skv_kernels *k);
 void skv_kernels_init_avx2(skv_kernels *k);
 void skv_kernels_init_avx512(skv_kernels *k);
 void skv_kernels_init_avx512bf16(skv_kernels *k);
-void skv_mxfp4_init_avx2(skv_kernels *k); /* mxfp4_avx2.c: the MXFP4 conversions */
+void skv_mxfp4_init_avx2(skv_kernels *k);   /* mxfp4_avx2.c: the MXFP4 conversions */
+void skv_mxfp4_init_avx512(skv_kernels *k); /* mxfp4_avx512.c: the same, both AVX-512 levels */
 
 /* Score-key encoding shared by every variant. */
 static inline uint32_t skv_score_key(float f)

@@ -1,6 +1,6 @@
 /* MXFP4 blocks to f32 or bf16 with AVX2 (kernels.h): the 16-entry E2M1 table is a permute of
  * the eight magnitudes plus the sign bit, then one multiply by the block's scale, as the scalar
- * code does (the same bits). The AVX-512 levels keep these: a block is one 16-byte load. */
+ * code does (the same bits). The AVX-512 levels have their own (mxfp4_avx512.c). */
 #include <immintrin.h>
 
 #include "core/core.h"
