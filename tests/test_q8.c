@@ -226,6 +226,7 @@ static void check_badargs(void)
  * f32 kernels score them, so each result must equal, bit for bit, that of the same call on
  * f32 keys holding the dequantised values (test_indexer checks those against the double
  * formula). */
+#include "sparsekv/engine.h"
 #include "sparsekv/router.h"
 
 static void check_paths(void)
@@ -312,6 +313,22 @@ static void check_paths(void)
                         SAME("cache HISA");
                     }
                     skv_kcache_destroy(c);
+                    /* a host's page pool (engine.h), blocks in reverse order */
+                    const int32_t P = 64, nbk = (L + P - 1) / P;
+                    uint8_t *pool = xmalloc((size_t)nbk * P * rb);
+                    int32_t *table = xmalloc((size_t)nbk * 4);
+                    for (int32_t b = 0; b < nbk; b++) {
+                        table[b] = nbk - 1 - b;
+                        const int32_t n = L - b * P < P ? L - b * P : P;
+                        memcpy(pool + (size_t)table[b] * P * rb, (const uint8_t *)kb.k + (size_t)b * P * rb, (size_t)n * rb);
+                    }
+                    const skv_paged_keys pk = {D, kts[ki], P, pool, nbk, (size_t)P * rb, 0};
+                    const int32_t lens[1] = {L}, qst[2] = {0, T};
+                    const skv_paged_batch pb = {1, table, nbk, lens, qst};
+                    CHECK_OK(skv_indexer_topk(ctx, &q, &k32, K, i0, v0));
+                    CHECK_OK(skv_paged_topk(ctx, &pk, &pb, &q, K, i1, v1));
+                    SAME("host pages");
+                    free(pool), free(table);
                     free(back), free(ps0), free(ps1), free(kf), free(s0), free(s1);
                     free(i0), free(i1), free(v0), free(v1);
                     idx_data_free(&d);
@@ -320,8 +337,148 @@ static void check_paths(void)
     }
 }
 
+/* The int8 path: every level's kernel against the scalar reference bit for bit (ragged heads
+ * and key counts, every query dtype, zero / NaN / infinite / subnormal key scales, codes -128
+ * included); then through the API at every level: scores and selection equal to the scalar
+ * level's, which are the reference kernel's, and close to the exact path's. */
+#include "kernels/q8i8.h"
+
+static void check_int8(void)
+{
+    skv_kernels ref;
+    skv_kernels_init(&ref, 0);
+    rng r = {88};
+    long bad = 0, trials = 0;
+    for (int t = 0; t < 300; t++) {
+        const int32_t H = (int32_t)(t < 40 ? (int32_t[]){1, 15, 16, 17, 64, 65, 33, 128}[t % 8] : rng_int(&r, 1, 140));
+        const int32_t D = 32 * (int32_t)rng_int(&r, 1, 6), n = (int32_t)rng_int(&r, 1, 37);
+        const skv_dtype qt = (skv_dtype[]){SKV_F32, SKV_BF16, SKV_F16, SKV_FP8_E4M3}[t % 4];
+        float *q32 = xmalloc((size_t)H * D * 4), *w = xmalloc((size_t)H * 4), *qs = xmalloc((size_t)H * 4);
+        for (int64_t i = 0; i < (int64_t)H * D; i++)
+            q32[i] = (float)rng_uniform(&r, -2, 2);
+        if (t % 7 == 6)
+            q32[rng_int(&r, 0, (int64_t)H * D - 1)] = t % 2 ? NAN : INFINITY;
+        for (int32_t h = 0; h < H; h++)
+            w[h] = (float)rng_uniform(&r, -1, 1), qs[h] = (float)rng_uniform(&r, 0.01, 2);
+        void *q = xmalloc((size_t)H * D * 4);
+        if (qt == SKV_FP8_E4M3)
+            skv_quantize_fp8(q32, H, D, D, 0, q, qs);
+        else
+            skv_convert(qt, q, SKV_F32, q32, (int64_t)H * D);
+        const size_t rb = (size_t)D / 32 * 34;
+        uint8_t *k = xmalloc((size_t)n * rb);
+        for (size_t i = 0; i < (size_t)n * rb; i++)
+            k[i] = (uint8_t)rng_int(&r, 0, 255);
+        for (int32_t j = 0; j < n; j++)
+            for (int32_t b = 0; b < D / 32; b++) { /* mostly ordinary scales, some special */
+                const int64_t u = rng_int(&r, 0, 40);
+                const uint16_t sc = u == 0 ? 0x7c00 : u == 1 ? 0x7e00 : u == 2 ? 0 : u == 3 ? 0x0003
+                                    : (uint16_t)(0x2000 + rng_int(&r, 0, 0x1fff));
+                k[j * rb + b * 34] = (uint8_t)sc, k[j * rb + b * 34 + 1] = (uint8_t)(sc >> 8);
+            }
+        const skv_qpack_args a = {q, qt, qt == SKV_FP8_E4M3 ? qs : NULL, w, H, D, 0};
+        void *pack = aligned_alloc(64, ref.score_q8i8.pack_size(H, D));
+        ref.score_q8i8.pack(pack, &a);
+        float *want = xmalloc((size_t)n * 4), *got = xmalloc((size_t)n * 4);
+        ref.score_q8i8.score(pack, k, (size_t)D, NULL, n, want);
+        for (int lv = 1; lv < N_LEVELS; lv++) {
+            if (!level_available(&all_levels[lv]))
+                continue;
+            skv_kernels kn;
+            skv_kernels_init(&kn, all_levels[lv].mask);
+            if (kn.score_q8i8.score == ref.score_q8i8.score)
+                continue; /* this CPU has no VNNI at that level */
+            kn.score_q8i8.score(pack, k, (size_t)D, NULL, n, got);
+            for (int32_t j = 0; j < n; j++)
+                if (!(isnan(want[j]) ? isnan(got[j]) : same_float(got[j], want[j])) && bad++ < 4)
+                    CHECK(0, "%s int8 H=%d D=%d n=%d key %d: %.9g, scalar %.9g", all_levels[lv].name,
+                          H, D, n, j, got[j], want[j]);
+            trials++;
+        }
+        free(pack), free(want), free(got), free(q32), free(w), free(qs), free(q), free(k);
+    }
+    CHECK(bad == 0, "int8 kernels: %ld scores differ from the scalar reference", bad);
+    printf("int8 kernel trials against the scalar reference: %ld\n", trials);
+
+    /* the API: contiguous keys, the key cache, MISA, at every level against the scalar level */
+    const int32_t T = 3, H = 64, D = 128, L = 3000, K = 128;
+    idx_data d;
+    idx_data_make(&d, &r, T, H, D, L, SKV_F32, SKV_Q8_0, FILL_RANDOM, 1);
+    const skv_indexer_query q = idx_query(&d);
+    const skv_key_block kb = idx_keys(&d);
+    int32_t *i0 = xmalloc((size_t)T * K * 4), *i1 = xmalloc((size_t)T * K * 4), *ie = xmalloc((size_t)T * K * 4);
+    float *v0 = xmalloc((size_t)T * K * 4), *v1 = xmalloc((size_t)T * K * 4);
+    float *s0 = xmalloc((size_t)T * L * 4), *s1 = xmalloc((size_t)T * L * 4);
+    skv_context *sc = ctx_new(0, 2);
+    CHECK_STATUS(skv_context_set_int8_queries(NULL, 1), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_context_set_int8_queries(sc, 2), SKV_ERR_INVALID_ARG);
+    CHECK_OK(skv_indexer_topk(sc, &q, &kb, K, ie, NULL)); /* exact, for the overlap */
+    CHECK_OK(skv_context_set_int8_queries(sc, 1));
+    CHECK_OK(skv_indexer_scores(sc, &q, &kb, s0));
+    CHECK_OK(skv_indexer_topk(sc, &q, &kb, K, i0, v0));
+    /* the scalar level's scores are the reference kernel's */
+    {
+        skv_kernels kr;
+        skv_kernels_init(&kr, 0);
+        void *pack = aligned_alloc(64, kr.score_q8i8.pack_size(H, D));
+        float *row = xmalloc((size_t)L * 4);
+        long off = 0;
+        for (int32_t t = 0; t < T; t++) {
+            const skv_qpack_args a = {d.q32 + (size_t)t * H * D, SKV_F32, NULL, d.w + (size_t)t * H, H, D, 0};
+            kr.score_q8i8.pack(pack, &a);
+            kr.score_q8i8.score(pack, d.kd, (size_t)D, NULL, L, row);
+            for (int64_t s = 0; s <= d.pos[t] && s < L; s++)
+                off += !same_float(row[s], s0[(size_t)t * L + s]);
+        }
+        CHECK(off == 0, "int8 scores of the API: %ld differ from the reference kernel's", off);
+        free(pack), free(row);
+    }
+    long common = 0;
+    for (int32_t t = 0; t < T; t++)
+        for (int32_t a = 0; a < K; a++)
+            for (int32_t b = 0; b < K; b++)
+                common += i0[t * K + a] == ie[t * K + b];
+    CHECK(common >= (long)(0.9 * T * K), "int8 top-k overlap with the exact path %ld of %d", common, T * K);
+    printf("int8 top-%d overlap with the exact path on random data: %.4f\n", K, (double)common / (T * K));
+    skv_misa_params mp;
+    skv_misa_params_init(&mp);
+    mp.heads = 8, mp.block = 64, mp.route = SKV_ROUTE_QNORM, mp.min_length = 0;
+    int32_t *m0 = xmalloc((size_t)T * K * 4), *m1 = xmalloc((size_t)T * K * 4);
+    CHECK_OK(skv_misa_topk(sc, &q, &kb, NULL, &mp, K, m0, NULL));
+    for (int lv = 1; lv < N_LEVELS; lv++) {
+        if (!level_available(&all_levels[lv]))
+            continue;
+        skv_context *c = ctx_new(all_levels[lv].mask, 2);
+        CHECK_OK(skv_context_set_int8_queries(c, 1));
+        CHECK_OK(skv_indexer_scores(c, &q, &kb, s1));
+        CHECK(memcmp(s0, s1, (size_t)T * L * 4) == 0, "%s: int8 scores differ from the scalar level", all_levels[lv].name);
+        CHECK_OK(skv_indexer_topk(c, &q, &kb, K, i1, v1));
+        CHECK(memcmp(i0, i1, (size_t)T * K * 4) == 0 && memcmp(v0, v1, (size_t)T * K * 4) == 0,
+              "%s: int8 selection differs from the scalar level", all_levels[lv].name);
+        skv_kcache_params cp;
+        skv_kcache_params_init(&cp);
+        cp.dtype = SKV_Q8_0, cp.head_dim = D;
+        skv_kcache *kc = NULL;
+        int32_t seq;
+        CHECK_OK(skv_kcache_create(c, &cp, &kc));
+        CHECK_OK(skv_kcache_seq_create(kc, &seq));
+        CHECK_OK(skv_kcache_append(kc, seq, 0, &kb));
+        CHECK_OK(skv_kcache_topk(kc, seq, 0, &q, K, i1, v1));
+        CHECK(memcmp(i0, i1, (size_t)T * K * 4) == 0 && memcmp(v0, v1, (size_t)T * K * 4) == 0,
+              "%s: int8 key-cache selection differs", all_levels[lv].name);
+        skv_kcache_destroy(kc);
+        CHECK_OK(skv_misa_topk(c, &q, &kb, NULL, &mp, K, m1, NULL));
+        CHECK(memcmp(m0, m1, (size_t)T * K * 4) == 0, "%s: int8 MISA differs", all_levels[lv].name);
+        skv_context_destroy(c);
+    }
+    skv_context_destroy(sc);
+    free(i0), free(i1), free(ie), free(v0), free(v1), free(s0), free(s1), free(m0), free(m1);
+    idx_data_free(&d);
+}
+
 int main(void)
 {
+    check_int8();
     check_paths();
     check_hand_blocks();
     check_ggml_rule();

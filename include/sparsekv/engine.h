@@ -18,7 +18,7 @@ extern "C" {
  * Block b of the pool starts at pool + b * block_bytes and holds block_tokens keys: their
  * values, [block_tokens][head_dim] elements (MXFP4: [block_tokens][head_dim / 2] bytes), from
  * the block's start, then for FP8 block_tokens f32 scales and for MXFP4 [block_tokens][head_dim
- * / 32] UE8M0 bytes, at scale_offset. DeepGEMM's FP8 block (64 tokens, head_dim 128: 132 bytes
+ * / 32] UE8M0 bytes, at scale_offset (Q8_0 rows carry their scales: no scale area). DeepGEMM's FP8 block (64 tokens, head_dim 128: 132 bytes
  * a token) is block_tokens = 64, scale_offset = 64 * 128, block_bytes = 64 * 132; the fp4 one
  * (68 bytes a token) scale_offset = 64 * 64, block_bytes = 64 * 68. skv_kcache with n_layers = 1
  * stores its pages in this same layout. */

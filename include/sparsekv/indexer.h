@@ -64,6 +64,19 @@ typedef struct skv_key_block {
  * independent of the thread count; levels may differ in the last bits (summation order).
  * Limits: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096, n_tokens >= 0 (0 is a no-op). */
 
+/* The opt-in int8 path (default off): with on = 1, every indexer call of this context on Q8_0
+ * keys (contiguous, key cache, host pages, MISA/HISA's exact passes) quantises each (token,
+ * head) query to int8 inside the call (scale amax / 127 of its dequantised values, codes
+ * roundf(x / scale), infinities +-127; a NaN makes that head's term NaN) and scores with
+ * integer dot products per 32-value block (AVX512-VNNI or AVX-VNNI vpdpbusd where the CPU has
+ * them, else a scalar reference):
+ *   score = sum_h (w[h] * scale[h]) * relu(sum_b d_b * sum_t q8[h][32b + t] * k_b[t])
+ * in an order fixed in lib/kernels/q8i8.h, so every level gives the scalar reference's scores
+ * and selection bit for bit. The query's rounding changes the scores: an approximation the host
+ * opts into (its top-k overlap with the exact path: docs/indexer.md). Other key dtypes are not
+ * affected. Errors: INVALID_ARG (NULL context, on not 0 or 1). */
+SKV_API skv_status skv_context_set_int8_queries(skv_context *ctx, int on);
+
 /* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
  * For FP8, q and k are the dequantised values (value * scale); for Q8_0 keys, qs * d.
  * out: [n_tokens][n_keys].

@@ -26,6 +26,7 @@ struct skv_context {
     size_t bytes_live; /* everything allocated through this context, workspace included */
     int64_t route_paths[4]; /* MISA/HISA calls by skv_route_path (router.h) */
     int32_t route_last;     /* the path of the last one, -1 before any */
+    int int8_queries;       /* skv_context_set_int8_queries */
 };
 
 /* Allocation through the context's hooks; sizes are remembered by the caller (the hook API

@@ -483,6 +483,14 @@ static void choose_kernel(skv_context *ctx, plan *p)
     const skv_dtype qt = p->q->dtype, kt = p->src->dtype;
     const int narrow_q = qt == SKV_BF16 || qt == SKV_FP8_E4M3;
     const int narrow_k = kt == SKV_BF16 || kt == SKV_FP8_E4M3 || kt == SKV_MXFP4_E2M1;
+    if (ctx->int8_queries && kt == SKV_Q8_0) { /* int8 queries (the pack quantises) on raw rows */
+        p->sk = &kn->score_q8i8;
+        p->celem = 1;
+        p->cvt = NULL;
+        p->cvt_mx = NULL;
+        p->scaled = 0;
+        return;
+    }
     if (kn->score_bf16.pack_size && narrow_q && narrow_k) {
         p->sk = &kn->score_bf16;
         p->celem = 2;
