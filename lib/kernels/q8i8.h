@@ -12,9 +12,10 @@
  * with the same scores as the scalar reference, bit for bit.
  *
  * The pack (per token): a header, then for each head vector v (16 heads) and block b the query
- * codes plus 128 as bytes [8 steps][16 lanes][4 dims] (512 bytes: one vpdpbusd operand a step,
- * unsigned; the key bytes are the signed operand, and 128 * sum(k_b) is taken off), then
- * [nv][16] f32 weights w_h * qs_h (0 on padded lanes). */
+ * codes (int8) as bytes [8 steps][16 lanes][4 dims] (512 bytes: one vpdpbusd operand a step, the
+ * signed one; the key codes plus 128 are the unsigned one), then [nv][nb][16] int32
+ * -128 * sum(q codes of the block) (what the keys' +128 adds, taken off), then [nv][16] f32
+ * weights w_h * qs_h (0 on padded lanes). */
 #ifndef SKV_Q8I8_H
 #define SKV_Q8I8_H
 
@@ -29,9 +30,14 @@ static inline const uint8_t *skv_q8i8_codes(const skv_q8i8_hdr *h, int32_t v, in
 {
     return (const uint8_t *)(h + 1) + ((size_t)v * h->nb + b) * 512;
 }
+static inline const int32_t *skv_q8i8_corr(const skv_q8i8_hdr *h, int32_t v, int32_t b)
+{
+    return (const int32_t *)((const uint8_t *)(h + 1) + (size_t)h->nv * h->nb * 512) +
+           ((size_t)v * h->nb + b) * 16;
+}
 static inline const float *skv_q8i8_wq(const skv_q8i8_hdr *h)
 {
-    return (const float *)((const uint8_t *)(h + 1) + (size_t)h->nv * h->nb * 512);
+    return (const float *)((const uint8_t *)(h + 1) + (size_t)h->nv * h->nb * (512 + 64));
 }
 
 size_t skv_q8i8_pack_size(int32_t H, int32_t D);

@@ -1,7 +1,8 @@
 /* The int8 path with AVX512-VNNI (q8i8.h): 16 heads in the lanes of a vector, a key's four
- * code bytes broadcast, one vpdpbusd per 4 dims (query codes + 128 unsigned, key codes
- * signed, 128 * sum(k_b) taken off), then per block one conversion and one fma with the
- * block's scale; two keys a tile so that each query vector loaded serves both. Built into the
+ * code bytes broadcast, one vpdpbusd per 4 dims (key codes + 128 unsigned, made once per block
+ * of a tile's keys; query codes signed; the pack's -128 * sum(q) starts the sum), then per
+ * block one conversion and one fma with the block's scale; two keys a tile so that each query
+ * vector loaded serves both. Built into the
  * AVX-512 level's library with VNNI enabled here; used only when the CPU has it. */
 #pragma GCC target("avx512vnni")
 #include <immintrin.h>
@@ -25,18 +26,6 @@ static inline float tree_sum(__m512 s)
     const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
     return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
-}
-
-/* -128 * sum of block b's codes, and its scale, for a key row. */
-static inline __m512i block_bias(const uint8_t *blk)
-{
-    const __m256i k = _mm256_loadu_si256((const __m256i *)(blk + 2));
-    const __m256i u = _mm256_xor_si256(k, _mm256_set1_epi8((char)0x80)); /* k + 128 */
-    const __m256i sad = _mm256_sad_epu8(u, _mm256_setzero_si256());
-    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
-    const int32_t sum = (int32_t)_mm_cvtsi128_si32(t) - 32 * 128;
-    return _mm512_set1_epi32(-128 * sum);
 }
 
 static inline __m512 block_scale(const uint8_t *blk)
@@ -68,23 +57,28 @@ static inline __attribute__((always_inline)) void tile(const skv_q8i8_hdr *hdr, 
         for (int32_t b = 0; b < nb; b++) {
             __m512i acc[HV_CHUNK][2];
             __m512 ds[2];
+            uint8_t u[2][32] __attribute__((aligned(32)));
             for (int j = 0; j < N; j++) {
                 const uint8_t *blk = r[j] + (size_t)b * SKV_Q8_0_BLOCK_BYTES;
-                const __m512i bias = block_bias(blk);
                 ds[j] = block_scale(blk);
-                for (int v = 0; v < HV_CHUNK; v++)
-                    acc[v][j] = bias;
+                _mm256_store_si256((__m256i *)u[j], _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)),
+                                                                     _mm256_set1_epi8((char)0x80)));
+            }
+            for (int v = 0; v < HV_CHUNK && v < hv; v++) {
+                const __m512i c = _mm512_loadu_si512(skv_q8i8_corr(hdr, v0 + v, b));
+                for (int j = 0; j < N; j++)
+                    acc[v][j] = c;
             }
             for (int st = 0; st < 8; st++) {
                 __m512i kb[2];
                 for (int j = 0; j < N; j++)
-                    kb[j] = _mm512_set1_epi32(load4(r[j] + (size_t)b * SKV_Q8_0_BLOCK_BYTES + 2 + 4 * st));
+                    kb[j] = _mm512_set1_epi32(load4(u[j] + 4 * st));
                 for (int v = 0; v < HV_CHUNK; v++) {
                     if (v >= hv)
                         break;
                     const __m512i qv = _mm512_load_si512(skv_q8i8_codes(hdr, v0 + v, b) + st * 64);
                     for (int j = 0; j < N; j++)
-                        acc[v][j] = _mm512_dpbusd_epi32(acc[v][j], qv, kb[j]);
+                        acc[v][j] = _mm512_dpbusd_epi32(acc[v][j], kb[j], qv);
                 }
             }
             for (int v = 0; v < HV_CHUNK && v < hv; v++)

@@ -1,4 +1,5 @@
-/* The int8 path with AVX-VNNI (VEX vpdpbusd on 8 lanes; q8i8.h): the 16 lanes of a head
+/* The int8 path with AVX-VNNI (VEX vpdpbusd on 8 lanes; q8i8.h; key codes + 128 unsigned,
+ * query codes signed): the 16 lanes of a head
  * vector as two halves, otherwise the AVX512-VNNI kernel's arithmetic in the same order, so
  * the same bits. Built into the AVX2 level's library with AVX-VNNI enabled here; used only
  * when the CPU has it. */
@@ -22,16 +23,6 @@ static inline float tree_sum(__m256 lo, __m256 hi)
     return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
 }
 
-static inline __m256i block_bias(const uint8_t *blk)
-{
-    const __m256i k = _mm256_loadu_si256((const __m256i *)(blk + 2));
-    const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(k, _mm256_set1_epi8((char)0x80)),
-                                        _mm256_setzero_si256());
-    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
-    return _mm256_set1_epi32(-128 * ((int32_t)_mm_cvtsi128_si32(t) - 32 * 128));
-}
-
 static void score_q8i8_avxvnni(const void *pack, const void *k, size_t kst, const float *ks,
                                int64_t n, float *out)
 {
@@ -49,15 +40,19 @@ static void score_q8i8_avxvnni(const void *pack, const void *k, size_t kst, cons
             for (int32_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * SKV_Q8_0_BLOCK_BYTES;
                 const uint8_t *qc = skv_q8i8_codes(hdr, v, b);
-                __m256i acc[2];
-                acc[0] = acc[1] = block_bias(blk);
+                const int32_t *corr = skv_q8i8_corr(hdr, v, b);
+                __m256i acc[2] = {_mm256_loadu_si256((const __m256i *)corr),
+                                  _mm256_loadu_si256((const __m256i *)(corr + 8))};
+                uint8_t u[32] __attribute__((aligned(32))); /* key codes + 128 */
+                _mm256_store_si256((__m256i *)u, _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)),
+                                                                  _mm256_set1_epi8((char)0x80)));
                 for (int st = 0; st < 8; st++) {
                     int32_t x;
-                    memcpy(&x, blk + 2 + 4 * st, 4);
+                    memcpy(&x, u + 4 * st, 4);
                     const __m256i kb = _mm256_set1_epi32(x);
                     for (int half = 0; half < 2; half++)
                         acc[half] = _mm256_dpbusd_avx_epi32(
-                            acc[half], _mm256_load_si256((const __m256i *)(qc + st * 64 + half * 32)), kb);
+                            acc[half], kb, _mm256_load_si256((const __m256i *)(qc + st * 64 + half * 32)));
                 }
                 uint16_t h;
                 memcpy(&h, blk, 2);

@@ -8,7 +8,7 @@
 size_t skv_q8i8_pack_size(int32_t H, int32_t D)
 {
     const size_t nv = (size_t)(H + 15) / 16, nb = (size_t)D / 32;
-    return skv_round_up(sizeof(skv_q8i8_hdr) + nv * nb * 512 + nv * 64, 64);
+    return skv_round_up(sizeof(skv_q8i8_hdr) + nv * nb * (512 + 64) + nv * 64, 64);
 }
 
 /* Head h's dequantised f32 values. */
@@ -33,8 +33,10 @@ void skv_q8i8_pack(void *dst, const skv_qpack_args *a)
     memset(hdr, 0, sizeof *hdr);
     hdr->H = H, hdr->D = D, hdr->nv = nv, hdr->nb = nb;
     uint8_t *codes = (uint8_t *)(hdr + 1);
-    float *wq = (float *)(codes + (size_t)nv * nb * 512);
-    memset(codes, 128, (size_t)nv * nb * 512); /* padded heads: code 0 */
+    int32_t *corr = (int32_t *)(codes + (size_t)nv * nb * 512);
+    float *wq = (float *)(corr + (size_t)nv * nb * 16);
+    memset(codes, 0, (size_t)nv * nb * 512); /* padded heads: code 0 */
+    memset(corr, 0, (size_t)nv * nb * 64);
     memset(wq, 0, (size_t)nv * 64);
     float x[4096];
     for (int32_t h = 0; h < H; h++) {
@@ -53,7 +55,8 @@ void skv_q8i8_pack(void *dst, const skv_qpack_args *a)
             float c = x[d] == INFINITY ? 127.0f : x[d] == -INFINITY ? -127.0f : roundf(x[d] * inv);
             c = c != c ? 0.0f : c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c;
             const int32_t b = d / 32, s = (d % 32) / 4, t = d % 4;
-            codes[((size_t)v * nb + b) * 512 + (size_t)s * 64 + (size_t)l * 4 + t] = (uint8_t)((int32_t)c + 128);
+            codes[((size_t)v * nb + b) * 512 + (size_t)s * 64 + (size_t)l * 4 + t] = (uint8_t)(int8_t)c;
+            corr[((size_t)v * nb + b) * 16 + l] -= 128 * (int32_t)c;
         }
         wq[v * 16 + l] = nan ? NAN : a->w[h] * qs;
     }
@@ -81,7 +84,7 @@ static void score_q8i8_scalar(const void *pack, const void *k, size_t kst, const
                 const uint8_t *qc = skv_q8i8_codes(hdr, v, b);
                 int32_t i = 0;
                 for (int32_t t = 0; t < 32; t++)
-                    i += ((int32_t)qc[(t / 4) * 64 + l * 4 + t % 4] - 128) * (int8_t)blk[2 + t];
+                    i += (int8_t)qc[(t / 4) * 64 + l * 4 + t % 4] * (int8_t)blk[2 + t];
                 uint16_t hs;
                 memcpy(&hs, blk, 2);
                 f = fmaf((float)i, skv_f16_to_f32(hs), f);
