@@ -1,9 +1,8 @@
 /* The int8 path with AVX512-VNNI (q8i8.h): 16 heads in the lanes of a vector, a key's four
  * code bytes broadcast, one vpdpbusd per 4 dims (key codes + 128 unsigned, made once per block
  * of a tile's keys; query codes signed; the pack's -128 * sum(q) starts the sum), then per
- * block one conversion and one fma with the block's scale; four keys a tile (two head vectors a
- * pass) so that each query
- * vector loaded serves every key of the tile. Built into the
+ * block one conversion and one fma with the block's scale; two keys a tile so that each query
+ * vector loaded serves both. Built into the
  * AVX-512 level's library with VNNI enabled here; used only when the CPU has it. */
 #pragma GCC target("avx512vnni")
 #include <immintrin.h>
@@ -12,8 +11,7 @@
 #include "core/core.h"
 #include "kernels/q8i8.h"
 
-#define HV_CHUNK 2 /* head vectors per pass over a tile's keys */
-#define NK 4       /* keys per tile: each query vector loaded serves NK keys */
+#define HV_CHUNK 4 /* head vectors per pass over a tile's keys */
 
 static inline __m512 relu_nan(__m512 x)
 {
@@ -44,25 +42,22 @@ static inline int32_t load4(const uint8_t *p)
     return x;
 }
 
-/* N keys (1 .. NK) from rows r[]: their lane sums over every head vector. */
+/* N keys (1 or 2) from rows r[]: their lane sums over every head vector. */
 static inline __attribute__((always_inline)) void tile(const skv_q8i8_hdr *hdr, const uint8_t *const *r,
                                                        int N, float *out)
 {
     const int32_t nv = hdr->nv, nb = hdr->nb;
     const float *wq = skv_q8i8_wq(hdr);
-    __m512 s[NK];
-    for (int j = 0; j < NK; j++)
-        s[j] = _mm512_setzero_ps();
+    __m512 s[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int32_t v0 = 0; v0 < nv; v0 += HV_CHUNK) {
         const int hv = nv - v0 < HV_CHUNK ? nv - v0 : HV_CHUNK;
-        __m512 f[HV_CHUNK][NK];
+        __m512 f[HV_CHUNK][2];
         for (int v = 0; v < HV_CHUNK; v++)
-            for (int j = 0; j < NK; j++)
-                f[v][j] = _mm512_setzero_ps();
+            f[v][0] = f[v][1] = _mm512_setzero_ps();
         for (int32_t b = 0; b < nb; b++) {
-            __m512i acc[HV_CHUNK][NK];
-            __m512 ds[NK];
-            uint8_t u[NK][32] __attribute__((aligned(32)));
+            __m512i acc[HV_CHUNK][2];
+            __m512 ds[2];
+            uint8_t u[2][32] __attribute__((aligned(32)));
             for (int j = 0; j < N; j++) {
                 const uint8_t *blk = r[j] + (size_t)b * SKV_Q8_0_BLOCK_BYTES;
                 ds[j] = block_scale(blk);
@@ -75,7 +70,7 @@ static inline __attribute__((always_inline)) void tile(const skv_q8i8_hdr *hdr, 
                     acc[v][j] = c;
             }
             for (int st = 0; st < 8; st++) {
-                __m512i kb[NK];
+                __m512i kb[2];
                 for (int j = 0; j < N; j++)
                     kb[j] = _mm512_set1_epi32(load4(u[j] + 4 * st));
                 for (int v = 0; v < HV_CHUNK; v++) {
@@ -113,16 +108,14 @@ static void score_q8i8_avx512vnni(const void *pack, const void *k, size_t kst, c
     const size_t rb = (size_t)hdr->nb * SKV_Q8_0_BLOCK_BYTES;
     const uint8_t *base = k;
     int64_t j = 0;
-    for (; j + NK <= n; j += NK) {
-        for (size_t o = 0; o < NK * rb; o += 64) /* the next tiles' rows stream in */
-            __builtin_prefetch(base + (size_t)(j + 2 * NK) * rb + o);
-        const uint8_t *r[NK];
-        for (int i = 0; i < NK; i++)
-            r[i] = base + (size_t)(j + i) * rb;
-        tile(hdr, r, NK, out + j);
+    for (; j + 2 <= n; j += 2) {
+        for (size_t o = 0; o < 2 * rb; o += 64) /* the next tile's rows stream in */
+            __builtin_prefetch(base + (size_t)(j + 8) * rb + o);
+        const uint8_t *r[2] = {base + (size_t)j * rb, base + (size_t)(j + 1) * rb};
+        tile(hdr, r, 2, out + j);
     }
-    for (; j < n; j++) { /* a key's result does not depend on its tile */
-        const uint8_t *r[NK] = {base + (size_t)j * rb};
+    if (j < n) {
+        const uint8_t *r[2] = {base + (size_t)j * rb, NULL};
         tile(hdr, r, 1, out + j);
     }
 }
