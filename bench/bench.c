@@ -158,6 +158,7 @@ static const char *dtype_name(skv_dtype t)
     case SKV_F16: return "f16";
     case SKV_FP8_E4M3: return "fp8";
     case SKV_MXFP4_E2M1: return "mxfp4";
+    case SKV_Q8_0: return "q8_0";
     }
     return "?";
 }

@@ -203,9 +203,12 @@ static void narrow(skv_dtype t, const float *src, int64_t rows, int32_t cols, vo
     if (t == SKV_F32) {
         *out = xmalloc((size_t)rows * cols * 4);
         memcpy(*out, src, (size_t)rows * cols * 4);
-    } else if (t == SKV_BF16) {
+    } else if (t == SKV_BF16 || t == SKV_F16) {
         *out = xmalloc((size_t)rows * cols * 2);
-        skv_convert(SKV_BF16, *out, SKV_F32, src, rows * cols);
+        skv_convert(t, *out, SKV_F32, src, rows * cols);
+    } else if (t == SKV_Q8_0) {
+        *out = xmalloc((size_t)(rows ? rows : 1) * (size_t)(cols / 32) * 34);
+        skv_quantize_q8_0(src, rows, cols, cols, *out);
     } else {
         *out = xmalloc((size_t)rows * cols);
         *scales = xmalloc((size_t)(rows ? rows : 1) * 4);
@@ -289,7 +292,13 @@ static double elem(skv_dtype t, const void *p, const float *scales, int64_t i, i
     switch (t) {
     case SKV_F32: return ((const float *)p)[i];
     case SKV_BF16: return skv_bf16_to_f32(((const uint16_t *)p)[i]);
+    case SKV_F16: return skv_f16_to_f32(((const uint16_t *)p)[i]);
     case SKV_FP8_E4M3: return (double)skv_fp8_to_f32(((const uint8_t *)p)[i]) * scales[i / row_len];
+    case SKV_Q8_0: { /* block b of row r: f16 scale, then 32 int8 codes */
+        const uint8_t *blk = (const uint8_t *)p + ((size_t)(i / row_len) * (size_t)(row_len / 32) +
+                                                   (size_t)(i % row_len / 32)) * 34;
+        return (double)(int8_t)blk[2 + i % 32] * skv_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+    }
     default: return 0;
     }
 }

@@ -353,7 +353,7 @@ static void test_indexer(skv_context *ctx)
         idx_refused(ctx, &q0, &kb, SKV_ERR_INVALID_ARG, "n_keys out of range");
     }
 
-    /* dtypes: F16 is served by widening (test_papercuts.c); its arguments are checked first */
+    /* dtypes: F16 is served (test_q8.c); its arguments are checked like the others' */
     q = q0, q.dtype = SKV_F16, q.q_scale = f.qs;
     idx_refused(ctx, &q, &k0, SKV_ERR_INVALID_ARG, "F16 query with a scale");
     q = q0, q.dtype = SKV_F16, q.q = NULL;
@@ -556,7 +556,7 @@ static void test_kcache_create(skv_context *ctx)
     BAD(max_seqs, -1, SKV_ERR_INVALID_ARG);
     BAD(quant_flags, 4, SKV_ERR_INVALID_ARG);
     BAD(quant_flags, 0xffffffffu, SKV_ERR_INVALID_ARG);
-    BAD(dtype, SKV_F16, SKV_ERR_UNSUPPORTED);
+    BAD(dtype, (skv_dtype)6, SKV_ERR_INVALID_ARG);
     BAD(dtype, (skv_dtype)99, SKV_ERR_INVALID_ARG);
     BAD(dtype, (skv_dtype)-1, SKV_ERR_INVALID_ARG);
     BAD(lane_copy, 2, SKV_ERR_INVALID_ARG);
@@ -908,8 +908,8 @@ static void test_kcache_ops(skv_context *ctx, skv_dtype dt)
     KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, NULL q");
     q = q0, q.weights = NULL;
     KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, NULL weights");
-    q = q0, q.dtype = SKV_F16;
-    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_UNSUPPORTED, "paged indexer, F16 query");
+    q = q0, q.dtype = SKV_Q8_0;
+    KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_UNSUPPORTED, "paged indexer, Q8_0 query (a key dtype)");
     q = q0, q.dtype = (skv_dtype)99;
     KQ_FAILS(f.a, 0, &q, 4, SKV_ERR_INVALID_ARG, "paged indexer, query dtype 99");
     q = q0, q.q_scale = fx.qs;

@@ -29,7 +29,8 @@ static const dtypes all_dtypes[] = {
 
 static const char *dname(skv_dtype t)
 {
-    return t == SKV_F32 ? "f32" : t == SKV_BF16 ? "bf16" : t == SKV_FP8_E4M3 ? "fp8" : "?";
+    return t == SKV_F32 ? "f32" : t == SKV_BF16 ? "bf16" : t == SKV_FP8_E4M3 ? "fp8"
+           : t == SKV_F16 ? "f16" : t == SKV_Q8_0 ? "q8_0" : "?";
 }
 
 /* Scores against the reference: NaN where the reference is NaN, equal infinities, finite
@@ -370,6 +371,24 @@ int main(int argc, char **argv)
         run_case(&(shape){2, 16, 32, 3000, 16, 2, FILL_NAN_INF}, all_dtypes[t], seed++);
         run_case(&(shape){2, 8, 16, 3000, 40, 0, FILL_EQUAL_KEYS}, all_dtypes[t], seed++);
         run_case(&(shape){3, 16, 32, 2000, 64, 2, FILL_ODD_SCALES}, all_dtypes[t], seed++);
+    }
+    /* F16 on either side and Q8_0 keys (head_dim a multiple of 32): every level against the
+       double reference on the dequantised values, decode and prefill, ragged heads and key
+       counts, odd F16 dims, ties, NaN/Inf */
+    static const dtypes new_dtypes[] = {
+        {SKV_F16, SKV_F16}, {SKV_F32, SKV_F16}, {SKV_BF16, SKV_F16}, {SKV_F16, SKV_BF16},
+        {SKV_F16, SKV_FP8_E4M3}, {SKV_F32, SKV_Q8_0}, {SKV_F16, SKV_Q8_0}, {SKV_BF16, SKV_Q8_0},
+        {SKV_FP8_E4M3, SKV_Q8_0},
+    };
+    for (int t = 0; t < 9; t++) {
+        const int q8 = new_dtypes[t].k == SKV_Q8_0;
+        run_case(&(shape){1, 64, 128, 3001, 2048, 0, FILL_RANDOM}, new_dtypes[t], seed++);
+        run_case(&(shape){7, 8, 32, 300, 64, 1, FILL_RANDOM}, new_dtypes[t], seed++);
+        run_case(&(shape){2, 33, q8 ? 96 : 37, 1000, 100, 2, FILL_RANDOM}, new_dtypes[t], seed++);
+        run_case(&(shape){1, 5, 64, 2049, 2048, 2, FILL_RANDOM}, new_dtypes[t], seed++);
+        run_case(&(shape){3, 8, 32, 500, 64, 2, FILL_EQUAL_KEYS}, new_dtypes[t], seed++);
+        run_case(&(shape){3, 16, 32, 500, 300, 2, FILL_NAN_INF}, new_dtypes[t], seed++);
+        run_case(&(shape){2, 16, 32, 3000, 16, 2, FILL_NEG_INF}, new_dtypes[t], seed++);
     }
     run_in_host_region();
     static const bound_case bcs[] = {

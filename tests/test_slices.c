@@ -372,7 +372,7 @@ static void test_bad_args(skv_context *w)
           "part bytes limits");
     CHECK_STATUS(skv_topk_merge_slice(x, 1, 2, 0, SKV_SLICE_MAX_WORKERS + 1, idx, NULL), SKV_ERR_INVALID_ARG);
     CHECK_STATUS(skv_topk_merge_slice(NULL, 1, 2, 0, 1, idx, NULL), SKV_ERR_INVALID_ARG);
-    const skv_indexer_query q = {1, 1, 4, SKV_F16, x, NULL, x, NULL};
+    const skv_indexer_query q = {1, 1, 4, SKV_Q8_0, x, NULL, x, NULL}; /* a key dtype only */
     const skv_key_block kb = {1, 4, SKV_F16, x, NULL};
     uint8_t part[64];
     CHECK_STATUS(skv_indexer_topk_slice(w, &q, &kb, 2, 0, 1, part), SKV_ERR_UNSUPPORTED);

@@ -53,12 +53,19 @@ typedef enum skv_dtype {
     SKV_BF16 = 1,
     SKV_F16 = 2,
     SKV_FP8_E4M3 = 3,
-    SKV_MXFP4_E2M1 = 4
-    /* 5: reserved for SKV_Q8_0 */
+    SKV_MXFP4_E2M1 = 4,
+    SKV_Q8_0 = 5
 } skv_dtype;
 
-/* Bytes per element of a dtype; 0 for an unknown dtype and for MXFP4 (half a byte each, plus
- * a scale byte per 32). */
+/* SKV_Q8_0 (indexer keys only) is ggml's block_q8_0 (ggml/src/ggml-common.h): a row of D
+ * values (D a multiple of 32) is D / 32 blocks of 34 bytes, each an IEEE f16 scale d (little
+ * endian) then 32 int8 codes qs; value = qs[j] * d, exact in f32. The scales live inside the
+ * rows: a key block or cache of Q8_0 has no separate scale array. */
+#define SKV_Q8_0_BLOCK 32
+#define SKV_Q8_0_BLOCK_BYTES 34
+
+/* Bytes per element of a dtype; 0 for an unknown dtype, for MXFP4 (half a byte each, plus
+ * a scale byte per 32) and for Q8_0 (34 bytes per 32). */
 SKV_API size_t skv_dtype_size(skv_dtype t);
 
 /* ---- allocator and logger hooks ---------------------------------------------------------- */
@@ -190,6 +197,21 @@ SKV_API skv_status skv_dequantize_mxfp4(const uint8_t *packed, const uint8_t *sc
  * quantiser's; NaN gives 0). */
 SKV_API float skv_e2m1_to_f32(uint8_t code);
 SKV_API uint8_t skv_f32_to_e2m1(float x);
+
+/* Q8_0 (see skv_dtype) with ggml's rounding, bit for bit with quantize_row_q8_0_ref
+ * (ggml/src/ggml-quants.c) on finite input: per 32 values amax = max |x|, d = amax / 127 in
+ * f32, the scale d rounded to f16 (nearest, ties to even), codes roundf(x * (1 / d)) (half away
+ * from zero; 0 when d is 0), computed from the f32 d. Where ggml's result is undefined the
+ * quantiser pins it: infinities do not enter amax and take code +-127, codes clamp to +-127, a
+ * NaN makes its block's scale the f16 NaN 0x7e00 (every value NaN) and its codes 0.
+ * x [n_rows][n_cols] (n_cols a multiple of 32) with rows x_stride floats apart; out
+ * [n_rows][n_cols / 32] blocks of 34 bytes, contiguous (no alignment needed).
+ * Errors: INVALID_ARG. Thread-safe. */
+SKV_API skv_status skv_quantize_q8_0(const float *x, int64_t n_rows, int32_t n_cols,
+                                     int64_t x_stride, void *out);
+/* The exact values: out [n_rows][n_cols] = qs * d as f32. Errors: INVALID_ARG. */
+SKV_API skv_status skv_dequantize_q8_0(const void *blocks, int64_t n_rows, int32_t n_cols,
+                                       float *out);
 
 #ifdef __cplusplus
 }

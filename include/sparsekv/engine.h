@@ -18,19 +18,20 @@ extern "C" {
  * Block b of the pool starts at pool + b * block_bytes and holds block_tokens keys: their
  * values, [block_tokens][head_dim] elements (MXFP4: [block_tokens][head_dim / 2] bytes), from
  * the block's start, then for FP8 block_tokens f32 scales and for MXFP4 [block_tokens][head_dim
- * / 32] UE8M0 bytes, at scale_offset. DeepGEMM's FP8 block (64 tokens, head_dim 128: 132 bytes
+ * / 32] UE8M0 bytes, at scale_offset (Q8_0 rows carry their scales: no scale area). DeepGEMM's FP8 block (64 tokens, head_dim 128: 132 bytes
  * a token) is block_tokens = 64, scale_offset = 64 * 128, block_bytes = 64 * 132; the fp4 one
  * (68 bytes a token) scale_offset = 64 * 64, block_bytes = 64 * 68. skv_kcache with n_layers = 1
  * stores its pages in this same layout. */
 typedef struct skv_paged_keys {
-    int32_t head_dim;      /* 1..4096 (MXFP4: a multiple of 32) */
-    skv_dtype dtype;       /* F32, BF16, FP8_E4M3 or MXFP4_E2M1 */
+    int32_t head_dim;      /* 1..4096 (MXFP4, Q8_0: a multiple of 32) */
+    skv_dtype dtype;       /* F32, BF16, F16, FP8_E4M3, MXFP4_E2M1 or Q8_0 (scales in its rows) */
     int32_t block_tokens;  /* tokens per block, >= 1 */
-    const void *pool;      /* the blocks (F32/BF16/FP8: aligned to the element or the f32 scale) */
+    const void *pool;      /* the blocks (F32/BF16/F16/FP8: aligned to the element or the f32
+                              scale) */
     int64_t n_blocks;      /* valid ids: 0 .. n_blocks - 1 */
     size_t block_bytes;    /* from one block to the next: at least scale_offset + the scales */
     size_t scale_offset;   /* FP8/MXFP4: from a block's start to its scales, at least the values'
-                              bytes (FP8: a multiple of 4); ignored for F32/BF16 */
+                              bytes (FP8: a multiple of 4); ignored for the others */
 } skv_paged_keys;
 
 /* A batch of sequences over the pool. Sequence i has context_lens[i] keys, key s in block

@@ -19,7 +19,7 @@ typedef struct skv_indexer_query {
     int32_t n_tokens;         /* query tokens, >= 0 */
     int32_t n_heads;          /* indexer heads, 1..4096 */
     int32_t head_dim;         /* 1..4096, the keys' */
-    skv_dtype dtype;          /* F32, BF16 or FP8_E4M3; F16 in skv_indexer_scores/_topk only */
+    skv_dtype dtype;          /* F32, BF16, F16 or FP8_E4M3 */
     const void *q;            /* [n_tokens][n_heads][head_dim], contiguous */
     const float *q_scale;     /* FP8 only: [n_tokens][n_heads], or NULL for scales of 1 (DeepGEMM
                                  and vLLM fold the q scale into the weights); else NULL */
@@ -44,16 +44,19 @@ typedef struct skv_indexer_query {
 /* Indexer keys, one per token, shared by all heads. n_keys <= INT32_MAX. */
 typedef struct skv_key_block {
     int64_t n_keys;       /* 0..INT32_MAX */
-    int32_t head_dim;     /* 1..4096 (MXFP4: a multiple of 32) */
-    skv_dtype dtype;      /* F32, BF16, FP8_E4M3 or MXFP4_E2M1; F16 in skv_indexer_scores/_topk
-                             only */
+    int32_t head_dim;     /* 1..4096 (MXFP4, Q8_0: a multiple of 32) */
+    skv_dtype dtype;      /* F32, BF16, F16, FP8_E4M3, MXFP4_E2M1 or Q8_0 */
     const void *k;        /* [n_keys][head_dim] elements, contiguous (MXFP4: [n_keys][head_dim
-                             / 2] bytes, packed as skv_dtype says) */
+                             / 2] bytes, packed as skv_dtype says; Q8_0: [n_keys][head_dim / 32]
+                             blocks of 34 bytes, ggml's block_q8_0, scales inside) */
     const float *k_scale; /* FP8 only: [n_keys]; else NULL */
     const uint8_t *k_mx_scale; /* MXFP4 only: [n_keys][head_dim / 32] UE8M0 bytes; else NULL */
 } skv_key_block;
 
-/* Query and key dtypes may differ (MXFP4 is a key dtype only). With AVX-512-BF16, BF16/FP8
+/* Query and key dtypes may differ (MXFP4 and Q8_0 are key dtypes only). F16 (on either side)
+ * and Q8_0 keys are widened exactly to f32 in the kernels (F16C / AVX-512 vcvtph2ps, a step of
+ * 32 keys at a time into L1) and scored with f32 arithmetic: the result is that of the same call
+ * on f32 values equal to the dequantised ones, bit for bit. With AVX-512-BF16, BF16/FP8
  * queries against BF16/FP8/MXFP4 keys use bf16 dot products (fp8 -> bf16 and mxfp4 -> bf16 are
  * exact; products are exact in f32, sums are f32; bf16
  * subnormals, below 2^-126, count as zero there, as vdpbf16ps flushes them); otherwise
@@ -61,15 +64,25 @@ typedef struct skv_key_block {
  * independent of the thread count; levels may differ in the last bits (summation order).
  * Limits: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096, n_tokens >= 0 (0 is a no-op). */
 
+/* The opt-in int8 path (default off): with on = 1, every indexer call of this context on Q8_0
+ * keys (contiguous, key cache, host pages, MISA/HISA's exact passes) quantises each (token,
+ * head) query to int8 inside the call (scale amax / 127 of its dequantised values, codes
+ * roundf(x / scale), infinities +-127; a NaN makes that head's term NaN) and scores with
+ * integer dot products per 32-value block (AVX512-VNNI or AVX-VNNI vpdpbusd where the CPU has
+ * them, else a scalar reference):
+ *   score = sum_h (w[h] * scale[h]) * relu(sum_b d_b * sum_t q8[h][32b + t] * k_b[t])
+ * in an order fixed in lib/kernels/q8i8.h, so every level gives the scalar reference's scores
+ * and selection bit for bit. The query's rounding changes the scores: an approximation the host
+ * opts into (its top-k overlap with the exact path: docs/indexer.md). Other key dtypes are not
+ * affected. Errors: INVALID_ARG (NULL context, on not 0 or 1). */
+SKV_API skv_status skv_context_set_int8_queries(skv_context *ctx, int on);
+
 /* out[t][s] = sum_h w[t][h] * max(0, q[t][h] . k[s]); -INFINITY where s is not visible.
- * For FP8, q and k are the dequantised values (value * scale). out: [n_tokens][n_keys].
- * F16 queries or keys (here and in skv_indexer_topk) are widened exactly to f32 copies
- * allocated for the call (n_tokens * n_heads * head_dim and n_keys * head_dim floats), so the
- * result is that of the same call on the f32 values, bit for bit; other entry points (key
- * cache, router) return UNSUPPORTED for F16.
+ * For FP8, q and k are the dequantised values (value * scale); for Q8_0 keys, qs * d.
+ * out: [n_tokens][n_keys].
  * Errors: INVALID_ARG (NULL pointers, sizes out of range, head_dim mismatch, scale pointer
- * missing for FP8 or MXFP4 or present otherwise, MXFP4 with head_dim not a multiple of 32,
- * unknown dtype), UNSUPPORTED (MXFP4 queries), NOMEM. */
+ * missing for FP8 or MXFP4 or present otherwise, MXFP4 or Q8_0 with head_dim not a multiple of
+ * 32, unknown dtype), UNSUPPORTED (MXFP4 or Q8_0 queries), NOMEM. */
 SKV_API skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
                                       const skv_key_block *keys, float *out);
 
@@ -121,10 +134,12 @@ typedef struct skv_kcache_params {
     size_t struct_size;   /* sizeof(skv_kcache_params); set by skv_kcache_params_init */
     int32_t n_layers;     /* required: >= 1 (default 1) */
     int32_t head_dim;     /* required: 1..4096 (default 128) */
-    skv_dtype dtype;      /* F32, BF16, FP8_E4M3 or MXFP4_E2M1 (head_dim a multiple of 32: each
-                             slot holds page_tokens * head_dim / 2 bytes of codes, then
+    skv_dtype dtype;      /* F32, BF16, F16, FP8_E4M3, MXFP4_E2M1 (head_dim a multiple of 32:
+                             each slot holds page_tokens * head_dim / 2 bytes of codes, then
                              page_tokens * head_dim / 32 scale bytes, 68 bytes a token for
-                             head_dim 128 as the engines' fp4 pages); default FP8_E4M3 */
+                             head_dim 128 as the engines' fp4 pages) or Q8_0 (head_dim a
+                             multiple of 32: ggml's blocks, 136 bytes a token for head_dim
+                             128); default FP8_E4M3 */
     int32_t page_tokens;  /* tokens per page, 1..65536; default 64 */
     int64_t max_pages;    /* pages in use across all sequences; default 0 = no limit */
     int32_t max_seqs;     /* live sequences; default 0 = no limit (ids below 2^30) */
@@ -157,7 +172,7 @@ typedef struct skv_kcache_stats {
 /* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_kcache_params_init(skv_kcache_params *p);
 
-/* Errors: INVALID_ARG, UNSUPPORTED (F16 dtype), NOMEM. */
+/* Errors: INVALID_ARG, NOMEM. */
 SKV_API skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p,
                                      skv_kcache **out);
 SKV_API void skv_kcache_destroy(skv_kcache *c); /* NULL is fine */
@@ -178,14 +193,15 @@ SKV_API skv_status skv_kcache_seq_length(const skv_kcache *c, int32_t seq, int32
                                          int64_t *out_len);
 
 /* Appends keys->n_keys keys at the end of (seq, layer). keys->dtype is the cache's dtype, or
- * F32 (narrowed, or quantised for an FP8 or MXFP4 cache, on append: skv_quantize_fp8 with
- * quant_flags, skv_quantize_mxfp4). Errors: INVALID_ARG, CAPACITY
+ * F32 (narrowed, or quantised for an FP8, MXFP4 or Q8_0 cache, on append: skv_quantize_fp8
+ * with quant_flags, skv_quantize_mxfp4, skv_quantize_q8_0 with ggml's rounding). Errors: INVALID_ARG, CAPACITY
  * (max_pages), NOMEM; on error nothing changed. */
 SKV_API skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer,
                                      const skv_key_block *keys);
 
 /* Copies n stored keys starting at token `start` out, in the cache's dtype: keys_out
- * [n][head_dim] elements (MXFP4: [n][head_dim / 2] bytes), scales_out [n] (FP8 only; NULL
+ * [n][head_dim] elements (MXFP4: [n][head_dim / 2] bytes; Q8_0: [n][head_dim / 32] blocks),
+ * scales_out [n] (FP8 only; NULL
  * otherwise). */
 SKV_API skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int64_t start,
                                    int64_t n, void *keys_out, float *scales_out);

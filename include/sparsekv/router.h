@@ -32,7 +32,7 @@ typedef struct skv_pooled_keys {
     const float *sums; /* [ceil(keys->n_keys / chunk)][keys->head_dim] */
 } skv_pooled_keys;
 
-/* Fills sums [ceil(n_keys / chunk)][head_dim]. Errors: INVALID_ARG, UNSUPPORTED (F16). */
+/* Fills sums [ceil(n_keys / chunk)][head_dim]. Errors: INVALID_ARG. */
 SKV_API skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float *sums);
 
 /* The mean of each block of `block` tokens (a multiple of the pooled chunk) over keys
@@ -92,7 +92,7 @@ SKV_API void skv_misa_params_init(skv_misa_params *p);
  * ties to the lower head; out_scores [n_tokens][n_heads] the router scores (may be NULL).
  * pooled: required for SKV_ROUTE_POOLED and SKV_ROUTE_POOLED_MAX, ignored otherwise.
  * Errors: INVALID_ARG (h out of range, block not a multiple of the chunk, pooled missing),
- * UNSUPPORTED (F16), NOMEM. */
+ * NOMEM. */
 SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
                                    const skv_key_block *keys, const skv_pooled_keys *pooled,
                                    const skv_misa_params *p, int32_t *out_heads,

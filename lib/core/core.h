@@ -26,6 +26,7 @@ struct skv_context {
     size_t bytes_live; /* everything allocated through this context, workspace included */
     int64_t route_paths[4]; /* MISA/HISA calls by skv_route_path (router.h) */
     int32_t route_last;     /* the path of the last one, -1 before any */
+    int int8_queries;       /* skv_context_set_int8_queries */
 };
 
 /* Allocation through the context's hooks; sizes are remembered by the caller (the hook API
@@ -60,12 +61,16 @@ static inline float skv_e8m0_f32(uint8_t b)
     return v.f;
 }
 void skv_mxfp4_row_f32(const uint8_t *packed, const uint8_t *scales, int32_t D, float *out);
+/* One Q8_0 row of D values (D a multiple of 32) dequantised (q8_0.c). */
+void skv_q8_0_row_f32(const void *row, int32_t D, float *out);
 
 /* Bytes of a row of D elements as stored (MXFP4: the packed values, without scales), and of
  * its scales (FP8: one f32; MXFP4: D / 32 bytes; else 0). */
 static inline size_t skv_row_bytes(skv_dtype t, int32_t D)
 {
-    return t == SKV_MXFP4_E2M1 ? (size_t)D / 2 : (size_t)D * skv_dtype_size(t);
+    return t == SKV_MXFP4_E2M1 ? (size_t)D / 2
+           : t == SKV_Q8_0     ? (size_t)(D / SKV_Q8_0_BLOCK) * SKV_Q8_0_BLOCK_BYTES
+                               : (size_t)D * skv_dtype_size(t);
 }
 static inline size_t skv_row_scale_bytes(skv_dtype t, int32_t D)
 {

@@ -35,7 +35,8 @@ size_t skv_dtype_size(skv_dtype t)
     case SKV_BF16:
     case SKV_F16: return 2;
     case SKV_FP8_E4M3: return 1;
-    case SKV_MXFP4_E2M1: return 0; /* half a byte: see skv_dtype */
+    case SKV_MXFP4_E2M1: /* half a byte: see skv_dtype */
+    case SKV_Q8_0: return 0; /* 34 bytes per 32 */
     }
     return 0;
 }
@@ -120,7 +121,8 @@ static float load_f32(skv_dtype t, const void *src, int64_t i)
     case SKV_BF16: return skv_bf16_to_f32(((const uint16_t *)src)[i]);
     case SKV_F16: return skv_f16_to_f32(((const uint16_t *)src)[i]);
     case SKV_FP8_E4M3: return skv_fp8_to_f32(((const uint8_t *)src)[i]);
-    case SKV_MXFP4_E2M1: break; /* refused by skv_convert */
+    case SKV_MXFP4_E2M1:
+    case SKV_Q8_0: break; /* refused by skv_convert */
     }
     return 0;
 }
@@ -132,7 +134,8 @@ static void store_f32(skv_dtype t, void *dst, int64_t i, float v)
     case SKV_BF16: ((uint16_t *)dst)[i] = skv_f32_to_bf16(v); break;
     case SKV_F16: ((uint16_t *)dst)[i] = skv_f32_to_f16(v); break;
     case SKV_FP8_E4M3: ((uint8_t *)dst)[i] = skv_f32_to_fp8(v); break;
-    case SKV_MXFP4_E2M1: break; /* refused by skv_convert */
+    case SKV_MXFP4_E2M1:
+    case SKV_Q8_0: break; /* refused by skv_convert */
     }
 }
 

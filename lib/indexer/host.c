@@ -36,6 +36,7 @@ static skv_status check_paged(skv_context *ctx, const skv_paged_keys *keys, cons
     const int32_t D = keys->head_dim, P = keys->block_tokens;
     SKV_CHECK(ctx, P >= 1 && keys->n_blocks >= 0 && keys->n_blocks <= INT32_MAX);
     SKV_CHECK(ctx, keys->dtype != SKV_MXFP4_E2M1 || D % 32 == 0);
+    SKV_CHECK(ctx, keys->dtype != SKV_Q8_0 || D % SKV_Q8_0_BLOCK == 0);
     const size_t values = (size_t)P * skv_row_bytes(keys->dtype, D);
     const size_t scales = (size_t)P * skv_row_scale_bytes(keys->dtype, D);
     /* the scales follow the values and fit in the block; f32 scales 4-byte aligned */
@@ -45,7 +46,7 @@ static skv_status check_paged(skv_context *ctx, const skv_paged_keys *keys, cons
     if (keys->dtype == SKV_FP8_E4M3)
         SKV_CHECK(ctx, keys->block_bytes % 4 == 0 && keys->scale_offset % 4 == 0 &&
                            (uintptr_t)keys->pool % 4 == 0);
-    if (keys->dtype == SKV_F32 || keys->dtype == SKV_BF16)
+    if (keys->dtype == SKV_F32 || keys->dtype == SKV_BF16 || keys->dtype == SKV_F16)
         SKV_CHECK(ctx, keys->block_bytes % skv_dtype_size(keys->dtype) == 0 &&
                            (uintptr_t)keys->pool % skv_dtype_size(keys->dtype) == 0);
     SKV_CHECK(ctx, b->n_seqs >= 0 && (b->n_seqs == 0 || (b->block_table && b->context_lens)));

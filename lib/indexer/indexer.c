@@ -47,9 +47,10 @@ static skv_status check_dtype(skv_dtype t)
     switch (t) {
     case SKV_F32:
     case SKV_BF16:
+    case SKV_F16:
     case SKV_FP8_E4M3:
-    case SKV_MXFP4_E2M1: return SKV_OK;
-    case SKV_F16: return SKV_ERR_UNSUPPORTED;
+    case SKV_MXFP4_E2M1:
+    case SKV_Q8_0: return SKV_OK;
     }
     return SKV_ERR_INVALID_ARG;
 }
@@ -64,7 +65,7 @@ skv_status skv_indexer_check_query(skv_context *ctx, const skv_indexer_query *q,
     SKV_CHECK(ctx, q->head_dim == head_dim);
     SKV_TRY(check_dtype(q->dtype));
     SKV_TRY(check_dtype(key_dtype));
-    if (q->dtype == SKV_MXFP4_E2M1) /* a key dtype only */
+    if (q->dtype == SKV_MXFP4_E2M1 || q->dtype == SKV_Q8_0) /* key dtypes only */
         return SKV_ERR_UNSUPPORTED;
     SKV_CHECK(ctx, q->dtype == SKV_FP8_E4M3 || q->q_scale == NULL); /* FP8: NULL = scales of 1 */
     SKV_CHECK(ctx, q->n_sink >= 0 && q->n_window >= 0);
@@ -176,6 +177,10 @@ void skv_key_row_f32(const skv_kernels *kern, const skv_key_src *src, int64_t s,
         kern->mxfp4_to_f32(g.rows, g.mx, D / 32, out);
     } else if (src->dtype == SKV_BF16) {
         kern->bf16_to_f32(g.rows, out, D);
+    } else if (src->dtype == SKV_F16) {
+        kern->f16_to_f32(g.rows, out, D);
+    } else if (src->dtype == SKV_Q8_0) {
+        kern->q8_0_to_f32(g.rows, out, D);
     } else {
         memcpy(out, g.rows, (size_t)D * 4);
     }
@@ -479,6 +484,14 @@ static void choose_kernel(skv_context *ctx, plan *p)
     const skv_dtype qt = p->q->dtype, kt = p->src->dtype;
     const int narrow_q = qt == SKV_BF16 || qt == SKV_FP8_E4M3;
     const int narrow_k = kt == SKV_BF16 || kt == SKV_FP8_E4M3 || kt == SKV_MXFP4_E2M1;
+    if (ctx->int8_queries && kt == SKV_Q8_0) { /* int8 queries (the pack quantises) on raw rows */
+        p->sk = &kn->score_q8i8;
+        p->celem = 1;
+        p->cvt = NULL;
+        p->cvt_mx = NULL;
+        p->scaled = 0;
+        return;
+    }
     if (kn->score_bf16.pack_size && narrow_q && narrow_k) {
         p->sk = &kn->score_bf16;
         p->celem = 2;
@@ -487,7 +500,10 @@ static void choose_kernel(skv_context *ctx, plan *p)
     } else {
         p->sk = &kn->score_f32;
         p->celem = 4;
-        p->cvt = kt == SKV_BF16 ? kn->bf16_to_f32 : kt == SKV_FP8_E4M3 ? kn->fp8_to_f32 : NULL;
+        /* F16 and Q8_0 keys widen exactly to f32 a step of keys at a time, in L1 (F16C / AVX-512
+           conversions), and are scored by the f32 kernel: f16 is not exact in bf16 */
+        p->cvt = kt == SKV_BF16 ? kn->bf16_to_f32 : kt == SKV_FP8_E4M3 ? kn->fp8_to_f32
+                 : kt == SKV_F16 ? kn->f16_to_f32 : kt == SKV_Q8_0 ? kn->q8_0_to_f32 : NULL;
         p->cvt_mx = kt == SKV_MXFP4_E2M1 ? kn->mxfp4_to_f32 : NULL;
     }
     p->scaled = qt == SKV_FP8_E4M3 || kt == SKV_FP8_E4M3;
@@ -647,6 +663,7 @@ skv_status skv_key_src_from_block(skv_context *ctx, const skv_key_block *keys, s
     SKV_CHECK(ctx, keys->n_keys == 0 || keys->k != NULL);
     SKV_TRY(check_dtype(keys->dtype));
     SKV_CHECK(ctx, (keys->dtype == SKV_FP8_E4M3) == (keys->k_scale != NULL));
+    SKV_CHECK(ctx, keys->dtype != SKV_Q8_0 || keys->head_dim % SKV_Q8_0_BLOCK == 0);
     SKV_CHECK(ctx, keys->dtype == SKV_MXFP4_E2M1 ? keys->head_dim % 32 == 0 &&
                                                        (keys->k_mx_scale != NULL || keys->n_keys == 0)
                                                  : keys->k_mx_scale == NULL);
@@ -664,8 +681,6 @@ skv_status skv_indexer_scores(skv_context *ctx, const skv_indexer_query *q,
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, keys != NULL && q != NULL);
-    if (q->dtype == SKV_F16 || keys->dtype == SKV_F16)
-        return skv_indexer_widen_f16(ctx, q, keys, 0, 0, out, NULL, NULL);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));
@@ -682,8 +697,6 @@ skv_status skv_indexer_topk(skv_context *ctx, const skv_indexer_query *q,
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, keys != NULL && q != NULL);
-    if (q->dtype == SKV_F16 || keys->dtype == SKV_F16)
-        return skv_indexer_widen_f16(ctx, q, keys, 1, k, NULL, out_idx, out_score);
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &src));

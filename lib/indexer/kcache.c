@@ -60,10 +60,10 @@ skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p, skv_k
     SKV_CHECK(ctx, p->pool_chunk >= 0 && (p->pool_chunk == 0 || p->page_tokens % p->pool_chunk == 0));
     SKV_CHECK(ctx, p->lane_copy == 0 || (p->lane_copy == 1 && p->dtype == SKV_FP8_E4M3 &&
                                          p->head_dim % 32 == 0 && p->page_tokens % 16 == 0));
-    if (p->dtype == SKV_F16)
-        return SKV_ERR_UNSUPPORTED;
-    SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_FP8_E4M3 ||
-                       (p->dtype == SKV_MXFP4_E2M1 && p->head_dim % 32 == 0));
+    SKV_CHECK(ctx, p->dtype == SKV_F32 || p->dtype == SKV_BF16 || p->dtype == SKV_F16 ||
+                       p->dtype == SKV_FP8_E4M3 ||
+                       (p->dtype == SKV_MXFP4_E2M1 && p->head_dim % 32 == 0) ||
+                       (p->dtype == SKV_Q8_0 && p->head_dim % SKV_Q8_0_BLOCK == 0));
 
     skv_kcache *c = skv_alloc_zero(ctx, sizeof *c);
     if (!c)
@@ -373,6 +373,8 @@ static void row_f32(const skv_kcache *c, const kseq *s, int32_t layer, int64_t p
             out[d] = skv_fp8_to_f32(row[d]) * sc;
     } else if (c->p.dtype == SKV_MXFP4_E2M1) {
         skv_mxfp4_row_f32(row, mx_at(c, s, layer, pos), D, out);
+    } else if (c->p.dtype == SKV_Q8_0) {
+        skv_q8_0_row_f32(row, D, out);
     } else {
         skv_convert(SKV_F32, out, c->p.dtype, row, D);
     }
@@ -422,6 +424,8 @@ static void write_row(skv_kcache *c, kseq *s, int32_t layer, int64_t pos,
         skv_quantize_mxfp4(src, 1, D, D, dst, mx_at(c, s, layer, pos));
     else if (c->p.dtype == SKV_FP8_E4M3)
         skv_quantize_fp8(src, 1, D, D, c->p.quant_flags, dst, scale_at(c, s, layer, pos));
+    else if (c->p.dtype == SKV_Q8_0)
+        skv_quantize_q8_0(src, 1, D, D, dst);
     else
         skv_convert(c->p.dtype, dst, SKV_F32, src, D);
 }

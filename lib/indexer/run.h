@@ -120,9 +120,4 @@ skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,
                                const skv_key_src *src, int32_t k, int32_t *out_idx);
 
 
-/* skv_indexer_scores (topk 0) or skv_indexer_topk (topk 1) with F16 queries or keys: both
- * widened exactly to f32 (temporary copies from the context allocator), then the f32 call. */
-skv_status skv_indexer_widen_f16(skv_context *ctx, const skv_indexer_query *q,
-                                 const skv_key_block *keys, int topk, int32_t k, float *scores,
-                                 int32_t *out_idx, float *out_score);
 #endif

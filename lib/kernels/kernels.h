@@ -21,7 +21,7 @@
  * Each key's result depends only on that key (never on n or j): tiling cannot change it. */
 typedef struct skv_qpack_args {
     const void *q;       /* [H][D] of one token */
-    skv_dtype q_dtype;   /* F32, BF16 or FP8_E4M3 */
+    skv_dtype q_dtype;   /* F32, BF16, F16 (f32 compute only) or FP8_E4M3 */
     const float *qscale; /* [H] or NULL */
     const float *w;      /* [H] */
     int32_t H, D;
@@ -168,6 +168,11 @@ typedef struct skv_kernels {
     skv_head_dots_fn head_dots;
     skv_add_rows_fn add_rows;
     skv_cols16_fn cols16;
+    /* F16 -> f32 (exact; NaN quiet), any n; Q8_0 blocks -> f32 (n values, a multiple of 32:
+       n / 32 blocks of SKV_Q8_0_BLOCK_BYTES). f16_*.c and q8_*.c, the same bits at every level. */
+    skv_cvt_fn f16_to_f32, q8_0_to_f32;
+    /* The opt-in int8 path (q8i8.h): int8 queries against raw Q8_0 rows (k_stride unused). */
+    skv_score_kernel score_q8i8;
 } skv_kernels;
 
 void skv_kernels_init(skv_kernels *k, uint32_t flags);
@@ -179,6 +184,15 @@ void skv_kernels_init_avx512(skv_kernels *k);
 void skv_kernels_init_avx512bf16(skv_kernels *k);
 void skv_mxfp4_init_avx2(skv_kernels *k);   /* mxfp4_avx2.c: the MXFP4 conversions */
 void skv_mxfp4_init_avx512(skv_kernels *k); /* mxfp4_avx512.c: the same, both AVX-512 levels */
+void skv_f16_init_scalar(skv_kernels *k);  /* f16_*.c: F16 -> f32 */
+void skv_f16_init_avx2(skv_kernels *k);
+void skv_f16_init_avx512(skv_kernels *k);
+void skv_q8_init_scalar(skv_kernels *k);   /* q8_*.c: Q8_0 -> f32 */
+void skv_q8_init_avx2(skv_kernels *k);
+void skv_q8_init_avx512(skv_kernels *k);
+void skv_q8i8_init_scalar(skv_kernels *k);      /* q8i8_*.c: the int8 path */
+int skv_q8i8_init_avx512vnni(skv_kernels *k);   /* 0 when the CPU lacks AVX512-VNNI */
+int skv_q8i8_init_avxvnni(skv_kernels *k);      /* 0 when the CPU lacks AVX-VNNI */
 
 /* Score-key encoding shared by every variant. */
 static inline uint32_t skv_score_key(float f)

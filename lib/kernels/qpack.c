@@ -61,6 +61,7 @@ static void q_row_f32(const skv_qpack_args *a, int32_t h, float *out)
     for (int32_t d = 0; d < a->D; d++)
         out[d] = a->q_dtype == SKV_F32    ? ((const float *)a->q)[i0 + d]
                  : a->q_dtype == SKV_BF16 ? skv_bf16_bits_f32(((const uint16_t *)a->q)[i0 + d])
+                 : a->q_dtype == SKV_F16  ? skv_f16_to_f32(((const uint16_t *)a->q)[i0 + d])
                                           : skv_bf16_bits_f32(skv_fp8_bf16_lut[((const uint8_t *)a->q)[i0 + d]]);
 }
 

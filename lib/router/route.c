@@ -47,6 +47,8 @@ static void q_rows_t(const skv_kernels *kern, const skv_indexer_query *q, int32_
                 memcpy(row, src, (size_t)D * 4);
             } else if (q->dtype == SKV_BF16) {
                 kern->bf16_to_f32(src, row, D);
+            } else if (q->dtype == SKV_F16) {
+                kern->f16_to_f32(src, row, D);
             } else {
                 kern->fp8_to_f32(src, row, D);
                 const float s = q->q_scale ? q->q_scale[i] : 1.0f;
