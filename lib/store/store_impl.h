@@ -87,6 +87,16 @@ typedef struct sseq {
     uint64_t used;   /* cold.c's clock at the last call that touched the sequence */
 } sseq;
 
+/* A slab of page buffers (reserve.c): one allocation through the context allocator. */
+typedef struct slab {
+    void *base;       /* as allocated */
+    size_t bytes;     /* as allocated */
+    uint8_t *mem;     /* the first buffer (aligned to 2 MiB with SKV_STORE_HUGEPAGES) */
+    int32_t n_pages;  /* buffers */
+    int32_t n_free;   /* pool_trim's count of its buffers in the pool */
+    int gone;         /* pool_trim: being freed */
+} slab;
+
 /* ---- reservations ---------------------------------------------------------------------- */
 
 /* Pages and array room one head may use during a commit, and the pages it releases. */
@@ -116,8 +126,12 @@ struct skv_store {
     int32_t *page_slot; /* hot slot, or -1 */
     int32_t *free_ids, n_free, id_cap, ids_used;
     int64_t pages_in_use;
-    uint8_t **spare; /* page buffers kept for reuse */
-    int32_t n_spare, cap_spare, spare_keep;
+    uint8_t **spare; /* the pool: free page buffers, room for every buffer of every slab */
+    int32_t n_spare, cap_spare;
+    slab *slabs;
+    int32_t n_slabs, cap_slabs;
+    int32_t n_bufs;   /* page buffers in all slabs */
+    int32_t reserved; /* the largest skv_store_reserve */
 
     /* sequences */
     sseq *seqs;
@@ -229,6 +243,18 @@ void page_unref(skv_store *s, int32_t id);
 
 /* Scratch memory of at least `size` bytes, kept between calls; NULL on failure. */
 void *store_scratch(skv_store *s, size_t size);
+
+/* ---- reserve.c: page memory ----------------------------------------------------------- */
+
+/* At least n buffers in the pool (new slabs as needed). CAPACITY, NOMEM (nothing changed). */
+skv_status pool_fill(skv_store *s, int64_t n);
+/* A free page buffer back into the pool (cannot fail). */
+void spare_put(skv_store *s, uint8_t *mem);
+/* Frees slabs whose every buffer is in the pool while at least `keep` buffers stay in it;
+ * returns the buffers freed. */
+int64_t pool_trim(skv_store *s, int64_t keep);
+/* Frees every slab and the pool (store destroy). */
+void pool_destroy(skv_store *s);
 
 /* ---- index.c: leaves, nodes, statistics ------------------------------------------------ */
 
