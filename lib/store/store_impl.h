@@ -26,6 +26,16 @@
 #include "store/skern.h"
 
 #define STORE_MAX_SEQ_ID (1 << 30)
+
+/* The store's arithmetic loops in plain C (page statistics, 2-means, bulk projections), compiled
+ * once per x86 level and picked at load time: the compiler vectorises them at the CPU's width.
+ * ISO C mode contracts no FMAs and the loops fix their summation order, so every clone gives
+ * the same bits. */
+#if defined(SKV_HAVE_X86) && defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__)
+#define STORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define STORE_CLONES
+#endif
 #define LEAF(i) (-1 - (i)) /* a child entry naming a leaf */
 #define IS_LEAF(c) ((c) < 0)
 #define LEAF_IDX(c) (-1 - (c))
@@ -333,6 +343,27 @@ static inline void row_to_f32(const skv_store *s, const void *src, float *dst, i
             dst[i] = f16_to_f32_inline(h[i]);
     }
 }
+/* |a - b|^2 (b NULL: |a|^2), summed in 16 lanes reduced pairwise: vectorised by the compiler,
+ * the same on every CPU. */
+static inline float vec_dist2(const float *a, const float *b, int32_t D)
+{
+    enum { LANES = 16 };
+    float acc[LANES] = {0};
+    int32_t i = 0;
+    for (; i + LANES <= D; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float d = a[i + l] - (b ? b[i + l] : 0.0f);
+            acc[l] += d * d;
+        }
+    for (int l = 0; i < D; i++, l++) {
+        const float d = a[i] - (b ? b[i] : 0.0f);
+        acc[l] += d * d;
+    }
+    for (int w = LANES / 2; w; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] += acc[l + w];
+    return acc[0];
+}
 /* 2-means in the augmented space over k points (pts [k][D] f32, aug [k], weights wt or NULL):
  * seeded with the point farthest from the mean and the point farthest from that, `iters`
  * Lloyd steps. Writes proj[i] = x_i . w - t, the signed side of the bisecting hyperplane
@@ -341,10 +372,10 @@ static inline void row_to_f32(const skv_store *s, const void *src, float *dst, i
 int32_t two_means(const skv_store *s, const float *pts, const float *aug, const float *wt,
                   int32_t k, int iters, float *proj, void *tmp);
 size_t two_means_scratch(const skv_store *s, int32_t k);
-/* Bulk clustering of f rows (store format, contiguous) with positions at ranks
- * [rank0, rank0 + f) into a new subtree, grafted under the root. */
-void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *rows, int64_t f,
-                  int64_t rank0, void *scratch);
+/* Bulk clustering of f tokens (token t's K at kp[t], its V at vp[t], in the store dtype) with
+ * positions at ranks [rank0, rank0 + f) into a new subtree, grafted under the root. */
+void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *const *kp,
+                  const uint8_t *const *vp, int64_t f, int64_t rank0, void *scratch);
 size_t cluster_bulk_scratch(const skv_store *s, int64_t f);
 /* Inserts one token (row in store format) at rank `rank` into the index. */
 void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *row,
