@@ -267,6 +267,117 @@ static int do_pipe(void *arg)
     return do_select(c->sc) || do_gather(c->gc) || do_attn(c->ac);
 }
 
+/* ---- prefill speed against memcpy ------------------------------------------------------------ */
+
+/* One timed prefill of the whole context into store s: a new sequence, one append. Returns the
+   seconds; the process CPU seconds go to *cpu, the sequence id to *seq. */
+static double prefill_once(skv_store *s, const skv_store_rows *rows, int32_t *seq, double *cpu)
+{
+    TRY("seq", skv_store_seq_create(s, seq));
+    const double t0 = now_s(), c0 = process_cpu_s();
+    TRY("prefill", skv_store_append(s, *seq, 0, rows));
+    *cpu = process_cpu_s() - c0;
+    return now_s() - t0;
+}
+
+/* memcpy of the K and V bytes into dst (touched or not), the store's reference speed. */
+static double copy_kv(uint8_t *dst, const world *w, size_t half)
+{
+    const double t0 = now_s();
+    memcpy(dst, w->k, half);
+    memcpy(dst + half, w->v, half);
+    return now_s() - t0;
+}
+
+/* Prefill of the whole context (one layer: 8 KV heads x 128, bf16 K and V) into a new store,
+   into reserved memory, and in the steady state (the first sequence freed, a second of the
+   same length into the same store), positional and clustered, against memcpy of the same bytes
+   into touched memory and into fresh memory, all in interleaved rounds. */
+static void bench_prefill(json_line *j, const world *w, skv_context *ctx, int rounds,
+                          const bench_machine *mach)
+{
+    const int64_t L = w->T;
+    const size_t half = (size_t)L * HKV * DIM * 2, bytes = 2 * half;
+    const skv_store_rows rows = {L, SKV_BF16, w->k, w->v, w->pos};
+    uint8_t *touched = bench_xmalloc(bytes);
+    memset(touched, 1, bytes);
+    enum { C_TOUCHED, C_FRESH, C_NEW, C_STEADY = C_NEW + 2, C_RESERVE = C_STEADY + 2,
+           C_RESV = C_RESERVE + 2, N_CASES = C_RESV + 2 };
+    static const char *case_name[N_CASES] = {"memcpy_touched", "memcpy_fresh",
+                                             "new/positional", "new/clustered",
+                                             "steady/positional", "steady/clustered",
+                                             "reserve_call/positional", "reserve_call/clustered",
+                                             "reserved/positional", "reserved/clustered"};
+    double *t = bench_xmalloc((size_t)rounds * N_CASES * sizeof *t);
+    double *cpu = bench_xmalloc((size_t)rounds * N_CASES * sizeof *cpu);
+    memset(cpu, 0, (size_t)rounds * N_CASES * sizeof *cpu);
+    int64_t pages[2] = {0, 0};
+    double fill[2] = {0, 0};
+    for (int r = 0; r < rounds; r++) {
+        double *tr = t + (size_t)r * N_CASES, *cr = cpu + (size_t)r * N_CASES;
+        tr[C_TOUCHED] = copy_kv(touched, w, half);
+        uint8_t *fresh = bench_xmalloc(bytes);
+        tr[C_FRESH] = copy_kv(fresh, w, half);
+        free(fresh);
+        for (int lay = 0; lay < 2; lay++) {
+            const skv_store_layout layout = lay ? SKV_STORE_CLUSTERED : SKV_STORE_POSITIONAL;
+            skv_store *s = store_new(ctx, layout, 0);
+            int32_t a, b;
+            tr[C_NEW + lay] = prefill_once(s, &rows, &a, &cr[C_NEW + lay]);
+            skv_store_stats st = {.struct_size = sizeof st};
+            TRY("stats", skv_store_get_stats(s, &st));
+            pages[lay] = st.pages_in_use;
+            fill[lay] = (double)st.tokens_stored / ((double)st.pages_in_use * PAGE);
+            TRY("free", skv_store_seq_free(s, a));
+            tr[C_STEADY + lay] = prefill_once(s, &rows, &b, &cr[C_STEADY + lay]);
+            skv_store_destroy(s);
+            /* a store whose page memory the host reserved up front, e.g. at engine start-up */
+            s = store_new(ctx, layout, 0);
+            const double t0 = now_s();
+            TRY("reserve", skv_store_reserve(s, pages[lay] + 2 * HKV * (WINDOW / PAGE + 2)));
+            tr[C_RESERVE + lay] = now_s() - t0;
+            tr[C_RESV + lay] = prefill_once(s, &rows, &a, &cr[C_RESV + lay]);
+            skv_store_destroy(s);
+        }
+    }
+    char name[160];
+    double med[N_CASES];
+    for (int c = 0; c < N_CASES; c++) {
+        double v[64], ratio[64], cv[64];
+        for (int r = 0; r < rounds; r++) {
+            v[r] = t[(size_t)r * N_CASES + c];
+            cv[r] = cpu[(size_t)r * N_CASES + c];
+            ratio[r] = t[(size_t)r * N_CASES + C_TOUCHED] / v[r];
+        }
+        med[c] = bench_median(v, (size_t)rounds);
+        snprintf(name, sizeof name, "store_prefill/%s/L%lld/H%d/D%d/bf16", case_name[c],
+                 (long long)L, HKV, DIM);
+        bench_timing bt = {rounds, med[c] * 1e9, med[c] * 1e9, med[c] * 1e9,
+                           bench_median(cv, (size_t)rounds) * 1e9};
+        record_common(j, name, &bt);
+        json_int(j, "bytes", (int64_t)bytes);
+        json_num(j, "gbps", (double)bytes / (med[c] * 1e9), 3);
+        json_ratio(j, "ratio_to_memcpy_touched", bench_median(ratio, (size_t)rounds));
+        json_ratio(j, "ratio_to_stream", (double)bytes / (med[c] * 1e9) / mach->stream_gbps);
+        const int lay = c >= C_NEW ? (c - C_NEW) % 2 : -1;
+        if (lay >= 0 && !(c == C_RESERVE || c == C_RESERVE + 1)) {
+            json_int(j, "pages", pages[lay]);
+            json_ratio(j, "page_fill", fill[lay]);
+            json_num(j, "estimate_61_layers_s", 61 * med[c], 2);
+        }
+        if (c >= C_STEADY && c < C_RESERVE)
+            json_bool(j, lay ? "target_0.1_met" : "target_0.3_met",
+                      med[c] * (lay ? 0.1 : 0.3) <= med[C_TOUCHED] ? 1 : 0);
+        if (c >= C_RESV)
+            json_ratio(j, "over_steady", med[c] / med[C_STEADY + lay]);
+        json_int(j, "rounds", rounds);
+        json_end(j);
+    }
+    free(t);
+    free(cpu);
+    free(touched);
+}
+
 /* Attention weights of one query head over tokens [0, n) (exact, double). */
 static void weights(const world *w, const float *q, int32_t h, int64_t n, double *wt)
 {
@@ -312,9 +423,14 @@ int main(int argc, char **argv)
     int quick = 0, threads = 0;
     double min_time = 0.5;
     int64_t ctx_tokens = 128 * 1024, steps = 1000;
+    int prefill_rounds = 3, only_prefill = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick"))
-            quick = 1, min_time = 0.1, ctx_tokens = 32 * 1024, steps = 200;
+            quick = 1, min_time = 0.1, ctx_tokens = 32 * 1024, steps = 200, prefill_rounds = 1;
+        else if (!strcmp(argv[i], "--prefill-rounds") && i + 1 < argc)
+            prefill_rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only-prefill"))
+            only_prefill = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
             threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--min-time") && i + 1 < argc)
@@ -325,7 +441,7 @@ int main(int argc, char **argv)
             steps = atoll(argv[++i]);
         else {
             fprintf(stderr, "usage: sparsekv-bench-store [--quick] [--threads N] [--min-time S] "
-                            "[--ctx N] [--steps N]\n");
+                            "[--ctx N] [--steps N] [--prefill-rounds N (0..64)] [--only-prefill]\n");
             return 2;
         }
     }
@@ -356,6 +472,17 @@ int main(int argc, char **argv)
 
     world w;
     world_make(&w, ctx_tokens, steps + 16);
+    if (prefill_rounds > 0) {
+        const int64_t T = w.T;
+        w.T = ctx_tokens; /* the context proper, without the decode tokens */
+        bench_prefill(&j, &w, ctx, prefill_rounds > 64 ? 64 : prefill_rounds, &mach);
+        w.T = T;
+    }
+    if (only_prefill) {
+        world_free(&w);
+        skv_context_destroy(ctx);
+        return 0;
+    }
     const int64_t L = ctx_tokens;
     const size_t row_bytes = 2 * DIM * 2; /* K and V, bf16 */
     char name[160];
@@ -609,6 +736,7 @@ int main(int argc, char **argv)
         int32_t prev_ll[HKV] = {0};
         uint16_t *tk = bench_xmalloc((size_t)(grows + 4096) * DIM * 2), *tv = bench_xmalloc((size_t)(grows + 4096) * DIM * 2);
         double sum_moved = 0, sum_sel = 0, sum_new = 0, t_step = 0, c_step = 0, cold_ratio = 0;
+        double t_append = 0, t_select = 0;
         int64_t counted = 0;
         query_gen tg2 = {{0}, 0, 0, {999}};
         for (int64_t step = 0; step < steps; step++) {
@@ -618,7 +746,10 @@ int main(int argc, char **argv)
             query_next(&w, &tg2, qb, qf);
             const double t0 = now_s(), c0 = process_cpu_s();
             TRY("append", skv_store_append(sc, seq_c, 0, &one));
+            const double t1 = now_s();
             TRY("select", skv_store_select(sc, seq_c, 0, &q, sel_c));
+            const double t2 = now_s();
+            t_append += t1 - t0, t_select += t2 - t1;
             TRY("get", skv_store_get_stats(sc, &s0));
             TRY("fetch", skv_store_fetch(sc, sel_c));
             t_step += now_s() - t0;
@@ -658,6 +789,8 @@ int main(int argc, char **argv)
                            c_step / (double)steps * 1e9};
         record_common(&j, name, &bt);
         json_str(&j, "step", "append 1 token, select (index, 2048), fetch (delta) into the hot tier");
+        json_num(&j, "append_ns", t_append / (double)steps * 1e9, 1);
+        json_num(&j, "select_ns", t_select / (double)steps * 1e9, 1);
         json_int(&j, "hot_capacity_pages", s1.hot_capacity);
         json_ratio(&j, "hit_rate", (double)s1.fetch_hits / (double)s1.fetch_pages);
         json_num(&j, "bytes_moved_per_step", sum_moved / (double)counted, 0);

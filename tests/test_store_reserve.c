@@ -1,7 +1,8 @@
-/* skv_store_reserve: the pool of page buffers filled up front. A prefill into reserved memory
- * allocates no page buffer; freed pages return to the pool and are reused; the rows read back
- * as appended; allocation failure at every site of the reservation changes nothing and leaks
- * nothing. */
+/* skv_store_reserve and the page pool: the pool of page buffers (carved from slabs) filled up
+ * front. A prefill into reserved memory takes every page from the pool (no new slab); freed
+ * pages return to the pool and are reused, also without a reservation; skv_store_trim hands
+ * whole free slabs back; the rows read back as appended; allocation failure at every site of
+ * the reservation changes nothing and leaks nothing; the same with huge-page slabs. */
 #include "count_alloc.h"
 
 enum { H = 4, D = 32, T = 1000 };
@@ -35,12 +36,68 @@ static int32_t prefill(skv_store *s, uint64_t seed)
     return seq;
 }
 
-int main(void)
+/* Page buffers the store holds: in use and in the pool. */
+static int64_t held(const skv_store *s, size_t page_bytes)
+{
+    const skv_store_stats st = stats(s);
+    return st.pages_in_use + st.spare_bytes / (int64_t)page_bytes;
+}
+
+/* Without a reservation: the second prefill of the same length reuses the first one's pages
+ * (the pool grows by no slab), and trimming returns them all. */
+static void reuse_without_reserve(uint32_t flags)
+{
+    counting c = {0};
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.allocator.alloc = c_alloc, cp.allocator.free = c_free, cp.allocator.user = &c;
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    skv_store_params p;
+    skv_store_params_init(&p);
+    p.n_kv_heads = H, p.k_dim = D, p.v_dim = D, p.dtype = SKV_F32, p.hot_pages = 0;
+    p.flags = flags;
+    skv_store *s = NULL;
+    CHECK_OK(skv_store_create(ctx, &p, &s));
+    skv_store_layout_info li = {.struct_size = sizeof li};
+    CHECK_OK(skv_store_layout_get(s, &li));
+    const int32_t a = prefill(s, 3);
+    const int64_t first = held(s, li.host_page_bytes);
+    CHECK(first >= stats(s).pages_in_use && stats(s).pages_in_use > 0, "held %lld", (long long)first);
+    CHECK_OK(skv_store_seq_free(s, a));
+    CHECK(stats(s).pages_in_use == 0 && held(s, li.host_page_bytes) == first,
+          "freed pages left the pool: %lld of %lld", (long long)held(s, li.host_page_bytes),
+          (long long)first);
+    const int32_t b = prefill(s, 4);
+    CHECK(held(s, li.host_page_bytes) == first, "the second prefill grew the pool: %lld, was %lld",
+          (long long)held(s, li.host_page_bytes), (long long)first);
+    int64_t freed = -1;
+    CHECK_STATUS(skv_store_trim(NULL, 0, &freed), SKV_ERR_INVALID_ARG);
+    CHECK_STATUS(skv_store_trim(s, -1, NULL), SKV_ERR_INVALID_ARG);
+    CHECK_OK(skv_store_trim(s, 0, &freed)); /* pages in use keep their slabs */
+    CHECK(held(s, li.host_page_bytes) == first - freed, "trim: held %lld, freed %lld of %lld",
+          (long long)held(s, li.host_page_bytes), (long long)freed, (long long)first);
+    CHECK_OK(skv_store_seq_free(s, b));
+    const size_t live = c.live;
+    CHECK_OK(skv_store_trim(s, 0, &freed));
+    CHECK(stats(s).spare_bytes == 0 && freed > 0, "trim left %lld bytes in the pool",
+          (long long)stats(s).spare_bytes);
+    CHECK(live - c.live >= (size_t)freed * li.host_page_bytes, "trim returned %zu bytes for %lld pages",
+          live - c.live, (long long)freed);
+    const int32_t again = prefill(s, 5); /* new slabs after a full trim */
+    CHECK_OK(skv_store_seq_free(s, again));
+    skv_store_destroy(s);
+    skv_context_destroy(ctx);
+    CHECK(c.live == 0, "%zu bytes leaked", c.live);
+}
+
+static long reserve_sites(uint32_t flags)
 {
     skv_store_params p;
     skv_store_params_init(&p);
     p.n_kv_heads = H, p.k_dim = D, p.v_dim = D, p.dtype = SKV_F32, p.hot_pages = 0;
     p.layout = SKV_STORE_POSITIONAL;
+    p.flags = flags;
     long sites = 0;
     for (long fail_at = 1;; fail_at++) {
         counting c = {0};
@@ -75,18 +132,17 @@ int main(void)
         if (!injected) {
             CHECK(stats(s).spare_bytes == need * (int64_t)li.host_page_bytes, "reserved %lld bytes",
                   (long long)stats(s).spare_bytes);
-            const long before = c.sized;
             const int32_t a = prefill(s, 1);
-            CHECK(c.sized == before, "a prefill into reserved memory allocated %ld pages",
-                  c.sized - before);
+            CHECK(held(s, li.host_page_bytes) == need, "a prefill into reserved memory holds %lld pages",
+                  (long long)held(s, li.host_page_bytes));
             const int64_t used = stats(s).pages_in_use;
             CHECK_OK(skv_store_seq_free(s, a));
             CHECK(stats(s).spare_bytes == need * (int64_t)li.host_page_bytes,
                   "freed pages did not return to the pool: %lld bytes (%lld pages used)",
                   (long long)stats(s).spare_bytes, (long long)used);
-            const long again = c.sized;
             const int32_t b = prefill(s, 2); /* reuses them */
-            CHECK(c.sized == again, "the second prefill allocated %ld pages", c.sized - again);
+            CHECK(held(s, li.host_page_bytes) == need, "the second prefill holds %lld pages",
+                  (long long)held(s, li.host_page_bytes));
             CHECK_OK(skv_store_seq_free(s, b));
             CHECK_OK(skv_store_reserve(s, 0)); /* never shrinks */
             CHECK(stats(s).spare_bytes == need * (int64_t)li.host_page_bytes, "reserve 0 shrank the pool");
@@ -97,7 +153,17 @@ int main(void)
         if (!injected || test_failures)
             break;
     }
-    printf("reserve: %ld allocation sites failed in turn\n", sites);
-    CHECK(sites > 2, "too few allocation sites: %ld", sites);
+    return sites;
+}
+
+int main(void)
+{
+    for (int huge = 0; huge < 2; huge++) {
+        const uint32_t flags = huge ? SKV_STORE_HUGEPAGES : 0;
+        const long sites = reserve_sites(flags);
+        printf("reserve%s: %ld allocation sites failed in turn\n", huge ? " (huge pages)" : "", sites);
+        CHECK(sites > 2, "too few allocation sites: %ld", sites);
+        reuse_without_reserve(flags);
+    }
     return test_summary("store_reserve");
 }

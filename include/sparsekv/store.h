@@ -100,7 +100,11 @@ typedef enum skv_store_layout {
 enum {
     /* params.flags: keep each body page's per-dimension key minimum and maximum (f32), needed
        by SKV_SCORE_MINMAX (Quest). Costs 8 * k_dim bytes per page. */
-    SKV_STORE_MINMAX = 1
+    SKV_STORE_MINMAX = 1,
+    /* params.flags: page memory in slabs aligned to 2 MiB and advised as transparent huge
+       pages (madvise MADV_HUGEPAGE: fewer page faults and TLB misses where the host allows;
+       ignored where it does not). Costs up to 2 MiB per slab. */
+    SKV_STORE_HUGEPAGES = 2
 };
 
 /* Store settings: initialise with skv_store_params_init, then change fields. */
@@ -152,13 +156,21 @@ typedef struct skv_store_layout_info {
 /* Errors: INVALID_ARG (NULL, struct_size). */
 SKV_API skv_status skv_store_layout_get(const skv_store *s, skv_store_layout_info *out);
 
-/* Reserves page memory up front (an engine's KV pool sized at start-up): the store's pool of
- * spare page buffers, which new pages are taken from first, is filled to n_pages buffers of
- * host_page_bytes each, every new buffer touched on the context's threads (so a first prefill
- * pays no allocation or first-touch page faults), and the pool keeps up to n_pages freed
- * buffers for reuse from then on (skv_store_stats.spare_bytes). Errors: INVALID_ARG, NOMEM
- * (nothing reserved). */
+/* Page memory comes in large slabs (one allocation each through the context allocator) and
+ * every free page buffer waits in the store's pool until a new page takes it: pages freed by
+ * one sequence are reused by the next at once. The pool keeps what it holds (the store's
+ * high-water page memory, skv_store_stats.spare_bytes) until skv_store_trim.
+ *
+ * Reserves page memory up front (an engine's KV pool sized at start-up): the pool is filled to
+ * at least n_pages buffers of host_page_bytes each, new slabs touched on the context's threads
+ * (so a first prefill pays no allocation or first-touch page faults). Errors: INVALID_ARG,
+ * CAPACITY, NOMEM (nothing reserved). */
 SKV_API skv_status skv_store_reserve(skv_store *s, int64_t n_pages);
+
+/* Returns slabs whose every page buffer is free to the context allocator, while at least
+ * keep_pages buffers stay in the pool; *out_freed (may be NULL) gets the buffers returned.
+ * Errors: INVALID_ARG. */
+SKV_API skv_status skv_store_trim(skv_store *s, int64_t keep_pages, int64_t *out_freed);
 
 /* ---- sequences --------------------------------------------------------------------------- */
 

@@ -11,6 +11,8 @@
 
 #include "store/store_impl.h"
 
+#define PAR_MIN_TOKENS 256 /* an append this long copies its heads in parallel */
+
 /* One token of the input, head h, into a row of the store format. */
 static void put_row(const skv_store *s, uint8_t *dst, const skv_store_rows *r, int64_t i,
                     int32_t h)
@@ -29,11 +31,13 @@ static void put_row(const skv_store *s, uint8_t *dst, const skv_store_rows *r, i
     }
 }
 
-/* Appends one token at the end of an ordered page list (sinks, window, positional body):
- * into the last page (copied first if shared) or a new one. *dirty: the leaf whose page
- * statistics are pending (computed when the push moves on). */
+/* Appends input token i (head h) at the end of an ordered page list (sinks, window,
+ * positional body): into the last page (copied first if shared) or a new one, written there
+ * directly. *dirty: the leaf whose page statistics are pending (computed when the push moves
+ * on). */
 static void list_push(skv_store *s, int32_t h, hidx *x, int32_t *list, int32_t *n_list,
-                      const uint8_t *row, int32_t pos, int64_t rank, int32_t *dirty)
+                      const skv_store_rows *in, int64_t i, int32_t pos, int64_t rank,
+                      int32_t *dirty)
 {
     int32_t l, id;
     if (*n_list == 0 || pg_n(s, x->leaf[list[*n_list - 1]].page) == s->P) {
@@ -56,7 +60,7 @@ static void list_push(skv_store *s, int32_t h, hidx *x, int32_t *list, int32_t *
         *dirty = l;
     }
     const int32_t k = pg_n(s, id);
-    memcpy(pg_row(s, id, k), row, s->row_bytes);
+    put_row(s, pg_row(s, id, k), in, i, h);
     pg_pos(s, id)[k] = pos;
     pg_tail(s, id)->n = k + 1;
     x->leaf_of[rank] = l;
@@ -81,15 +85,12 @@ static void head_append(skv_store *s, int32_t h, slayer *ly, const skv_store_row
     hidx *x = &ly->h[h];
     const int32_t P = s->P;
     const int64_t n0 = pl->n0, a = pl->a, m = pl->m, w = pl->w, f = pl->f;
-    uint8_t *row = ws;
     uint8_t *stage = ws + skv_round_up(s->row_bytes, 64);
     void *cs = stage + skv_round_up(pl->staging, 64);
     int32_t dirty = -1;
 
-    for (int64_t i = 0; i < a; i++) {
-        put_row(s, row, in, i, h);
-        list_push(s, h, x, x->sink, &x->n_sinkp, row, ly->pos[n0 + i], n0 + i, &dirty);
-    }
+    for (int64_t i = 0; i < a; i++)
+        list_push(s, h, x, x->sink, &x->n_sinkp, in, i, ly->pos[n0 + i], n0 + i, &dirty);
     flush_dirty(s, x, &dirty);
 
     int64_t next = a; /* next input token for the window */
@@ -97,8 +98,32 @@ static void head_append(skv_store *s, int32_t h, slayer *ly, const skv_store_row
         /* the first f tokens of (window, input) go into the index */
         const int64_t from_win = f < w ? f : w;
         const int32_t win_pages = (int32_t)((from_win + P - 1) / P);
-        const int stage_all = pl->bulk || f > w;
-        if (stage_all) {
+        const size_t vb = (size_t)s->VD * s->esize;
+        if (pl->bulk) {
+            /* the rows stay where they are (window pages, the caller's input): the bulk build
+               reads them through pointers and copies each once, into its page */
+            const uint8_t **kp = (const uint8_t **)stage, **vp = kp + f;
+            uint8_t *conv = stage + (size_t)f * 2 * sizeof *kp;
+            int64_t k = 0;
+            for (int32_t p = 0; p < win_pages; p++) {
+                const int32_t id = x->leaf[x->win[p]].page;
+                for (int32_t j = 0; j < pg_n(s, id); j++, k++)
+                    kp[k] = pg_row(s, id, j), vp[k] = kp[k] + s->k_bytes;
+            }
+            for (; k < f; k++, next++) {
+                const size_t at = (size_t)next * (size_t)s->H + (size_t)h;
+                if (in->dtype == s->p.dtype) {
+                    kp[k] = (const uint8_t *)in->k + at * s->k_bytes;
+                    vp[k] = vb ? (const uint8_t *)in->v + at * vb : NULL;
+                } else { /* f32 input: converted once */
+                    uint8_t *r = conv + (size_t)k * s->row_bytes;
+                    put_row(s, r, in, next, h);
+                    kp[k] = r, vp[k] = r + s->k_bytes;
+                }
+            }
+            /* ranks: the window's tokens, then the input's after any new sinks */
+            cluster_bulk(s, h, x, ly, kp, vp, f, n0 - w + a, cs);
+        } else if (f > w) {
             int64_t k = 0;
             for (int32_t p = 0; p < win_pages; p++) {
                 const int32_t id = x->leaf[x->win[p]].page;
@@ -108,13 +133,8 @@ static void head_append(skv_store *s, int32_t h, slayer *ly, const skv_store_row
             }
             for (; k < f; k++, next++)
                 put_row(s, stage + (size_t)k * s->row_bytes, in, next, h);
-            /* ranks: the window's tokens, then the input's after any new sinks */
-            if (pl->bulk)
-                cluster_bulk(s, h, x, ly, stage, f, n0 - w + a, cs);
-            else
-                for (int64_t i = 0; i < f; i++)
-                    cluster_insert(s, h, x, ly, stage + (size_t)i * s->row_bytes, n0 - w + a + i,
-                                   cs);
+            for (int64_t i = 0; i < f; i++)
+                cluster_insert(s, h, x, ly, stage + (size_t)i * s->row_bytes, n0 - w + a + i, cs);
         } else {
             int64_t rank = n0 - w;
             for (int32_t p = 0; p < win_pages; p++) {
@@ -137,16 +157,13 @@ static void head_append(skv_store *s, int32_t h, slayer *ly, const skv_store_row
         x->n_body += mv;
         memmove(x->win, x->win + mv, (size_t)(x->n_winp - mv) * sizeof *x->win);
         x->n_winp -= mv;
-        for (; next < a + (f > w ? f - w : 0); next++) {
-            put_row(s, row, in, next, h);
-            list_push(s, h, x, x->body, &x->n_body, row, ly->pos[n0 + next], n0 + next, &dirty);
-        }
+        for (; next < a + (f > w ? f - w : 0); next++)
+            list_push(s, h, x, x->body, &x->n_body, in, next, ly->pos[n0 + next], n0 + next,
+                      &dirty);
         flush_dirty(s, x, &dirty);
     }
-    for (; next < m; next++) {
-        put_row(s, row, in, next, h);
-        list_push(s, h, x, x->win, &x->n_winp, row, ly->pos[n0 + next], n0 + next, &dirty);
-    }
+    for (; next < m; next++)
+        list_push(s, h, x, x->win, &x->n_winp, in, next, ly->pos[n0 + next], n0 + next, &dirty);
     flush_dirty(s, x, &dirty);
 }
 
@@ -243,7 +260,9 @@ skv_status skv_store_append(skv_store *s, int32_t seq, int32_t layer, const skv_
         pl.f = (pl.w + pl.r - s->p.n_window) / P * P;
     pl.kept = pl.w + pl.r - pl.f;
     pl.bulk = pl.clustered && pl.f >= s->p.bulk_min;
-    if (pl.clustered && (pl.bulk || pl.f > pl.w))
+    if (pl.bulk) /* row pointers, and the rows themselves when they need converting */
+        pl.staging = (size_t)pl.f * (2 * sizeof(void *) + (rows->dtype != s->p.dtype ? s->row_bytes : 0));
+    else if (pl.clustered && pl.f > pl.w)
         pl.staging = (size_t)pl.f * s->row_bytes;
 
     /* ---- reserve ---- */
@@ -274,9 +293,11 @@ skv_status skv_store_append(skv_store *s, int32_t seq, int32_t layer, const skv_
         SKV_TRY(list_grow(ctx, &x->win, x->n_winp, &x->cap_winp, win_cap));
         SKV_TRY(hidx_grow(s, x, pages, nodes));
     }
+    /* heads commit in parallel when there is enough work: a bulk clustering, or a long append */
     int threads = skv_threads(ctx);
-    if (!pl.bulk || threads > H)
-        threads = pl.bulk ? H : 1;
+    if (!pl.bulk && m < PAR_MIN_TOKENS)
+        threads = 1;
+    threads = threads > H ? H : threads;
     size_t cs = cluster_insert_scratch(s);
     if (pl.bulk) {
         const size_t b = cluster_bulk_scratch(s, pl.f);

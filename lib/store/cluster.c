@@ -13,6 +13,7 @@
 
 #define BULK_SAMPLE 512 /* points a bisection's 2-means sees; every token is then projected */
 #define KM_ITERS 4
+#define PROJ_BLOCK 64 /* keys projected per kernel call */
 
 static inline void *align64(void *p) { return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
@@ -27,17 +28,15 @@ static void dist_to(const skv_store *s, const float *pts, const float *aug, cons
 {
     const int32_t D = s->D;
     s->kern.dots(cq, 1, D, pts, SKV_F32, (size_t)D * 4, k, dot);
-    float c2 = 0;
-    for (int32_t i = 0; i < D; i++)
-        c2 += cq[i] * cq[i];
+    const float c2 = vec_dist2(cq, NULL, D);
     for (int32_t i = 0; i < k; i++) {
         const float da = aug[i] - ca;
         out[i] = nrm[i] - 2 * dot[i] + c2 + da * da;
     }
 }
 
-int32_t two_means(const skv_store *s, const float *pts, const float *aug, const float *wt,
-                  int32_t k, int iters, float *proj, void *tmp)
+STORE_CLONES int32_t two_means(const skv_store *s, const float *pts, const float *aug, const float *wt,
+                               int32_t k, int iters, float *proj, void *tmp)
 {
     const int32_t D = s->D;
     float *w = align64(tmp);          /* [D], then w_aug, t */
@@ -49,12 +48,8 @@ int32_t two_means(const skv_store *s, const float *pts, const float *aug, const 
     double *acc = align64(side + k); /* [2][D] */
     float ca[2];
 
-    for (int32_t i = 0; i < k; i++) {
-        float n = 0;
-        for (int32_t j = 0; j < D; j++)
-            n += pts[(size_t)i * D + j] * pts[(size_t)i * D + j];
-        nrm[i] = n;
-    }
+    for (int32_t i = 0; i < k; i++)
+        nrm[i] = vec_dist2(pts + (size_t)i * D, NULL, D);
     /* seeds: farthest from the weighted mean, then farthest from that */
     double wsum = 0, asum = 0;
     for (int32_t j = 0; j < D; j++)
@@ -87,10 +82,7 @@ int32_t two_means(const skv_store *s, const float *pts, const float *aug, const 
     for (int it = 0; it < iters; it++) {
         /* both centres in one pass over the points (d1 holds the pairs) */
         s->kern.dots(cq, 2, D, pts, SKV_F32, (size_t)D * 4, k, d1);
-        float c2[2] = {0, 0};
-        for (int c = 0; c < 2; c++)
-            for (int32_t j = 0; j < D; j++)
-                c2[c] += cq[(size_t)c * D + j] * cq[(size_t)c * D + j];
+        const float c2[2] = {vec_dist2(cq, NULL, D), vec_dist2(cq + D, NULL, D)};
         double ws[2] = {0, 0}, as[2] = {0, 0};
         for (int32_t j = 0; j < 2 * D; j++)
             fa[j] = 0;
@@ -155,12 +147,13 @@ typedef struct bulk {
     int32_t h;
     hidx *x;
     slayer *ly;
-    const uint8_t *rows;
+    const uint8_t *const *kp, *const *vp; /* each token's K and V (vp NULL entries: no V) */
     int64_t rank0;
     int32_t *idx;
     float *aug, *proj;
     struct pi { float p; int32_t i; } *pairs;
     float *pts, *saug, *sproj;
+    uint8_t *blk; /* [PROJ_BLOCK][k_bytes] gathered keys */
     void *tm;
 } bulk;
 
@@ -202,15 +195,30 @@ static void select_first(struct pi *a, int64_t n, int64_t L)
     }
 }
 
+/* Prefetches token t's key (and its value when v). */
+static inline void prefetch_row(const bulk *b, int32_t t, int v)
+{
+    const skv_store *s = b->s;
+    for (size_t o = 0; o < s->k_bytes; o += 64)
+        __builtin_prefetch(b->kp[t] + o);
+    if (v && b->vp[t])
+        for (size_t o = 0; o < s->row_bytes - s->k_bytes; o += 64)
+            __builtin_prefetch(b->vp[t] + o);
+}
+
 /* Splits idx[start, start + m) into a left part of L tokens (a multiple of P) and the rest. */
-static int64_t bisect(bulk *b, int64_t start, int64_t m)
+STORE_CLONES static int64_t bisect(bulk *b, int64_t start, int64_t m)
 {
     skv_store *s = b->s;
     const int32_t D = s->D, P = s->P;
     const int32_t S = m < BULK_SAMPLE ? (int32_t)m : BULK_SAMPLE;
+    for (int32_t j = 0; j < S && j < 8; j++)
+        prefetch_row(b, b->idx[start + (int64_t)j * m / S], 0);
     for (int32_t j = 0; j < S; j++) {
+        if (j + 8 < S) /* the samples are spread over the staging area: fetch ahead */
+            prefetch_row(b, b->idx[start + (int64_t)(j + 8) * m / S], 0);
         const int32_t t = b->idx[start + (int64_t)j * m / S];
-        row_to_f32(s, b->rows + (size_t)t * s->row_bytes, b->pts + (size_t)j * D, D);
+        row_to_f32(s, b->kp[t], b->pts + (size_t)j * D, D);
         b->saug[j] = b->aug[t];
     }
     const int64_t hi = (m - 1) / P * P;
@@ -221,17 +229,24 @@ static int64_t bisect(bulk *b, int64_t start, int64_t m)
     }
     const float *w = align64(b->tm);
     const float wa = w[D], t = w[D + 1];
+    /* every token's side: keys gathered in blocks (visited in partition order, all over the
+       staging area) and projected with one kernel call per block */
     int64_t n1 = 0;
-    for (int64_t k = 0; k < m; k++) {
-        const int32_t i = b->idx[start + k];
-        float p;
-        if (k + 8 < m) /* rows are visited in partition order, all over the staging area */
-            for (size_t o = 0; o < s->k_bytes; o += 64)
-                __builtin_prefetch(b->rows + (size_t)b->idx[start + k + 8] * s->row_bytes + o);
-        s->kern.dots(w, 1, D, b->rows + (size_t)i * s->row_bytes, s->p.dtype, 0, 1, &p);
-        p += b->aug[i] * wa - t;
-        b->pairs[k] = (struct pi){p, i};
-        n1 += p > 0;
+    float pr[PROJ_BLOCK];
+    for (int64_t k0 = 0; k0 < m; k0 += PROJ_BLOCK) {
+        const int32_t nb = (int32_t)(m - k0 < PROJ_BLOCK ? m - k0 : PROJ_BLOCK);
+        for (int32_t k = 0; k < nb; k++) {
+            if (k0 + k + 8 < m)
+                prefetch_row(b, b->idx[start + k0 + k + 8], 0);
+            memcpy(b->blk + (size_t)k * s->k_bytes, b->kp[b->idx[start + k0 + k]], s->k_bytes);
+        }
+        s->kern.dots(w, 1, D, b->blk, s->p.dtype, s->k_bytes, nb, pr);
+        for (int32_t k = 0; k < nb; k++) {
+            const int32_t i = b->idx[start + k0 + k];
+            const float p = pr[k] + b->aug[i] * wa - t;
+            b->pairs[k0 + k] = (struct pi){p, i};
+            n1 += p > 0;
+        }
     }
     int64_t L = (n1 + P / 2) / P * P;
     L = L < P ? P : L > hi ? hi : L;
@@ -258,7 +273,10 @@ static int32_t make_page(bulk *b, int64_t start, int64_t m)
     const int32_t l = leaf_new(b->x, id, -1);
     int32_t *pos = pg_pos(s, id);
     for (int64_t k = 0; k < m; k++) {
-        memcpy(pg_row(s, id, (int32_t)k), b->rows + (size_t)ix[k] * s->row_bytes, s->row_bytes);
+        uint8_t *r = pg_row(s, id, (int32_t)k);
+        memcpy(r, b->kp[ix[k]], s->k_bytes);
+        if (s->row_bytes > s->k_bytes)
+            memcpy(r + s->k_bytes, b->vp[ix[k]], s->row_bytes - s->k_bytes);
         pos[k] = b->ly->pos[b->rank0 + ix[k]];
         b->x->leaf_of[b->rank0 + ix[k]] = l;
     }
@@ -299,8 +317,14 @@ static int32_t build(bulk *b, int64_t start, int64_t m)
         np++;
     }
     int32_t kids[64];
-    for (int32_t i = 0; i < np; i++)
+    for (int32_t i = 0; i < np; i++) {
+        /* pages copy rows from all over the input: fetch the next page's while this one fills */
+        for (int32_t a = i == 0 ? 0 : i + 1; a <= i + 1 && a < np; a++)
+            if (pl[a] <= s->P)
+                for (int64_t k = 0; k < pl[a]; k++)
+                    prefetch_row(b, b->idx[ps[a] + k], 1);
         kids[i] = build(b, ps[i], pl[i]);
+    }
     const int32_t n = node_new(s, b->x);
     for (int32_t i = 0; i < np; i++)
         node_add_child(s, b->x, n, kids[i]);
@@ -311,14 +335,15 @@ static int32_t build(bulk *b, int64_t start, int64_t m)
 size_t cluster_bulk_scratch(const skv_store *s, int64_t f)
 {
     return (size_t)f * (4 + 4 + 8) + (size_t)BULK_SAMPLE * ((size_t)s->D + 2) * 4 +
+           (size_t)PROJ_BLOCK * s->k_bytes + 64 +
            two_means_scratch(s, BULK_SAMPLE) + node_split_scratch(s) + 4 * 64;
 }
 
-void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *rows, int64_t f,
-                  int64_t rank0, void *scratch)
+STORE_CLONES void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *const *kp,
+                  const uint8_t *const *vp, int64_t f, int64_t rank0, void *scratch)
 {
     const int32_t D = s->D;
-    bulk b = {s, h, x, ly, rows, rank0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    bulk b = {s, h, x, ly, kp, vp, rank0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     uint8_t *p = align64(scratch);
     b.idx = (int32_t *)p, p = align64(p + (size_t)f * 4);
     b.aug = (float *)p, p = align64(p + (size_t)f * 4);
@@ -326,14 +351,13 @@ void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *r
     b.pts = (float *)p, p = align64(p + (size_t)BULK_SAMPLE * D * 4);
     b.saug = (float *)p, p = align64(p + (size_t)BULK_SAMPLE * 4);
     b.sproj = (float *)p, p = align64(p + (size_t)BULK_SAMPLE * 4);
+    b.blk = p, p = align64(p + (size_t)PROJ_BLOCK * s->k_bytes);
     b.tm = p;
     float *row = b.pts; /* reused before any bisection */
     float nmax = 0;
     for (int64_t i = 0; i < f; i++) {
-        row_to_f32(s, rows + (size_t)i * s->row_bytes, row, D);
-        float n = 0;
-        for (int32_t j = 0; j < D; j++)
-            n += row[j] * row[j];
+        row_to_f32(s, kp[i], row, D);
+        const float n = vec_dist2(row, NULL, D);
         b.aug[i] = n;
         nmax = n > nmax ? n : nmax;
         b.idx[i] = (int32_t)i;
@@ -397,10 +421,7 @@ static void split_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, int32_t l
     pos[P] = ly->pos[rank];
     for (int32_t i = 0; i < k; i++) {
         row_to_f32(s, rw + (size_t)i * s->row_bytes, pts + (size_t)i * D, D);
-        float n = 0;
-        for (int32_t j = 0; j < D; j++)
-            n += pts[(size_t)i * D + j] * pts[(size_t)i * D + j];
-        aug[i] = aug_coord(x->aug_m, n);
+        aug[i] = aug_coord(x->aug_m, vec_dist2(pts + (size_t)i * D, NULL, D));
     }
     int32_t n1 = two_means(s, pts, aug, NULL, k, KM_ITERS, proj, tm);
     if (n1 < 0) { /* identical keys: the older half stays */
@@ -466,9 +487,7 @@ void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t 
     float *xk = align64(scratch);
     void *rest = align64(xk + D);
     row_to_f32(s, row, xk, D);
-    float n2 = 0;
-    for (int32_t j = 0; j < D; j++)
-        n2 += xk[j] * xk[j];
+    const float n2 = vec_dist2(xk, NULL, D);
     if (x->aug_m == 0)
         x->aug_m = init_m(sqrtf(n2));
     const float a = aug_coord(x->aug_m, n2);
@@ -502,9 +521,7 @@ void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t 
             } else {
                 const float *cc = node_cent(s, x, c);
                 s->kern.dots(xk, 1, D, cc, SKV_F32, 0, 1, &dot);
-                c2 = 0;
-                for (int32_t i = 0; i < D; i++)
-                    c2 += cc[i] * cc[i];
+                c2 = vec_dist2(cc, NULL, D);
                 ca = x->node[c].aug;
             }
             const float d = n2 - 2 * dot + c2 + (a - ca) * (a - ca);

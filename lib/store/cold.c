@@ -351,10 +351,11 @@ static skv_status offload(skv_store *s, sseq *q, int64_t *out_pages)
     for (int64_t i = 0; i < n; i++) {
         const int32_t id = (int32_t)(ent[i] & 0xffffffff);
         tier_page_freed(s, id); /* leaves the hot tier */
-        skv_free(s->ctx, s->pages[id], s->page_bytes);
+        spare_put(s, s->pages[id]);
         s->pages[id] = NULL;
         c->parked[id] = 1;
     }
+    pool_trim(s, s->reserved); /* whole free slabs go back: parking frees host memory */
     q->n_cold += n;
     c->st.pages_cold += n;
     for (int32_t l = 0; l < s->p.n_layers; l++)
@@ -373,13 +374,11 @@ static skv_status restore(skv_store *s, sseq *q)
         return SKV_ERR_NOMEM;
     uint8_t **mem = (uint8_t **)(ent + n);
     collect(s, q, 1, ent);
-    int64_t got = 0;
-    skv_status st = SKV_OK;
-    for (; got < n; got++)
-        if (!(mem[got] = skv_alloc(s->ctx, s->page_bytes))) {
-            st = SKV_ERR_NOMEM;
-            break;
-        }
+    skv_status st = pool_fill(s, n);
+    if (st != SKV_OK)
+        return st;
+    for (int64_t i = 0; i < n; i++)
+        mem[i] = s->spare[s->n_spare - 1 - i]; /* taken from the pool at the commit */
     for (int64_t b = 0; st == SKV_OK && b < n; b += BATCH) {
         const int32_t m = (int32_t)(n - b < BATCH ? n - b : BATCH);
         for (int32_t i = 0; i < m; i++) {
@@ -411,12 +410,10 @@ static skv_status restore(skv_store *s, sseq *q)
             c->st.bytes_got += c->blen[id];
         }
     }
-    if (st != SKV_OK) {
-        for (int64_t i = 0; i < got; i++)
-            skv_free(s->ctx, mem[i], s->page_bytes);
-        return st;
-    }
+    if (st != SKV_OK)
+        return st; /* the buffers stay in the pool */
     /* commit: the pages are back; their backend references go */
+    s->n_spare -= (int32_t)n;
     for (int64_t i = 0; i < n; i++) {
         const int32_t id = (int32_t)(ent[i] & 0xffffffff);
         s->pages[id] = mem[i];

@@ -171,7 +171,7 @@ static inline float radius_up(float r, float scale2)
     return r * (1.0f + 0x1p-18f) + 0x1p-20f * sqrtf(scale2) + 1e-30f;
 }
 
-void page_stats(skv_store *s, int32_t id, float aug_m)
+STORE_CLONES void page_stats(skv_store *s, int32_t id, float aug_m)
 {
     ptail *t = pg_tail(s, id);
     const int32_t n = t->n, D = s->D;
@@ -181,9 +181,9 @@ void page_stats(skv_store *s, int32_t id, float aug_m)
     float asum = 0, nmax = 0;
     for (int32_t j = 0; j < n; j++) {
         row_to_f32(s, pg_row(s, id, j), row, D);
-        float nn = 0;
         for (int32_t i = 0; i < D; i++)
-            cen[i] += row[i], nn += row[i] * row[i];
+            cen[i] += row[i];
+        const float nn = vec_dist2(row, NULL, D);
         asum += aug_coord(aug_m, nn);
         nmax = nn > nmax ? nn : nmax;
     }
@@ -197,9 +197,8 @@ void page_stats(skv_store *s, int32_t id, float aug_m)
     else
         skv_convert(s->p.dtype, pc, SKV_F32, cen, D);
     row_to_f32(s, pc, cen, D);
-    float c2 = 0, r2 = 0;
-    for (int32_t i = 0; i < D; i++)
-        c2 += cen[i] * cen[i];
+    float r2 = 0;
+    const float c2 = vec_dist2(cen, NULL, D);
     float *lo = s->p.flags & SKV_STORE_MINMAX ? pg_min(s, id) : NULL;
     float *hi = lo ? pg_max(s, id) : NULL;
     if (lo)
@@ -207,11 +206,7 @@ void page_stats(skv_store *s, int32_t id, float aug_m)
             lo[i] = INFINITY, hi[i] = -INFINITY;
     for (int32_t j = 0; j < n; j++) {
         row_to_f32(s, pg_row(s, id, j), row, D);
-        float d2 = 0;
-        for (int32_t i = 0; i < D; i++) {
-            const float d = row[i] - cen[i];
-            d2 += d * d;
-        }
+        const float d2 = vec_dist2(row, cen, D);
         r2 = d2 > r2 ? d2 : r2;
         if (lo)
             for (int32_t i = 0; i < D; i++) {
@@ -242,7 +237,7 @@ static void child_info(const skv_store *s, const hidx *x, int32_t c, float *cen,
     }
 }
 
-void node_stats(skv_store *s, hidx *x, int32_t n)
+STORE_CLONES void node_stats(skv_store *s, hidx *x, int32_t n)
 {
     const int32_t D = s->D, k = x->node[n].n_child;
     const int32_t *ch = node_child(s, x, n);

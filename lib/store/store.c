@@ -36,7 +36,7 @@ static skv_status check_params(skv_context *ctx, const skv_store_params *p)
     SKV_CHECK(ctx, p->hot_pages >= 0 && p->hot_pages <= INT32_MAX);
     SKV_CHECK(ctx, p->layout == SKV_STORE_CLUSTERED || p->layout == SKV_STORE_POSITIONAL);
     SKV_CHECK(ctx, p->fanout >= 4 && p->fanout <= 64 && p->bulk_min >= 1);
-    SKV_CHECK(ctx, (p->flags & ~(uint32_t)SKV_STORE_MINMAX) == 0);
+    SKV_CHECK(ctx, (p->flags & ~(uint32_t)(SKV_STORE_MINMAX | SKV_STORE_HUGEPAGES)) == 0);
     SKV_CHECK(ctx, p->max_pages >= 0 && p->max_pages <= INT32_MAX && p->max_seqs >= 0);
     const skv_store_tier *t = &p->tier;
     const int set = (t->alloc != NULL) + (t->free != NULL) + (t->copy != NULL) + (t->fence != NULL);
@@ -73,7 +73,6 @@ skv_status skv_store_create(skv_context *ctx, const skv_store_params *p, skv_sto
     s->tail_max = s->tail_min + (p->flags & SKV_STORE_MINMAX ? (size_t)s->D * 4 : 0);
     const size_t tail_end = s->tail_max + (p->flags & SKV_STORE_MINMAX ? (size_t)s->D * 4 : 0);
     s->page_bytes = skv_round_up(s->slot_bytes + tail_end, 64);
-    s->spare_keep = (2 * s->P + 8) * s->H;
     skv_skern_init(&s->kern, skv_context_cpu_flags(ctx));
     const skv_status st = tier_init(s);
     if (st != SKV_OK) {
@@ -96,9 +95,7 @@ void skv_store_destroy(skv_store *s)
             seq_release(s, &s->seqs[i]);
     cold_destroy(s);
     tier_destroy(s);
-    for (int32_t i = 0; i < s->n_spare; i++)
-        skv_free(ctx, s->spare[i], s->page_bytes);
-    skv_free(ctx, s->spare, (size_t)s->cap_spare * sizeof *s->spare);
+    pool_destroy(s);
     skv_free(ctx, s->seqs, (size_t)s->seq_cap * sizeof *s->seqs);
     skv_free(ctx, s->pages, (size_t)s->id_cap * sizeof *s->pages);
     skv_free(ctx, s->refcnt, (size_t)s->id_cap * sizeof *s->refcnt);
@@ -187,14 +184,6 @@ static skv_status grow_ids(skv_store *s, int64_t more)
     return SKV_OK;
 }
 
-static void spare_put(skv_store *s, uint8_t *mem)
-{
-    if (s->n_spare < s->cap_spare && s->n_spare < s->spare_keep)
-        s->spare[s->n_spare++] = mem;
-    else
-        skv_free(s->ctx, mem, s->page_bytes);
-}
-
 void page_unref(skv_store *s, int32_t id)
 {
     if (--s->refcnt[id] > 0)
@@ -240,30 +229,8 @@ skv_status store_reserve(skv_store *s, int32_t H, const int64_t *pages, const in
         s->resv_buf = b;
         s->resv_buf_cap = want;
     }
-    /* buffers: the spare pool first, then new allocations */
-    if (s->n_spare + (int64_t)0 < total) {
-        if (total > s->cap_spare) {
-            const int64_t cap = total > 2 * (int64_t)s->cap_spare ? total : 2 * (int64_t)s->cap_spare;
-            uint8_t **sp = skv_alloc(ctx, (size_t)cap * sizeof *sp);
-            if (!sp)
-                return SKV_ERR_NOMEM;
-            if (s->n_spare)
-                memcpy(sp, s->spare, (size_t)s->n_spare * sizeof *sp);
-            skv_free(ctx, s->spare, (size_t)s->cap_spare * sizeof *s->spare);
-            s->spare = sp;
-            s->cap_spare = (int32_t)cap;
-        }
-        const int32_t had = s->n_spare;
-        while (s->n_spare < total) {
-            uint8_t *m = skv_alloc(ctx, s->page_bytes);
-            if (!m) {
-                while (s->n_spare > had)
-                    skv_free(ctx, s->spare[--s->n_spare], s->page_bytes);
-                return SKV_ERR_NOMEM;
-            }
-            s->spare[s->n_spare++] = m;
-        }
-    }
+    /* buffers: from the pool, new slabs as needed */
+    SKV_TRY(pool_fill(s, total));
     /* Nothing can fail from here on: hand out ids and buffers in head order. */
     uint8_t **mp = (uint8_t **)s->resv_buf;
     int32_t *ip = (int32_t *)(mp + total);
@@ -299,8 +266,6 @@ void store_reserve_end(skv_store *s)
             page_unref(s, r->rel[i]);
         r->n_rel = r->cap_rel = 0;
     }
-    while (s->n_spare > s->spare_keep)
-        skv_free(s->ctx, s->spare[--s->n_spare], s->page_bytes);
     s->resv_n = 0;
 }
 

@@ -26,6 +26,16 @@
 #include "store/skern.h"
 
 #define STORE_MAX_SEQ_ID (1 << 30)
+
+/* The store's arithmetic loops in plain C (page statistics, 2-means, bulk projections), compiled
+ * once per x86 level and picked at load time: the compiler vectorises them at the CPU's width.
+ * ISO C mode contracts no FMAs and the loops fix their summation order, so every clone gives
+ * the same bits. */
+#if defined(SKV_HAVE_X86) && defined(__x86_64__) && defined(__ELF__) && defined(__GNUC__)
+#define STORE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define STORE_CLONES
+#endif
 #define LEAF(i) (-1 - (i)) /* a child entry naming a leaf */
 #define IS_LEAF(c) ((c) < 0)
 #define LEAF_IDX(c) (-1 - (c))
@@ -87,6 +97,16 @@ typedef struct sseq {
     uint64_t used;   /* cold.c's clock at the last call that touched the sequence */
 } sseq;
 
+/* A slab of page buffers (reserve.c): one allocation through the context allocator. */
+typedef struct slab {
+    void *base;       /* as allocated */
+    size_t bytes;     /* as allocated */
+    uint8_t *mem;     /* the first buffer (aligned to 2 MiB with SKV_STORE_HUGEPAGES) */
+    int32_t n_pages;  /* buffers */
+    int32_t n_free;   /* pool_trim's count of its buffers in the pool */
+    int gone;         /* pool_trim: being freed */
+} slab;
+
 /* ---- reservations ---------------------------------------------------------------------- */
 
 /* Pages and array room one head may use during a commit, and the pages it releases. */
@@ -116,8 +136,12 @@ struct skv_store {
     int32_t *page_slot; /* hot slot, or -1 */
     int32_t *free_ids, n_free, id_cap, ids_used;
     int64_t pages_in_use;
-    uint8_t **spare; /* page buffers kept for reuse */
-    int32_t n_spare, cap_spare, spare_keep;
+    uint8_t **spare; /* the pool: free page buffers, room for every buffer of every slab */
+    int32_t n_spare, cap_spare;
+    slab *slabs;
+    int32_t n_slabs, cap_slabs;
+    int32_t n_bufs;   /* page buffers in all slabs */
+    int32_t reserved; /* the largest skv_store_reserve */
 
     /* sequences */
     sseq *seqs;
@@ -230,6 +254,18 @@ void page_unref(skv_store *s, int32_t id);
 /* Scratch memory of at least `size` bytes, kept between calls; NULL on failure. */
 void *store_scratch(skv_store *s, size_t size);
 
+/* ---- reserve.c: page memory ----------------------------------------------------------- */
+
+/* At least n buffers in the pool (new slabs as needed). CAPACITY, NOMEM (nothing changed). */
+skv_status pool_fill(skv_store *s, int64_t n);
+/* A free page buffer back into the pool (cannot fail). */
+void spare_put(skv_store *s, uint8_t *mem);
+/* Frees slabs whose every buffer is in the pool while at least `keep` buffers stay in it;
+ * returns the buffers freed. */
+int64_t pool_trim(skv_store *s, int64_t keep);
+/* Frees every slab and the pool (store destroy). */
+void pool_destroy(skv_store *s);
+
 /* ---- index.c: leaves, nodes, statistics ------------------------------------------------ */
 
 /* Room for `leaves` more leaves and `nodes` more nodes in head h's arrays. NOMEM. */
@@ -307,6 +343,27 @@ static inline void row_to_f32(const skv_store *s, const void *src, float *dst, i
             dst[i] = f16_to_f32_inline(h[i]);
     }
 }
+/* |a - b|^2 (b NULL: |a|^2), summed in 16 lanes reduced pairwise: vectorised by the compiler,
+ * the same on every CPU. */
+static inline float vec_dist2(const float *a, const float *b, int32_t D)
+{
+    enum { LANES = 16 };
+    float acc[LANES] = {0};
+    int32_t i = 0;
+    for (; i + LANES <= D; i += LANES)
+        for (int l = 0; l < LANES; l++) {
+            const float d = a[i + l] - (b ? b[i + l] : 0.0f);
+            acc[l] += d * d;
+        }
+    for (int l = 0; i < D; i++, l++) {
+        const float d = a[i] - (b ? b[i] : 0.0f);
+        acc[l] += d * d;
+    }
+    for (int w = LANES / 2; w; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] += acc[l + w];
+    return acc[0];
+}
 /* 2-means in the augmented space over k points (pts [k][D] f32, aug [k], weights wt or NULL):
  * seeded with the point farthest from the mean and the point farthest from that, `iters`
  * Lloyd steps. Writes proj[i] = x_i . w - t, the signed side of the bisecting hyperplane
@@ -315,10 +372,10 @@ static inline void row_to_f32(const skv_store *s, const void *src, float *dst, i
 int32_t two_means(const skv_store *s, const float *pts, const float *aug, const float *wt,
                   int32_t k, int iters, float *proj, void *tmp);
 size_t two_means_scratch(const skv_store *s, int32_t k);
-/* Bulk clustering of f rows (store format, contiguous) with positions at ranks
- * [rank0, rank0 + f) into a new subtree, grafted under the root. */
-void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *rows, int64_t f,
-                  int64_t rank0, void *scratch);
+/* Bulk clustering of f tokens (token t's K at kp[t], its V at vp[t], in the store dtype) with
+ * positions at ranks [rank0, rank0 + f) into a new subtree, grafted under the root. */
+void cluster_bulk(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *const *kp,
+                  const uint8_t *const *vp, int64_t f, int64_t rank0, void *scratch);
 size_t cluster_bulk_scratch(const skv_store *s, int64_t f);
 /* Inserts one token (row in store format) at rank `rank` into the index. */
 void cluster_insert(skv_store *s, int32_t h, hidx *x, slayer *ly, const uint8_t *row,
