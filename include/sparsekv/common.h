@@ -4,7 +4,15 @@
  * Thread safety: a context and every object created from it are used by one thread at a time
  * (one context per host thread, or external locking). Functions that take no context are
  * thread-safe. Kernels parallelise internally with OpenMP; called from inside a host's OpenMP
- * parallel region they run on the calling thread only (no nested teams). */
+ * parallel region they run on the calling thread only (no nested teams).
+ *
+ * Ownership and lifetime, wherever a declaration says nothing else: pointer arguments are
+ * borrowed for the call (the caller allocates and frees them, and they must stay valid until
+ * the call returns; the library keeps none of them). An object a *_create call makes belongs
+ * to the caller until its *_destroy, which must come before the destroy of the context it
+ * was made from. Views and strings the library returns (skv_status_string, a selector's
+ * indices) belong to the library, valid as their declaration states. The statuses each
+ * declaration lists are all it returns. */
 #ifndef SPARSEKV_COMMON_H
 #define SPARSEKV_COMMON_H
 

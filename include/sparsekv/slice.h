@@ -32,6 +32,7 @@
  *    slices write them).
  * Every slice also returns INVALID_ARG for nth < 1 or ith outside [0, nth), and UNSUPPORTED
  * for F16 indexer inputs (the OpenMP entry points widen them; slices take F32, BF16, FP8).
+ * (Indexer keys may also be MXFP4 wherever the OpenMP entry point takes them.)
  * Thread safety: as above; a slice is reentrant for distinct wctx. */
 #ifndef SPARSEKV_SLICE_H
 #define SPARSEKV_SLICE_H
@@ -131,8 +132,8 @@ SKV_API skv_status skv_kcache_hisa_topk_slice(skv_context *wctx, const skv_kcach
  * (the most any token sees), so that the slices read them instead of pooling them each. Runs
  * on the calling thread, allocates with the cache's context. Nothing for a router that reads
  * no blocks (SKV_ROUTE_QNORM, SKV_ROUTE_OWN_KEY) or a cache without pooled sums.
- * Errors: INVALID_ARG (as skv_kcache_misa_topk's checks of q and p), NOMEM (the memo keeps
- * what it held). */
+ * Errors: INVALID_ARG (as skv_kcache_misa_topk's checks of q and p), UNSUPPORTED (F16 q),
+ * NOMEM (the memo keeps what it held). */
 SKV_API skv_status skv_kcache_misa_prepare(skv_kcache *c, int32_t seq, int32_t layer,
                                            const skv_indexer_query *q, const skv_misa_params *p);
 
