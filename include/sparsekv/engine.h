@@ -53,7 +53,8 @@ typedef struct skv_paged_batch {
  * [n_tokens][k] key positions within the sequence. The result equals skv_kcache_topk's on the
  * same keys bit for bit (and skv_indexer_topk's on them gathered). Errors: those of
  * skv_indexer_topk, and INVALID_ARG for a block id outside the pool, a misplaced or missing
- * scale area, misaligned FP8/F32/BF16 blocks, a bad q_start or length. Arguments are checked
+ * scale area, misaligned FP8/F32/BF16 blocks, a bad q_start or length; UNSUPPORTED for F16
+ * queries (skv_indexer_topk widens them; this call does not). Arguments are checked
  * before anything is written; only an allocation failure part way (NOMEM) leaves the earlier
  * sequences' outputs written. */
 SKV_API skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys,
@@ -67,7 +68,7 @@ SKV_API skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys,
  * relative to ks[t] with SKV_RAGGED_RELATIVE (-1 padding either way); forced keys (n_sink,
  * n_window) count from each token's ks. The results equal those of skv_indexer_topk on each
  * sequence's keys. Errors: as skv_indexer_topk, INVALID_ARG for ks > ke, ks < 0, ke > n_keys,
- * positions given, unknown flags. */
+ * positions given, unknown flags; UNSUPPORTED for F16 queries or keys (not widened here). */
 enum { SKV_RAGGED_RELATIVE = 1 };
 /* The ragged top-k above. Thread safety: as the context. */
 SKV_API skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_query *q,

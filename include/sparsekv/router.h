@@ -105,7 +105,9 @@ SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
  * ranks its candidates by the dense score). With h = n_heads, or C >= the visible keys, or
  * below the length gate, the result is skv_indexer_topk's, bit for bit.
  * Errors: as skv_route_heads, plus INVALID_ARG for k <= 0 or k > SKV_TOPK_MAX_K, or C other
- * than 0, k..SKV_TOPK_MAX_K or SKV_CANDIDATES_4K (with 4k at most SKV_TOPK_MAX_K). */
+ * than 0, k..SKV_TOPK_MAX_K or SKV_CANDIDATES_4K (with 4k at most SKV_TOPK_MAX_K). pooled may
+ * be NULL: then a call whose routed pass needs it returns STATE (below the length gate and at
+ * the exact dials none is needed). */
 SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
                                  const skv_key_block *keys, const skv_pooled_keys *pooled,
                                  const skv_misa_params *p, int32_t k, int32_t *out_idx,
@@ -113,7 +115,8 @@ SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
 /* The same on the keys of (seq, layer) in a key cache with pooled chunks. The cache remembers
  * the means of whole blocks between calls (head_dim floats per block of the sequence; a removal
  * forgets those from its first block on), so a decode step reads only the blocks it completed.
- * Errors also: STATE when the cache keeps no pooled sums and the router needs them, INVALID_ARG
+ * Errors also: STATE when the cache keeps no pooled sums and the router needs them, UNSUPPORTED
+ * for F16 queries (nothing is widened here), INVALID_ARG
  * for NULL c, an unknown seq or a layer out of range; NOMEM also when the memo cannot grow
  * (it keeps what it held). The call changes the cache (its memo): as any change, no other
  * thread may use the cache meanwhile (slices: skv_kcache_misa_prepare, slice.h). */
