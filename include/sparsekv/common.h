@@ -107,7 +107,8 @@ typedef void (*skv_log_fn)(void *user, skv_log_level level, const char *msg);
 /* Levels this CPU (and OS, for register state) supports, as SKV_CPU_* bits. */
 SKV_API uint32_t skv_cpu_flags(void);
 
-/* Name of the highest level in `flags`: "scalar", "avx2", "avx512" or "avx512bf16". */
+/* Name of the highest level in `flags`: "scalar", "avx2", "avx512" or "avx512bf16" (a static
+ * string). Thread-safe. */
 SKV_API const char *skv_cpu_level_name(uint32_t flags);
 
 /* ---- context ----------------------------------------------------------------------------- */
@@ -129,7 +130,8 @@ typedef struct skv_context_params {
 SKV_API void skv_context_params_init(skv_context_params *p);
 
 /* p may be NULL (defaults). Errors: INVALID_ARG (out NULL, bad struct_size, n_threads < 0,
- * allocator with only one of alloc/free set), NOMEM. */
+ * allocator with only one of alloc/free set), NOMEM. *p is copied; the allocator's and the
+ * log's user pointers are kept, and their functions called, until skv_context_destroy. */
 SKV_API skv_status skv_context_create(const skv_context_params *p, skv_context **out);
 
 /* NULL is fine. Objects created from the context must be destroyed first. */

@@ -33,7 +33,9 @@
  * Every slice also returns INVALID_ARG for nth < 1 or ith outside [0, nth), and UNSUPPORTED
  * for F16 indexer inputs (the OpenMP entry points widen them; slices take F32, BF16, FP8).
  * (Indexer keys may also be MXFP4 wherever the OpenMP entry point takes them.)
- * Thread safety: as above; a slice is reentrant for distinct wctx. */
+ * Thread safety: as above; a slice is reentrant for distinct wctx. Slices log through wctx,
+ * except the key cache's own checks of seq and layer, which log through the cache's context
+ * (its log function may then be called from several workers at once). */
 #ifndef SPARSEKV_SLICE_H
 #define SPARSEKV_SLICE_H
 

@@ -57,7 +57,8 @@ typedef struct skv_store_cold {
 /* Attaches a backend (all five members set; user may be NULL) with a model tag (a
  * NUL-terminated name of the model and its weights: stores of different models must use
  * different tags). Once per store, before any sequence is parked. Errors: INVALID_ARG, STATE
- * (a backend is attached already), NOMEM. */
+ * (a backend is attached already), NOMEM. *cold is copied and model_tag hashed: neither needs
+ * to outlive the call; cold->user is kept, and the functions called, for the store's life. */
 SKV_API skv_status skv_store_cold_attach(skv_store *s, const skv_store_cold *cold,
                                          const char *model_tag);
 
