@@ -11,15 +11,15 @@
  *  - every worker passes its own context `wctx` (one per worker thread, created once, with the
  *    same cpu_mask as the reference call's context where bit-identical results matter: the
  *    kernel level decides the last bits). A slice uses wctx's workspace and allocator only;
- *    the other objects (key cache, store, selection) are read, never changed, so nth slices
- *    may read them at once, provided no thread changes them meanwhile;
+ *    the other objects (key cache, store, selection, page pool) are read, never changed, so
+ *    nth slices may read them at once, provided no thread changes them meanwhile;
  *  - each slice writes only its own part of the outputs;
  *  - the indexer top-k needs every worker's partial result: its slices run in two phases. Phase
  *    one (skv_indexer_topk_slice, skv_kcache_topk_slice, skv_paged_topk_slice) writes worker
- *    ith's candidates into
- *    its part of a host buffer of skv_topk_part_bytes; after the host's barrier (every phase-one
- *    call returned), phase two (skv_topk_merge_slice) merges the candidates of its share of
- *    the query tokens into the outputs. Both phases use the same nth;
+ *    ith's candidates into its part of a host buffer of skv_topk_part_bytes; after the host's
+ *    barrier (every phase-one call returned), phase two (skv_topk_merge_slice) merges the
+ *    candidates of its share of the query tokens into the outputs. Both phases use the same
+ *    nth;
  *  - MISA on a key cache remembers block means in the cache (skv_kcache_misa_topk): a slice
  *    only reads them. Before its barrier the host runs skv_kcache_misa_prepare on one thread
  *    (it fills them: the cache is changed, so no other thread may use it meanwhile); then
