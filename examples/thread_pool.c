@@ -9,8 +9,12 @@
  *   op 2:   skv_topk_merge_slice       (phase two, after the pool's barrier)
  *   op 3:   gather the selected K/V rows (the host's own copy loop, split by rows)
  *   op 4:   skv_sparse_attention_slice (each worker's (token, KV head) lists)
- * Every step is checked against the OpenMP entry points (skv_kcache_topk, skv_sparse_attention)
- * on a context of their own: the outputs must be equal bit for bit (exit 1 otherwise).
+ * and the same selection by MISA (routed heads), whose key-cache form remembers block means in
+ * the cache: the host thread fills them (skv_kcache_misa_prepare) between operations, then
+ *   op 5:   skv_kcache_misa_topk_slice (reads them only; a decode token runs on one worker)
+ * Every step is checked against the OpenMP entry points (skv_kcache_topk, skv_sparse_attention,
+ * skv_kcache_misa_topk) on a context of their own: the outputs must be equal bit for bit (exit 1
+ * otherwise).
  *
  *   thread_pool [context_tokens] [decode_steps] [threads] */
 #include <pthread.h>
@@ -106,6 +110,8 @@ typedef struct step {
     skv_indexer_query q;            /* the token's indexer query */
     void *part;                     /* phase-one candidates, skv_topk_part_bytes */
     int32_t idx[TOPK];              /* the selection */
+    skv_misa_params mp;             /* MISA's selection of the same token */
+    int32_t misa_idx[TOPK];
     const float *kv_k, *kv_v;       /* the host's KV: [tokens][HKV][KD], [tokens][HKV][VD] */
     float *gk, *gv;                 /* gathered rows, [HKV][TOPK][KD] and [HKV][TOPK][VD] */
     int32_t gpos[HKV * TOPK], n_sel;
@@ -117,6 +123,13 @@ static void op_topk(int ith, int nth, void *u)
 {
     step *s = u;
     s->status[ith] = skv_kcache_topk_slice(s->wctx[ith], s->cache, s->seq, 0, &s->q, TOPK, ith, nth, s->part);
+}
+
+static void op_misa(int ith, int nth, void *u)
+{
+    step *s = u;
+    s->status[ith] = skv_kcache_misa_topk_slice(s->wctx[ith], s->cache, s->seq, 0, &s->q, &s->mp,
+                                                TOPK, ith, nth, s->misa_idx, NULL);
 }
 
 static void op_merge(int ith, int nth, void *u)
@@ -178,6 +191,9 @@ int main(int argc, char **argv)
     skv_kcache_params kp;
     skv_kcache_params_init(&kp);
     kp.head_dim = D, kp.dtype = SKV_FP8_E4M3, kp.page_tokens = 64;
+    kp.pool_chunk = 64; /* MISA's pooled block keys */
+    skv_misa_params_init(&s.mp);
+    s.mp.heads = 4, s.mp.block = 512, s.mp.min_length = 0; /* routed at any length */
     if (skv_kcache_create(ref, &kp, &s.cache) != SKV_OK || skv_kcache_seq_create(s.cache, &s.seq) != SKV_OK)
         return 1;
     float *ikeys = malloc((size_t)L * D * 4), *kv_k = malloc((size_t)L * HKV * KD * 4);
@@ -200,7 +216,7 @@ int main(int argc, char **argv)
     pool p;
     pool_start(&p, nth);
     float q[H * D], w[H], attn_q[HQ * KD], want_out[HQ * VD];
-    int32_t want_idx[TOPK], pos;
+    int32_t want_idx[TOPK], want_misa[TOPK], pos;
     int bad = 0;
     double t_pool = 0, t_omp = 0;
     for (int t = 0; t < steps && !bad; t++) {
@@ -236,6 +252,10 @@ int main(int argc, char **argv)
         pool_run(&p, op_attention, &s);
         bad |= !all_ok(&s, nth, "attention");
         t_pool += now_ms() - t0;
+        if (skv_kcache_misa_prepare(s.cache, s.seq, 0, &s.q, &s.mp) != SKV_OK)
+            return 1; /* one thread, between operations: the workers only read what it fills */
+        pool_run(&p, op_misa, &s);
+        bad |= !all_ok(&s, nth, "misa");
 
         /* the same step through the OpenMP entry points */
         t0 = now_ms();
@@ -243,15 +263,19 @@ int main(int argc, char **argv)
             skv_sparse_attention(ref, &s.b, want_out, NULL, NULL) != SKV_OK)
             return 1;
         t_omp += now_ms() - t0;
-        if (memcmp(want_idx, s.idx, sizeof want_idx) != 0 || memcmp(want_out, s.out, sizeof want_out) != 0) {
+        if (skv_kcache_misa_topk(s.cache, s.seq, 0, &s.q, &s.mp, TOPK, want_misa, NULL) != SKV_OK)
+            return 1;
+        if (memcmp(want_idx, s.idx, sizeof want_idx) != 0 ||
+            memcmp(want_out, s.out, sizeof want_out) != 0 ||
+            memcmp(want_misa, s.misa_idx, sizeof want_misa) != 0) {
             fprintf(stderr, "step %d: the pool's result differs from the OpenMP entry points\n", t);
             bad = 1;
         }
     }
     pool_stop(&p);
     printf("%d decode steps at %d tokens, %d pool threads: %.3f ms/step (OpenMP entry points: "
-           "%.3f ms/step, timing only); top-%d and attention %s\n", steps, L0, nth, t_pool / steps,
-           t_omp / steps, TOPK, bad ? "DIFFER" : "equal bit for bit");
+           "%.3f ms/step, timing only); top-%d, attention and MISA %s\n", steps, L0, nth,
+           t_pool / steps, t_omp / steps, TOPK, bad ? "DIFFER" : "equal bit for bit");
     skv_kcache_destroy(s.cache);
     for (int i = 0; i < nth; i++)
         skv_context_destroy(s.wctx[i]);

@@ -9,16 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define SENT 0x7b /* sentinel byte of untouched outputs */
-
-static int untouched(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != SENT)
-            return 0;
-    return 1;
-}
+#include "sentinel.h"
 
 /* Runs fn(arg) in a child process; it returns its number of failed checks. A crash, a
  * sanitizer report or a failed check there is a failure here. */

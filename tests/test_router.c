@@ -741,6 +741,7 @@ static void test_params_and_metrics(void)
     hp.block = 32;
     hp.blocks = 4;
     CHECK_STATUS(skv_hisa_topk(ctx, &q, &kb, NULL, &hp, 20, sel, NULL), SKV_ERR_STATE);
+    CHECK_STATUS(skv_misa_topk(ctx, &q, &kb, NULL, &mp, 20, sel, NULL), SKV_ERR_STATE); /* routed */
     /* a key cache without pooled sums: the pooled router has nothing to read */
     skv_kcache_params kp;
     skv_kcache_params_init(&kp);

@@ -883,6 +883,11 @@ static void test_paged(void)
         qbad[2] = qbad[3] + 1;
         badb.q_start = qbad;
         CHECK_STATUS(skv_paged_topk(ctx, &pk, &badb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
+        /* k past SKV_TOPK_MAX_K: refused as skv_indexer_topk refuses it (was accepted) */
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &o.q, SKV_TOPK_MAX_K + 1, got, NULL), SKV_ERR_INVALID_ARG);
+        skv_indexer_query f16 = o.q; /* the same bytes as F16: not widened here (documented) */
+        f16.dtype = SKV_F16;
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &f16, k, got, NULL), SKV_ERR_UNSUPPORTED);
         long touched = 0;
         for (size_t i = 0; i < (size_t)T * k; i++)
             touched += got[i] != 0x5a5a5a5a;
@@ -952,6 +957,9 @@ static void test_ragged(void)
     ke[5] = (int32_t)L + 1;
     CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, NULL), SKV_ERR_INVALID_ARG);
     ke[5] = ks[5];
+    /* k past SKV_TOPK_MAX_K: refused as skv_indexer_topk refuses it (was accepted) */
+    CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, SKV_TOPK_MAX_K + 1, 0, got, NULL),
+                 SKV_ERR_INVALID_ARG);
     o.q.positions = o.pos;
     CHECK_STATUS(skv_indexer_topk_ragged(ctx, &o.q, &kb, ks, ke, k, 0, got, NULL), SKV_ERR_INVALID_ARG);
     CHECK(got[0] == 0x5a5a5a5a && got[T * k - 1] == 0x5a5a5a5a, "refused ragged call wrote");

@@ -1,7 +1,8 @@
 #!/bin/sh
 # ThreadSanitizer run of the concurrency test (tests/test_threads.c: contexts, key caches and
 # stores used from several host threads at once, one per thread; results compared bit for bit
-# with a single-threaded run).
+# with a single-threaded run) and of the slices (tests/test_slices.c: a pthread pool's workers
+# reading one key cache, store or pool at once, the MISA memo filled before the barrier).
 #   sh tools/tsan.sh            the library without OpenMP (-Dopenmp=disabled): every access is
 #                               instrumented; this is the run that must report nothing
 #   sh tools/tsan.sh openmp     with GCC's OpenMP and TSAN_OPTIONS=ignore_noninstrumented_modules=1:
@@ -22,7 +23,8 @@ if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" "$root" --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false \
         -Dbench=false -Dblas=disabled -Dopenmp=$omp -Dsimd=false -Dlong_tests=false
 fi
-ninja -C "$build" tests/test_threads
+ninja -C "$build" tests/test_threads tests/test_slices
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:ignore_noninstrumented_modules=1${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
 "$build/tests/test_threads"
+"$build/tests/test_slices"
 echo "tsan ($mode): no race reported"

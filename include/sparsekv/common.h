@@ -4,7 +4,15 @@
  * Thread safety: a context and every object created from it are used by one thread at a time
  * (one context per host thread, or external locking). Functions that take no context are
  * thread-safe. Kernels parallelise internally with OpenMP; called from inside a host's OpenMP
- * parallel region they run on the calling thread only (no nested teams). */
+ * parallel region they run on the calling thread only (no nested teams).
+ *
+ * Ownership and lifetime, wherever a declaration says nothing else: pointer arguments are
+ * borrowed for the call (the caller allocates and frees them, and they must stay valid until
+ * the call returns; the library keeps none of them). An object a *_create call makes belongs
+ * to the caller until its *_destroy, which must come before the destroy of the context it
+ * was made from. Views and strings the library returns (skv_status_string, a selector's
+ * indices) belong to the library, valid as their declaration states. The statuses each
+ * declaration lists are all it returns. */
 #ifndef SPARSEKV_COMMON_H
 #define SPARSEKV_COMMON_H
 
@@ -106,7 +114,8 @@ typedef void (*skv_log_fn)(void *user, skv_log_level level, const char *msg);
 /* Levels this CPU (and OS, for register state) supports, as SKV_CPU_* bits. */
 SKV_API uint32_t skv_cpu_flags(void);
 
-/* Name of the highest level in `flags`: "scalar", "avx2", "avx512" or "avx512bf16". */
+/* Name of the highest level in `flags`: "scalar", "avx2", "avx512" or "avx512bf16" (a static
+ * string). Thread-safe. */
 SKV_API const char *skv_cpu_level_name(uint32_t flags);
 
 /* ---- context ----------------------------------------------------------------------------- */
@@ -128,7 +137,8 @@ typedef struct skv_context_params {
 SKV_API void skv_context_params_init(skv_context_params *p);
 
 /* p may be NULL (defaults). Errors: INVALID_ARG (out NULL, bad struct_size, n_threads < 0,
- * allocator with only one of alloc/free set), NOMEM. */
+ * allocator with only one of alloc/free set), NOMEM. *p is copied; the allocator's and the
+ * log's user pointers are kept, and their functions called, until skv_context_destroy. */
 SKV_API skv_status skv_context_create(const skv_context_params *p, skv_context **out);
 
 /* NULL is fine. Objects created from the context must be destroyed first. */

@@ -42,7 +42,7 @@ typedef struct skv_paged_keys {
  * s <= positions[t], as everywhere. Blocks may be shared between sequences and come in any
  * order; a last block may be partly filled. */
 typedef struct skv_paged_batch {
-    int32_t n_seqs;
+    int32_t n_seqs;              /* sequences, >= 0 */
     const int32_t *block_table;  /* [n_seqs][table_stride] */
     int64_t table_stride;        /* >= the blocks of the longest sequence (any, with one) */
     const int32_t *context_lens; /* [n_seqs], >= 0 */
@@ -54,7 +54,7 @@ typedef struct skv_paged_batch {
  * [n_tokens][k] key positions within the sequence. The result equals skv_kcache_topk's on the
  * same keys bit for bit (and skv_indexer_topk's on them gathered). Errors: those of
  * skv_indexer_topk, and INVALID_ARG for a block id outside the pool, a misplaced or missing
- * scale area, misaligned FP8/F32/BF16 blocks, a bad q_start or length. Arguments are checked
+ * scale area, misaligned FP8/F32/BF16/F16 blocks, a bad q_start or length. Arguments are checked
  * before anything is written; only an allocation failure part way (NOMEM) leaves the earlier
  * sequences' outputs written. */
 SKV_API skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys,
@@ -82,6 +82,7 @@ SKV_API skv_status skv_paged_scores(skv_context *ctx, const skv_paged_keys *keys
  * sequence's keys. Errors: as skv_indexer_topk, INVALID_ARG for ks > ke, ks < 0, ke > n_keys,
  * positions given, unknown flags. */
 enum { SKV_RAGGED_RELATIVE = 1 };
+/* The ragged top-k above. Thread safety: as the context. */
 SKV_API skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_query *q,
                                            const skv_key_block *keys, const int32_t *ks,
                                            const int32_t *ke, int32_t k, uint32_t flags,

@@ -31,7 +31,8 @@ typedef struct skv_indexer_query {
        They come first in out_idx, in ascending order, with out_score +INFINITY; the other
        k - (their count) places hold the best of the remaining keys as usual. Every top-k path
        (contiguous, key cache, MISA/HISA, IndexCache) honours them; scores ignore them. */
-    int32_t n_sink, n_window;
+    int32_t n_sink;           /* the first n_sink visible keys, >= 0 */
+    int32_t n_window;         /* the last n_window visible keys, >= 0 */
     const uint16_t *weights_bf16; /* the weights as bf16 [n_tokens][n_heads] instead (engines that
                                      keep the gates in bf16); then weights is NULL. Widened exactly */
 } skv_indexer_query;
@@ -172,12 +173,13 @@ typedef struct skv_kcache_stats {
 /* Fills *p with the defaults and struct_size (NULL is ignored). Thread-safe. */
 SKV_API void skv_kcache_params_init(skv_kcache_params *p);
 
-/* Errors: INVALID_ARG, NOMEM. */
+/* Errors: INVALID_ARG, NOMEM. The caller owns *out and frees it with skv_kcache_destroy, before
+ * destroying ctx (the cache allocates, logs and computes with it). */
 SKV_API skv_status skv_kcache_create(skv_context *ctx, const skv_kcache_params *p,
                                      skv_kcache **out);
 SKV_API void skv_kcache_destroy(skv_kcache *c); /* NULL is fine */
 
-/* New empty sequence. Errors: CAPACITY (max_seqs), NOMEM. */
+/* New empty sequence. Errors: CAPACITY (max_seqs), NOMEM, INVALID_ARG (NULL). */
 SKV_API skv_status skv_kcache_seq_create(skv_kcache *c, int32_t *out_seq);
 /* Frees the sequence; pages no other sequence references are released. Errors: INVALID_ARG. */
 SKV_API skv_status skv_kcache_seq_free(skv_kcache *c, int32_t seq);
@@ -188,7 +190,8 @@ SKV_API skv_status skv_kcache_seq_fork(skv_kcache *c, int32_t src, int32_t *out_
  * move down by the removed count. Errors: INVALID_ARG, CAPACITY or NOMEM (when shared pages
  * must be copied); on error nothing changed. */
 SKV_API skv_status skv_kcache_seq_remove(skv_kcache *c, int32_t seq, int64_t p0, int64_t p1);
-/* Tokens stored for the sequence in a layer. */
+/* Tokens stored for the sequence in a layer. Errors: INVALID_ARG (NULL, an unknown seq, layer
+ * out of range). */
 SKV_API skv_status skv_kcache_seq_length(const skv_kcache *c, int32_t seq, int32_t layer,
                                          int64_t *out_len);
 
@@ -201,8 +204,9 @@ SKV_API skv_status skv_kcache_append(skv_kcache *c, int32_t seq, int32_t layer,
 
 /* Copies n stored keys starting at token `start` out, in the cache's dtype: keys_out
  * [n][head_dim] elements (MXFP4: [n][head_dim / 2] bytes; Q8_0: [n][head_dim / 32] blocks),
- * scales_out [n] (FP8 only; NULL
- * otherwise). */
+ * scales_out [n] (FP8 only; NULL otherwise). Errors: INVALID_ARG (NULL, an unknown seq, layer
+ * out of range, [start, start + n) past the layer's length, scales_out given or missing against
+ * the dtype). */
 SKV_API skv_status skv_kcache_read(const skv_kcache *c, int32_t seq, int32_t layer, int64_t start,
                                    int64_t n, void *keys_out, float *scales_out);
 /* The UE8M0 scale bytes of n stored MXFP4 keys: scales_out [n][head_dim / 32]. Errors:
@@ -211,7 +215,9 @@ SKV_API skv_status skv_kcache_read_mx_scales(const skv_kcache *c, int32_t seq, i
                                              int64_t start, int64_t n, uint8_t *scales_out);
 
 /* skv_indexer_scores / skv_indexer_topk over the keys of (seq, layer), read in place from the
- * pages (no gather). Results equal those of the same call on the contiguous keys. */
+ * pages (no gather). Results equal those of the same call on the contiguous keys.
+ * Errors: as skv_indexer_scores / skv_indexer_topk, and INVALID_ARG for NULL c, an unknown seq or a layer out of
+ * range. Changes nothing in the cache: it uses the cache's context's workspace. */
 SKV_API skv_status skv_kcache_scores(skv_kcache *c, int32_t seq, int32_t layer,
                                      const skv_indexer_query *q, float *out);
 SKV_API skv_status skv_kcache_topk(skv_kcache *c, int32_t seq, int32_t layer,

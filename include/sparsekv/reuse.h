@@ -67,7 +67,7 @@ SKV_API skv_status skv_reuse_plan_full_slot(const skv_reuse_plan *p, int32_t lay
 SKV_API skv_status skv_reuse_plan_pattern(const skv_reuse_plan *p, char *buf, size_t size);
 
 /* Key-cache parameters for a plan: `base` with n_layers = number of Full layers, so Shared
- * layers get no indexer key pages at all. */
+ * layers get no indexer key pages at all. Errors: INVALID_ARG (NULL, base->struct_size). */
 SKV_API skv_status skv_reuse_kcache_params(const skv_reuse_plan *p, const skv_kcache_params *base,
                                            skv_kcache_params *out);
 
@@ -127,7 +127,8 @@ SKV_API void skv_reuse_selector_destroy(skv_reuse_selector *s); /* NULL is fine 
 
 /* Starts a forward step of n_tokens (1 .. max_tokens) query tokens. Layers must then be
  * selected in increasing order (layers may be skipped only if no later layer of this step
- * needs them: a Shared layer's source must have been selected in this step). */
+ * needs them: a Shared layer's source must have been selected in this step).
+ * Errors: INVALID_ARG (NULL, n_tokens out of range). */
 SKV_API skv_status skv_reuse_begin_step(skv_reuse_selector *s, int32_t n_tokens);
 
 /* Selects for `layer` and returns a view of its indices, [n_tokens][k] int32 (-1 padded):
@@ -142,10 +143,14 @@ SKV_API skv_status skv_reuse_select(skv_reuse_selector *s, int32_t layer,
                                     const skv_indexer_query *q, const skv_key_block *keys,
                                     const int32_t **out_idx);
 /* The same with the keys in a key cache created with skv_reuse_kcache_params: the layer's
- * keys are at (seq, full slot of layer). */
+ * keys are at (seq, full slot of layer). Errors: as skv_reuse_select (NULL cache for a Full
+ * layer: INVALID_ARG), with those of skv_kcache_topk, skv_kcache_misa_topk or
+ * skv_kcache_hisa_topk by the method. The cache is used with its own context (the selector's
+ * thread must be the only one using it). */
 SKV_API skv_status skv_reuse_select_kcache(skv_reuse_selector *s, int32_t layer,
                                            const skv_indexer_query *q, skv_kcache *cache,
                                            int32_t seq, const int32_t **out_idx);
+/* Errors: INVALID_ARG (NULL, struct_size too small). */
 SKV_API skv_status skv_reuse_selector_get_stats(const skv_reuse_selector *s,
                                                 skv_reuse_selector_stats *out);
 
@@ -228,7 +233,7 @@ SKV_API skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_par
 
 /* Cross-layer overlap from captured top-k: topk [n_layers][n_tokens][k] (-1 padded);
  * out[i][j] = mean over tokens of |T_i(t) & T_j(t)| / k (indices < 0 ignored);
- * 1 <= k <= SKV_TOPK_MAX_K. */
+ * 1 <= k <= SKV_TOPK_MAX_K. Errors: INVALID_ARG (NULL, sizes out of range), NOMEM. */
 SKV_API skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int32_t n_layers,
                                      int32_t n_tokens, int32_t k, double *out);
 
@@ -238,7 +243,9 @@ SKV_API skv_status skv_reuse_overlap(skv_context *ctx, const int32_t *topk, int3
  *               layer j's top-k captures.
  * The diagonal is each layer's own top-k mass. queries/keys: n_layers each. Also fills
  * topk_out [n_layers][n_tokens][k] when not NULL (for skv_reuse_overlap); 1 <= k <=
- * SKV_TOPK_MAX_K. */
+ * SKV_TOPK_MAX_K. Errors: INVALID_ARG (NULL, k out of range, no tokens or keys, layers with
+ * different token or key counts), NOMEM, and those of skv_indexer_topk / skv_indexer_scores on
+ * a layer; after such a layer's error, out and topk_out may be partly written. */
 SKV_API skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_query *queries,
                                          const skv_key_block *keys, int32_t n_layers, int32_t k,
                                          double *out, int32_t *topk_out);

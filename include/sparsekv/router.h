@@ -38,7 +38,9 @@ SKV_API skv_status skv_pool_keys(const skv_key_block *keys, int32_t chunk, float
 /* The mean of each block of `block` tokens (a multiple of the pooled chunk) over keys
  * [0, n_keys), the last block over its true length: means [ceil(n_keys / block)][head_dim],
  * counts [ceil(n_keys / block)] (may be NULL). From contiguous keys with their pooled sums,
- * or from the key cache. */
+ * or from the key cache. Errors: INVALID_ARG (NULL keys, pooled or means with keys, block not
+ * a multiple of the chunk; an unknown seq or layer), STATE (a cache
+ * without pooled sums). Thread-safe for contiguous keys; the cache's: as the cache. */
 SKV_API skv_status skv_block_means(const skv_key_block *keys, const skv_pooled_keys *pooled,
                                    int32_t block, float *means, int32_t *counts);
 SKV_API skv_status skv_kcache_block_means(const skv_kcache *c, int32_t seq, int32_t layer,
@@ -103,7 +105,9 @@ SKV_API skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
  * ranks its candidates by the dense score). With h = n_heads, or C >= the visible keys, or
  * below the length gate, the result is skv_indexer_topk's, bit for bit.
  * Errors: as skv_route_heads, plus INVALID_ARG for k <= 0 or k > SKV_TOPK_MAX_K, or C other
- * than 0, k..SKV_TOPK_MAX_K or SKV_CANDIDATES_4K (with 4k at most SKV_TOPK_MAX_K). */
+ * than 0, k..SKV_TOPK_MAX_K or SKV_CANDIDATES_4K (with 4k at most SKV_TOPK_MAX_K). pooled may
+ * be NULL: then a call whose routed pass needs it returns STATE (below the length gate and at
+ * the exact dials none is needed). */
 SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
                                  const skv_key_block *keys, const skv_pooled_keys *pooled,
                                  const skv_misa_params *p, int32_t k, int32_t *out_idx,
@@ -111,7 +115,10 @@ SKV_API skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q,
 /* The same on the keys of (seq, layer) in a key cache with pooled chunks. The cache remembers
  * the means of whole blocks between calls (head_dim floats per block of the sequence; a removal
  * forgets those from its first block on), so a decode step reads only the blocks it completed.
- * Errors also: STATE when the cache keeps no pooled sums and the router needs them. */
+ * Errors also: STATE when the cache keeps no pooled sums and the router needs them, INVALID_ARG
+ * for NULL c, an unknown seq or a layer out of range; NOMEM also when the memo cannot grow
+ * (it keeps what it held). The call changes the cache (its memo): as any change, no other
+ * thread may use the cache meanwhile (slices: skv_kcache_misa_prepare, slice.h). */
 SKV_API skv_status skv_kcache_misa_topk(skv_kcache *c, int32_t seq, int32_t layer,
                                         const skv_indexer_query *q, const skv_misa_params *p,
                                         int32_t k, int32_t *out_idx, float *out_score);

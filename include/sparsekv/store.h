@@ -29,6 +29,11 @@
  *
  * Every function returns SKV_ERR_INVALID_ARG for NULL objects and out-of-range arguments, and
  * leaves everything as it was on any error (exceptions are stated).
+ * A call that touches a parked sequence (store_cold.h: append, remove, select, select_tokens,
+ * read, fork) may also return skv_store_seq_restore's errors (NOMEM, IO) from bringing it back.
+ * Ownership: the caller owns the store and its selections (each *_destroy frees them; a
+ * selection before its store, the store before its context); every other pointer is borrowed
+ * for the call, except the tier callbacks' user pointers, kept for the store's life.
  * Thread safety: a store, and its selections, are used by one thread at a time (that of its
  * context). Bulk clustering, selection and gather run on the context's OpenMP threads; results
  * do not depend on the thread count. The tier callbacks are called on the calling thread,
@@ -224,7 +229,8 @@ SKV_API skv_status skv_store_append(skv_store *s, int32_t seq, int32_t layer,
 
 /* Copies tokens [first, first + n) of (seq, layer), in position order, out of the host tier:
  * k_out [n][n_kv_heads][k_dim] and v_out [n][n_kv_heads][v_dim] in the store dtype (v_out
- * NULL iff v_dim == 0), pos_out [n] (may be NULL). Errors: INVALID_ARG, NOMEM. */
+ * NULL iff v_dim == 0), pos_out [n] (may be NULL). Errors: INVALID_ARG, NOMEM.
+ * Also STATE for a page that fails the store's own checks (skv_store_validate says which). */
 SKV_API skv_status skv_store_read(skv_store *s, int32_t seq, int32_t layer, int64_t first,
                                   int64_t n, void *k_out, void *v_out, int32_t *pos_out);
 

@@ -46,18 +46,19 @@ typedef void (*skv_cold_done)(void *tag, int status);
  *        the calling thread). */
 typedef struct skv_store_cold {
     int (*put)(void *user, const uint8_t *key, const void *data, size_t bytes, skv_cold_done done,
-               void *tag);
+               void *tag); /* see above */
     int (*get)(void *user, const uint8_t *key, void *buf, size_t bytes, skv_cold_done done,
-               void *tag);
-    int (*del)(void *user, const uint8_t *key, skv_cold_done done, void *tag);
-    void (*wait)(void *user);
-    void *user;
+               void *tag); /* see above */
+    int (*del)(void *user, const uint8_t *key, skv_cold_done done, void *tag); /* see above */
+    void (*wait)(void *user); /* see above */
+    void *user;               /* passed to each; kept for the store's life */
 } skv_store_cold;
 
 /* Attaches a backend (all five members set; user may be NULL) with a model tag (a
  * NUL-terminated name of the model and its weights: stores of different models must use
  * different tags). Once per store, before any sequence is parked. Errors: INVALID_ARG, STATE
- * (a backend is attached already), NOMEM. */
+ * (a backend is attached already), NOMEM. *cold is copied and model_tag hashed: neither needs
+ * to outlive the call; cold->user is kept, and the functions called, for the store's life. */
 SKV_API skv_status skv_store_cold_attach(skv_store *s, const skv_store_cold *cold,
                                          const char *model_tag);
 
@@ -79,13 +80,18 @@ SKV_API skv_status skv_store_seq_restore(skv_store *s, int32_t seq);
 SKV_API skv_status skv_store_cold_trim(skv_store *s, int64_t host_budget_bytes,
                                        int64_t *out_pages);
 
+/* What the cold tier did (skv_store_cold_stats_get). */
 typedef struct skv_store_cold_stats {
     size_t struct_size;      /* set by the caller */
     int64_t pages_cold;      /* pages parked now */
     int64_t host_page_bytes; /* host bytes of the pages not parked */
-    int64_t puts, gets, dels;             /* requests completed successfully */
-    int64_t bytes_put, bytes_got;
-    int64_t put_failures, get_failures;   /* refused or failed (the call returned IO) */
+    int64_t puts;            /* requests completed successfully: puts, */
+    int64_t gets;            /* gets */
+    int64_t dels;            /* and deletes */
+    int64_t bytes_put;       /* bytes written to the backend */
+    int64_t bytes_got;       /* bytes read back */
+    int64_t put_failures;    /* puts refused or failed (the call returned IO) */
+    int64_t get_failures;    /* gets refused or failed (the call returned IO) */
     int64_t del_failures;    /* refused or failed deletes: a reference the backend keeps */
     int64_t bad_reads;       /* reads whose bytes did not match their key */
 } skv_store_cold_stats;

@@ -65,15 +65,17 @@ static skv_status check_paged(skv_context *ctx, const skv_paged_keys *keys, cons
     return SKV_OK;
 }
 
-/* Per-call room shared by the sequences: a sequence's page pointers, an identity table over
- * them, its tokens' positions. */
-typedef struct paged_ws {
-    uint8_t **pages;
-    int32_t *table, *pos;
-} paged_ws;
+skv_status skv_paged_check(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                           const skv_indexer_query *q, int32_t k, const void *out)
+{
+    SKV_TRY(check_paged(ctx, keys, b, q));
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (out != NULL || q->n_tokens == 0));
+    SKV_CHECK(ctx, (int64_t)q->n_sink + q->n_window <= k);
+    return SKV_OK;
+}
 
-static skv_status paged_ws_get(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
-                               paged_ws *w)
+skv_status skv_paged_scratch(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                             int slot, skv_paged_seqs *out)
 {
     const int32_t P = keys->block_tokens;
     int64_t max_blocks = 0;
@@ -84,37 +86,36 @@ static skv_status paged_ws_get(skv_context *ctx, const skv_paged_keys *keys, con
         max_blocks = nb > max_blocks ? nb : max_blocks;
         max_tokens = nt > max_tokens ? nt : max_tokens;
     }
+    /* a sequence's page pointers, an identity table over them, its tokens' positions */
     const size_t ptr_b = skv_round_up((size_t)max_blocks * sizeof(uint8_t *), 64);
     const size_t tab_b = skv_round_up((size_t)max_blocks * 4, 64);
-    uint8_t *ws = skv_workspace_aux(ctx, 2, ptr_b + tab_b + (size_t)max_tokens * 4 + 64);
+    uint8_t *ws = skv_workspace_aux(ctx, slot, ptr_b + tab_b + (size_t)max_tokens * 4 + 64);
     if (!ws)
         return SKV_ERR_NOMEM;
-    w->pages = (uint8_t **)ws;
-    w->table = (int32_t *)(ws + ptr_b);
-    w->pos = (int32_t *)(ws + ptr_b + tab_b);
+    out->pages = (uint8_t **)ws;
+    out->table = (int32_t *)(ws + ptr_b);
+    out->pos = (int32_t *)(ws + ptr_b + tab_b);
     for (int64_t j = 0; j < max_blocks; j++)
-        w->table[j] = (int32_t)j;
+        out->table[j] = (int32_t)j;
     return SKV_OK;
 }
 
-/* Sequence i's query tokens [*t0, *t1), as a query of their own, and its keys where they lie. */
-static void paged_seq(const skv_paged_keys *keys, const skv_paged_batch *b, const skv_indexer_query *q,
-                      int32_t i, const paged_ws *w, int32_t *t0, int32_t *t1, skv_indexer_query *sq,
-                      skv_key_src *src)
+skv_indexer_query skv_paged_seq(const skv_paged_keys *keys, const skv_paged_batch *b,
+                                const skv_indexer_query *q, int32_t i, const skv_paged_seqs *w,
+                                skv_key_src *src, int32_t *t0_out)
 {
-    const int32_t P = keys->block_tokens, D = keys->head_dim, len = b->context_lens[i];
-    *t0 = b->q_start ? b->q_start[i] : i;
-    *t1 = b->q_start ? b->q_start[i + 1] : i + 1;
-    const int64_t nb = ((int64_t)len + P - 1) / P;
+    const int32_t P = keys->block_tokens, D = keys->head_dim;
+    const int32_t t0 = b->q_start ? b->q_start[i] : i, t1 = b->q_start ? b->q_start[i + 1] : i + 1;
+    const int32_t len = b->context_lens[i];
+    const int64_t nb = t1 > t0 ? ((int64_t)len + P - 1) / P : 0;
     for (int64_t j = 0; j < nb; j++)
         w->pages[j] = (uint8_t *)keys->pool +
                       (size_t)b->block_table[(size_t)i * (size_t)b->table_stride + (size_t)j] *
                           keys->block_bytes;
     /* DeepGEMM's rule without positions: token j of n sees the first len - n + j + 1 keys */
     if (!q->positions)
-        for (int32_t t = *t0; t < *t1; t++)
-            w->pos[t - *t0] = len - (*t1 - *t0) + (t - *t0);
-    *sq = sub_query(q, *t0, *t1, q->positions ? q->positions + *t0 : w->pos);
+        for (int32_t t = t0; t < t1; t++)
+            w->pos[t - t0] = len - (t1 - t0) + (t - t0);
     const size_t values = (size_t)P * skv_row_bytes(keys->dtype, D);
     *src = (skv_key_src){
         .n_keys = len, .head_dim = D, .dtype = keys->dtype,
@@ -123,6 +124,8 @@ static void paged_seq(const skv_paged_keys *keys, const skv_paged_batch *b, cons
         .scale_offset = skv_row_scale_bytes(keys->dtype, D) ? keys->scale_offset : values,
         .page_tokens = P,
     };
+    *t0_out = t0;
+    return sub_query(q, t0, t1, q->positions ? q->positions + t0 : w->pos);
 }
 
 skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
@@ -131,22 +134,19 @@ skv_status skv_paged_topk(skv_context *ctx, const skv_paged_keys *keys, const sk
 {
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
-    SKV_TRY(check_paged(ctx, keys, b, q));
-    SKV_CHECK(ctx, k >= 1 && (out_idx != NULL || q->n_tokens == 0));
-    SKV_CHECK(ctx, (int64_t)q->n_sink + q->n_window <= k);
-    paged_ws w;
-    SKV_TRY(paged_ws_get(ctx, keys, b, &w));
+    SKV_TRY(skv_paged_check(ctx, keys, b, q, k, out_idx));
+    skv_paged_seqs w;
+    SKV_TRY(skv_paged_scratch(ctx, keys, b, 2, &w));
     for (int32_t i = 0; i < b->n_seqs; i++) {
-        int32_t t0, t1;
-        skv_indexer_query sq;
         skv_key_src src;
-        paged_seq(keys, b, q, i, &w, &t0, &t1, &sq, &src);
-        if (t1 == t0)
+        int32_t t0;
+        const skv_indexer_query sq = skv_paged_seq(keys, b, q, i, &w, &src, &t0);
+        if (sq.n_tokens == 0)
             continue;
         int32_t *oi = out_idx + (size_t)t0 * k;
         float *os = out_score ? out_score + (size_t)t0 * k : NULL;
         if (src.n_keys == 0) { /* nothing visible */
-            pad(oi, os, (size_t)(t1 - t0) * k);
+            pad(oi, os, (size_t)sq.n_tokens * k);
             continue;
         }
         SKV_TRY(skv_indexer_run(ctx, &sq, &src, k, NULL, oi, os));
@@ -163,18 +163,19 @@ skv_status skv_paged_scores(skv_context *ctx, const skv_paged_keys *keys, const 
     SKV_CHECK(ctx, out_stride >= 0 && (out != NULL || q->n_tokens == 0));
     for (int32_t i = 0; i < b->n_seqs; i++)
         SKV_CHECK(ctx, b->context_lens[i] <= out_stride);
-    paged_ws w;
-    SKV_TRY(paged_ws_get(ctx, keys, b, &w));
+    skv_paged_seqs w;
+    SKV_TRY(skv_paged_scratch(ctx, keys, b, 2, &w));
     for (int32_t i = 0; i < b->n_seqs; i++) {
-        int32_t t0, t1;
-        skv_indexer_query sq;
         skv_key_src src;
-        paged_seq(keys, b, q, i, &w, &t0, &t1, &sq, &src);
+        int32_t t0;
+        const skv_indexer_query sq = skv_paged_seq(keys, b, q, i, &w, &src, &t0);
+        if (sq.n_tokens == 0)
+            continue;
         float *o = out + (size_t)t0 * (size_t)out_stride;
-        if (t1 > t0 && src.n_keys == 0) /* nothing visible */
-            for (size_t j = 0; j < (size_t)(t1 - t0) * (size_t)out_stride; j++)
+        if (src.n_keys == 0) /* nothing visible */
+            for (size_t j = 0; j < (size_t)sq.n_tokens * (size_t)out_stride; j++)
                 o[j] = -INFINITY;
-        else if (t1 > t0)
+        else
             SKV_TRY(skv_indexer_run_scores(ctx, &sq, &src, o, out_stride));
     }
     return SKV_OK;
@@ -190,7 +191,7 @@ skv_status skv_indexer_topk_ragged(skv_context *ctx, const skv_indexer_query *q,
     SKV_TRY(skv_indexer_check_query(ctx, q, keys->head_dim, keys->dtype));
     skv_key_src all;
     SKV_TRY(skv_key_src_from_block(ctx, keys, &all));
-    SKV_CHECK(ctx, k >= 1 && (flags & ~(uint32_t)SKV_RAGGED_RELATIVE) == 0);
+    SKV_CHECK(ctx, k >= 1 && k <= SKV_TOPK_MAX_K && (flags & ~(uint32_t)SKV_RAGGED_RELATIVE) == 0);
     SKV_CHECK(ctx, q->positions == NULL); /* the ranges say what each token sees */
     SKV_CHECK(ctx, (int64_t)q->n_sink + q->n_window <= k);
     const int32_t T = q->n_tokens;

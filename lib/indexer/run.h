@@ -50,6 +50,9 @@ typedef struct skv_key_src {
     size_t lane_offset;
     /* the key cache's block means for (seq, layer), when it keeps pooled sums; else NULL */
     skv_block_memo *memo;
+    /* a slice's source: the memo is read when it holds every block wanted, never changed
+       (other workers read it at once) */
+    int memo_frozen;
     /* per-token key lists (top-k only): token t sees exactly keys lists[t * list_stride + i],
        i < list_len[t], ascending; positions are ignored and results are keys of src */
     const int32_t *lists, *list_len;
@@ -120,4 +123,24 @@ skv_status skv_indexer_run_set(skv_context *ctx, const skv_indexer_query *q,
                                const skv_key_src *src, int32_t k, int32_t *out_idx);
 
 
+/* ---- host-owned pages (host.c), shared by skv_paged_topk and its slice ---- */
+
+/* Validates keys, batch and query, k (with the forced keys within it) and the output. */
+skv_status skv_paged_check(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                           const skv_indexer_query *q, int32_t k, const void *out);
+
+/* Room for one sequence at a time: its page pointers, an identity table over them, its
+ * tokens' positions (in ctx's auxiliary workspace slot). */
+typedef struct skv_paged_seqs {
+    uint8_t **pages;
+    int32_t *table, *pos;
+} skv_paged_seqs;
+skv_status skv_paged_scratch(skv_context *ctx, const skv_paged_keys *keys, const skv_paged_batch *b,
+                             int slot, skv_paged_seqs *out);
+
+/* Sequence i as a source over w (its pages filled) and its tokens as a query of their own,
+ * the first of them token *t0 of q (n_tokens 0: none; src->n_keys 0: they see nothing). */
+skv_indexer_query skv_paged_seq(const skv_paged_keys *keys, const skv_paged_batch *b,
+                                const skv_indexer_query *q, int32_t i, const skv_paged_seqs *w,
+                                skv_key_src *src, int32_t *t0);
 #endif

@@ -19,7 +19,7 @@ size_t skv_topk_part_bytes(int32_t n_tokens, int32_t k, int32_t nth)
     return n;
 }
 
-/* Runs fn with the context held to one thread (the worker's own context). */
+/* Runs the driver with the context held to one thread (the worker's own context). */
 static skv_status one_thread(skv_context *wctx, const skv_indexer_query *q, const skv_key_src *src,
                              int32_t k, int32_t *idx, float *score)
 {
@@ -30,15 +30,22 @@ static skv_status one_thread(skv_context *wctx, const skv_indexer_query *q, cons
     return st;
 }
 
-/* Phase one on a validated source: keys [s0, s1) of worker ith, candidates into its part. */
+/* A forced key (skv_forced_apply) in a candidate list: ranked before every other key, the
+ * lower index first (sinks, then the window, as the driver puts them), score +INFINITY. */
+static cand forced_cand(int64_t key) { return (cand){(int32_t)(-2 - key), INFINITY}; }
+static int32_t cand_key(cand c) { return c.idx <= -2 ? -2 - c.idx : c.idx; }
+
+/* Phase one on a validated source: worker ith's range of keys [s0, s1), the candidates of q's
+ * tokens into mine [n_tokens][k]. The range is ranked without q's forced keys; those that lie
+ * in it are put first, marked (forced_cand), and the best k - f others follow: the merged lists
+ * then hold every forced key and the best others, as skv_forced_apply would. */
 static skv_status topk_range(skv_context *wctx, const skv_indexer_query *q, const skv_key_src *src,
-                             int32_t k, int32_t ith, int32_t nth, int64_t align, void *part)
+                             int32_t k, int32_t ith, int32_t nth, int64_t align, cand *mine)
 {
     const int32_t T = q->n_tokens;
     const int64_t units = (src->n_keys + align - 1) / align;
     const int64_t s0 = units * ith / nth * align, s1e = units * (ith + 1) / nth * align;
     const int64_t s1 = s1e < src->n_keys ? s1e : src->n_keys;
-    cand *mine = (cand *)part + (size_t)ith * T * k;
     if (s0 >= s1) { /* an idle worker: no candidates */
         for (size_t i = 0; i < (size_t)T * k; i++)
             mine[i] = (cand){-1, -INFINITY};
@@ -47,11 +54,12 @@ static skv_status topk_range(skv_context *wctx, const skv_indexer_query *q, cons
     skv_key_src sub = *src;
     sub.n_keys = s1 - s0;
     sub.memo = NULL;
-    if (src->table)
+    if (src->table) {
         sub.table = src->table + s0 / src->page_tokens;
-    else {
+    } else {
         sub.base = src->base + (size_t)s0 * src->row_bytes;
         sub.scale = src->scale ? src->scale + s0 : NULL;
+        sub.mx_scale = src->mx_scale ? src->mx_scale + (size_t)s0 * (size_t)(src->head_dim / 32) : NULL;
     }
     /* positions relative to the range, and room for the range's lists, from wctx */
     const size_t pos_b = skv_round_up((size_t)T * 4, 64), idx_b = skv_round_up((size_t)T * k * 4, 64);
@@ -61,6 +69,7 @@ static skv_status topk_range(skv_context *wctx, const skv_indexer_query *q, cons
     int32_t *pos = (int32_t *)buf, *idx = (int32_t *)(buf + pos_b);
     float *score = (float *)(buf + pos_b + idx_b);
     skv_indexer_query sq = *q;
+    sq.n_sink = sq.n_window = 0;
     if (q->positions) {
         for (int32_t t = 0; t < T; t++) {
             const int64_t p = (int64_t)q->positions[t] - s0;
@@ -69,8 +78,35 @@ static skv_status topk_range(skv_context *wctx, const skv_indexer_query *q, cons
         sq.positions = pos;
     }
     SKV_TRY(one_thread(wctx, &sq, &sub, k, idx, score));
-    for (size_t i = 0; i < (size_t)T * k; i++)
-        mine[i] = idx[i] < 0 ? (cand){-1, -INFINITY} : (cand){(int32_t)(idx[i] + s0), score[i]};
+    for (int32_t t = 0; t < T; t++) {
+        cand *out = mine + (size_t)t * k;
+        const int32_t *ti = idx + (size_t)t * k;
+        const float *ts = score + (size_t)t * k;
+        int64_t se = 0, ws = 0, v = 0;
+        if (q->n_sink > 0 || q->n_window > 0)
+            v = skv_forced_bounds(q, t, src->n_keys, &se, &ws);
+        int32_t n = 0;
+        for (int64_t x = s0; x < s1 && x < se; x++)
+            out[n++] = forced_cand(x);
+        for (int64_t x = ws > s0 ? ws : s0; x < s1 && x < v; x++)
+            out[n++] = forced_cand(x);
+        for (int32_t j = 0; j < k && n < k; j++) {
+            const int64_t x = ti[j] < 0 ? -1 : ti[j] + s0;
+            if (x >= 0 && (x < se || (x >= ws && x < v)))
+                continue; /* forced: put first already */
+            out[n++] = x < 0 ? (cand){-1, -INFINITY} : (cand){(int32_t)x, ts[j]};
+        }
+    }
+    return SKV_OK;
+}
+
+/* A validated top-k: validated k and part, the keys of the OpenMP call's checks. */
+static skv_status check_topk(skv_context *wctx, const skv_indexer_query *q, int32_t k, int32_t nth,
+                             const void *part)
+{
+    SKV_CHECK(wctx, k >= 1 && k <= SKV_TOPK_MAX_K && (part != NULL || q->n_tokens == 0));
+    SKV_CHECK(wctx, (int64_t)q->n_sink + q->n_window <= k);
+    SKV_CHECK(wctx, skv_topk_part_bytes(q->n_tokens, k, nth) > 0 || q->n_tokens == 0);
     return SKV_OK;
 }
 
@@ -84,9 +120,19 @@ skv_status skv_indexer_topk_slice(skv_context *wctx, const skv_indexer_query *q,
     SKV_TRY(skv_indexer_check_query(wctx, q, keys->head_dim, keys->dtype));
     skv_key_src src;
     SKV_TRY(skv_key_src_from_block(wctx, keys, &src));
-    SKV_CHECK(wctx, k >= 1 && (part != NULL || q->n_tokens == 0));
-    SKV_CHECK(wctx, skv_topk_part_bytes(q->n_tokens, k, nth) > 0 || q->n_tokens == 0);
-    return topk_range(wctx, q, &src, k, ith, nth, KEY_ALIGN, part);
+    SKV_TRY(check_topk(wctx, q, k, nth, part));
+    return topk_range(wctx, q, &src, k, ith, nth, KEY_ALIGN, (cand *)part + (size_t)ith * q->n_tokens * k);
+}
+
+/* Ranges of whole pages and whole groups of keys: the least common multiple. */
+static int64_t page_align(int32_t page_tokens)
+{
+    int64_t a = page_tokens, b = KEY_ALIGN;
+    while (b) {
+        const int64_t r = a % b;
+        a = b, b = r;
+    }
+    return (int64_t)page_tokens / a * KEY_ALIGN;
 }
 
 skv_status skv_kcache_topk_slice(skv_context *wctx, const skv_kcache *c, int32_t seq,
@@ -98,24 +144,50 @@ skv_status skv_kcache_topk_slice(skv_context *wctx, const skv_kcache *c, int32_t
     skv_key_src src;
     SKV_TRY(skv_kcache_src(c, seq, layer, &src));
     SKV_TRY(skv_indexer_check_query(wctx, q, src.head_dim, src.dtype));
-    SKV_CHECK(wctx, k >= 1 && (part != NULL || q->n_tokens == 0));
-    SKV_CHECK(wctx, skv_topk_part_bytes(q->n_tokens, k, nth) > 0 || q->n_tokens == 0);
-    /* whole pages and whole groups of keys: the least common multiple */
-    int64_t a = src.page_tokens, b = KEY_ALIGN;
-    while (b) {
-        const int64_t r = a % b;
-        a = b, b = r;
-    }
-    return topk_range(wctx, q, &src, k, ith, nth, (int64_t)src.page_tokens / a * KEY_ALIGN, part);
+    SKV_TRY(check_topk(wctx, q, k, nth, part));
+    return topk_range(wctx, q, &src, k, ith, nth, page_align(src.page_tokens),
+                      (cand *)part + (size_t)ith * q->n_tokens * k);
 }
 
-/* a before b: the higher score (NaN lowest), then the lower index; padding last */
+skv_status skv_paged_topk_slice(skv_context *wctx, const skv_paged_keys *keys,
+                                const skv_paged_batch *b, const skv_indexer_query *q, int32_t k,
+                                int32_t ith, int32_t nth, void *part)
+{
+    if (!wctx || nth < 1 || ith < 0 || ith >= nth)
+        return SKV_ERR_INVALID_ARG;
+    SKV_TRY(skv_paged_check(wctx, keys, b, q, k, part));
+    SKV_TRY(check_topk(wctx, q, k, nth, part));
+    skv_paged_seqs w; /* slot 1: topk_range takes slot 2 */
+    SKV_TRY(skv_paged_scratch(wctx, keys, b, 1, &w));
+    const int64_t align = page_align(keys->block_tokens);
+    cand *mine = (cand *)part + (size_t)ith * q->n_tokens * k;
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        skv_key_src src;
+        int32_t t0;
+        const skv_indexer_query sq = skv_paged_seq(keys, b, q, i, &w, &src, &t0);
+        cand *out = mine + (size_t)t0 * k;
+        if (sq.n_tokens == 0)
+            continue;
+        if (src.n_keys == 0) { /* nothing visible: padding, from every worker */
+            for (size_t j = 0; j < (size_t)sq.n_tokens * k; j++)
+                out[j] = (cand){-1, -INFINITY};
+            continue;
+        }
+        SKV_TRY(topk_range(wctx, &sq, &src, k, ith, nth, align, out));
+    }
+    return SKV_OK;
+}
+
+/* a before b: forced keys first (the lower first), then the higher score (NaN lowest), then
+ * the lower index; padding last */
 static int cand_before(cand a, cand b)
 {
-    if (b.idx < 0)
-        return a.idx >= 0;
-    if (a.idx < 0)
+    if (b.idx == -1)
+        return a.idx != -1;
+    if (a.idx == -1)
         return 0;
+    if (a.idx <= -2 || b.idx <= -2) /* forced keys, encoded -2 - key */
+        return a.idx <= -2 && (b.idx >= 0 || a.idx > b.idx);
     const uint32_t ka = skv_score_key(a.score), kb = skv_score_key(b.score);
     return ka > kb || (ka == kb && a.idx < b.idx);
 }
@@ -146,11 +218,11 @@ skv_status skv_topk_merge_slice(const void *part, int32_t n_tokens, int32_t k, i
                 if (best < 0 || cand_before(y, x))
                     best = w, x = y;
             }
-            if (x.idx >= 0)
+            if (x.idx != -1)
                 at[best]++;
-            out_idx[(size_t)t * k + j] = x.idx;
+            out_idx[(size_t)t * k + j] = x.idx == -1 ? -1 : cand_key(x);
             if (out_score)
-                out_score[(size_t)t * k + j] = x.idx < 0 ? -INFINITY : x.score;
+                out_score[(size_t)t * k + j] = x.idx == -1 ? -INFINITY : x.score;
         }
     }
     return SKV_OK;

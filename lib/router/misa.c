@@ -122,7 +122,7 @@ static skv_status misa_run(skv_context *ctx, const skv_indexer_query *q, const s
     return skv_rerank(ctx, q, src, cand, len, C, k, out_idx, out_score);
 }
 
-static skv_status misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+skv_status skv_misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                            const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score)
 {
     skv_route_path path = SKV_PATH_EMPTY;
@@ -139,7 +139,7 @@ skv_status skv_misa_topk(skv_context *ctx, const skv_indexer_query *q, const skv
         return SKV_ERR_INVALID_ARG;
     skv_key_src src;
     SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
-    return misa_src(ctx, q, &src, p, k, out_idx, out_score);
+    return skv_misa_src(ctx, q, &src, p, k, out_idx, out_score);
 }
 
 skv_status skv_kcache_misa_topk(skv_kcache *c, int32_t seq, int32_t layer,
@@ -150,7 +150,7 @@ skv_status skv_kcache_misa_topk(skv_kcache *c, int32_t seq, int32_t layer,
         return SKV_ERR_INVALID_ARG;
     skv_key_src src;
     SKV_TRY(skv_kcache_src(c, seq, layer, &src));
-    return misa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
+    return skv_misa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
 }
 
 /* ---- HISA ---------------------------------------------------------------------------------- */
@@ -260,7 +260,7 @@ static skv_status hisa_run(skv_context *ctx, const skv_indexer_query *q, const s
     return skv_rerank(ctx, q, src, list, len, (int64_t)m * B, k, out_idx, out_score);
 }
 
-static skv_status hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+skv_status skv_hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                            const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score)
 {
     skv_route_path path = SKV_PATH_EMPTY;
@@ -277,7 +277,7 @@ skv_status skv_hisa_topk(skv_context *ctx, const skv_indexer_query *q, const skv
         return SKV_ERR_INVALID_ARG;
     skv_key_src src;
     SKV_TRY(skv_src_with_pool(ctx, keys, pooled, &src));
-    return hisa_src(ctx, q, &src, p, k, out_idx, out_score);
+    return skv_hisa_src(ctx, q, &src, p, k, out_idx, out_score);
 }
 
 skv_status skv_kcache_hisa_topk(skv_kcache *c, int32_t seq, int32_t layer,
@@ -288,5 +288,5 @@ skv_status skv_kcache_hisa_topk(skv_kcache *c, int32_t seq, int32_t layer,
         return SKV_ERR_INVALID_ARG;
     skv_key_src src;
     SKV_TRY(skv_kcache_src(c, seq, layer, &src));
-    return hisa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
+    return skv_hisa_src(skv_kcache_context(c), q, &src, p, k, out_idx, out_score);
 }

@@ -298,7 +298,9 @@ skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv
         }
     }
     skv_block_memo *memo = whole > 0 ? src->memo : NULL;
-    if (memo && !skv_block_memo_reserve(ctx, memo, whole, p->block, D))
+    if (memo && src->memo_frozen && (memo->block != p->block || memo->valid < whole))
+        memo = NULL; /* a slice: the memo read only when it has every shared block */
+    if (memo && !src->memo_frozen && !skv_block_memo_reserve(ctx, memo, whole, p->block, D))
         return SKV_ERR_NOMEM;
     if (!memo && T == 1)
         whole = 0; /* one token, nothing remembered: each block's mean is read once anyway */
@@ -362,4 +364,27 @@ skv_status skv_route_heads(skv_context *ctx, const skv_indexer_query *q,
     SKV_CHECK(ctx, !on_blocks(p->route) || pooled != NULL);
     SKV_CHECK(ctx, out_heads != NULL || q->n_tokens == 0);
     return skv_route_src(ctx, q, &src, p, out_heads, out_scores);
+}
+
+skv_status skv_route_memo_fill(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                               const skv_misa_params *p)
+{
+    skv_block_memo *memo = src->memo;
+    if (!on_blocks(p->route) || !memo || src->pool_chunk < 1)
+        return SKV_OK;
+    /* the whole blocks of the token that sees the most: every slice's shared blocks */
+    const int64_t whole = skv_max_visible(q, src->n_keys) / p->block;
+    if (whole == 0)
+        return SKV_OK;
+    if (!skv_block_memo_reserve(ctx, memo, whole, p->block, q->head_dim))
+        return SKV_ERR_NOMEM;
+    float *tmp = skv_workspace_aux(ctx, 0, (size_t)q->head_dim * 4);
+    if (!tmp)
+        return SKV_ERR_NOMEM;
+    for (int64_t b = memo->valid; b < whole; b++)
+        skv_pool_mean(&ctx->kern, src, b * p->block, (b + 1) * p->block,
+                      memo->mean + (size_t)b * q->head_dim, tmp);
+    if (whole > memo->valid)
+        memo->valid = whole;
+    return SKV_OK;
 }

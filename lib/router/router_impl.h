@@ -58,6 +58,20 @@ skv_status skv_misa_check(skv_context *ctx, const skv_indexer_query *q, const sk
 skv_status skv_route_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
                          const skv_misa_params *p, int32_t *out_heads, float *out_scores);
 
+/* Fills src's memo (the key cache's remembered block means) with the means of the whole
+ * blocks the token of q that sees the most keys sees, on the calling thread: afterwards a
+ * slice (src->memo_frozen) finds every block it shares in the memo. Nothing without a memo or
+ * for a router that reads no blocks. Errors: NOMEM. */
+skv_status skv_route_memo_fill(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                               const skv_misa_params *p);
+
+/* MISA / HISA top-k on a source: the entry points' work after their source is built (counted
+ * in ctx's route statistics). */
+skv_status skv_misa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                        const skv_misa_params *p, int32_t k, int32_t *out_idx, float *out_score);
+skv_status skv_hisa_src(skv_context *ctx, const skv_indexer_query *q, const skv_key_src *src,
+                        const skv_hisa_params *p, int32_t k, int32_t *out_idx, float *out_score);
+
 /* Counts a finished MISA/HISA call's path in ctx (skv_route_stats) and logs it at DEBUG;
  * passes st through. */
 skv_status skv_route_note(skv_context *ctx, const char *method, skv_route_path path,

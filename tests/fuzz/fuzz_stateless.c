@@ -10,16 +10,7 @@
  * dtype conversion against widening. */
 #include "fuzz.h"
 
-#define SENT 0x7b
-
-static int untouched(const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++)
-        if (b[i] != SENT)
-            return 0;
-    return 1;
-}
+#include "../sentinel.h"
 
 /* A field that is usually valid (lo..hi) and sometimes not. */
 static int32_t rd_field(reader *r, int32_t lo, int32_t hi)
