@@ -1086,6 +1086,120 @@ static void test_constructors_clear_out(skv_context *ctx)
 
 /* skv_reuse_mass_loss_fn: NaN for a pattern that is not exactly n_layers of F/S starting with
  * F (too short, too long, another letter); the sum over Shared layers otherwise. */
+/* An allocator that refuses everything once closed. */
+static void *gate_alloc(void *u, size_t size, size_t align)
+{
+    return *(int *)u ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
+}
+
+static void gate_free(void *u, void *p, size_t size)
+{
+    (void)u, (void)size;
+    free(p);
+}
+
+static double zero_loss(const char *pattern, void *user)
+{
+    (void)pattern, (void)user;
+    return 0.0;
+}
+
+/* The plan builders and the search check every argument before they allocate: with every
+ * allocation refused, an invalid call is INVALID_ARG (and an unaffordable exhaustive search
+ * CAPACITY), never NOMEM; the valid calls beside them are NOMEM, which shows the allocator
+ * refuses. */
+static void test_invalid_before_alloc(void)
+{
+    int closed = 0;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 1;
+    cp.allocator = (skv_allocator){gate_alloc, gate_free, &closed};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    closed = 1;
+    skv_reuse_plan *plan;
+    static const skv_layer_role fs[3] = {SKV_LAYER_FULL, SKV_LAYER_SHARED, SKV_LAYER_FULL},
+                                sf[2] = {SKV_LAYER_SHARED, SKV_LAYER_FULL},
+                                bad[2] = {SKV_LAYER_FULL, (skv_layer_role)7};
+    static const int32_t seg_shared[1] = {1}, seg_desc[2] = {2, 1}, seg_out[1] = {3}, seg_ok[1] = {2};
+#define INVALID(call, what)                                                                   \
+    do {                                                                                      \
+        plan = GARBAGE;                                                                       \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_ERR_INVALID_ARG && plan == NULL, "%s under allocation failure: status %d", what, st_); \
+    } while (0)
+    INVALID(skv_reuse_plan_from_roles(ctx, bad, 2, NULL, 0, &plan), "roles: unknown role");
+    INVALID(skv_reuse_plan_from_roles(ctx, sf, 2, NULL, 0, &plan), "roles: layer 0 Shared");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_shared, 1, &plan), "roles: segment on a Shared layer");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_desc, 2, &plan), "roles: segments out of order");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_out, 1, &plan), "roles: segment past the layers");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, NULL, 1, &plan), "roles: NULL segments");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSX", NULL, 0, &plan), "string: bad character");
+    INVALID(skv_reuse_plan_from_string(ctx, "SF", NULL, 0, &plan), "string: layer 0 Shared");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSF", seg_shared, 1, &plan), "string: segment on S");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSF", seg_desc, 2, &plan), "string: segments out of order");
+    INVALID(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_shared, 1, &plan),
+            "freq: segment on a Shared layer");
+    INVALID(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_out, -1, &plan),
+            "freq: negative segment count");
+    plan = GARBAGE;
+    CHECK(skv_reuse_plan_from_roles(ctx, fs, 3, seg_ok, 1, &plan) == SKV_ERR_NOMEM && plan == NULL,
+          "roles: a valid plan is NOMEM");
+    CHECK(skv_reuse_plan_from_string(ctx, "FSF", seg_ok, 1, &plan) == SKV_ERR_NOMEM, "string: valid is NOMEM");
+    CHECK(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_ok, 1, &plan) == SKV_ERR_NOMEM,
+          "freq: valid is NOMEM");
+#undef INVALID
+
+    skv_reuse_search_params sp;
+    skv_reuse_search_params_init(&sp);
+    sp.n_layers = 8;
+    sp.target_full = 4;
+    sp.n_blocks = 2; /* layers 0 and 4 fixed */
+    sp.loss = zero_loss;
+    char pat[9];
+    memset(pat, SENT, sizeof pat);
+    CHECK(skv_reuse_search(ctx, &sp, pat, NULL, NULL) == SKV_ERR_NOMEM, "search: valid is NOMEM");
+    const int32_t seg5[1] = {5}, seg_dup[2] = {5, 5}, seg9[1] = {9};
+    struct { int32_t target, n_seg; const int32_t *seg; skv_reuse_search_method m; int64_t maxp;
+             skv_status want; const char *what; } cases[] = {
+        {1, 0, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target below the fixed layers"},
+        {2, 1, seg5, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target below fixed with a segment"},
+        {9, 0, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target above the layers"},
+        {4, 2, seg_dup, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "segments repeated"},
+        {4, 1, seg9, SKV_REUSE_SEARCH_BEAM, 4096, SKV_ERR_INVALID_ARG, "segment past the layers"},
+        {4, 1, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "NULL segments"},
+        {4, 0, NULL, SKV_REUSE_SEARCH_EXHAUSTIVE, 14, SKV_ERR_CAPACITY, "exhaustive over max_patterns"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        skv_reuse_search_params q = sp;
+        q.target_full = cases[i].target;
+        q.n_segments = cases[i].n_seg;
+        q.segment_starts = cases[i].seg;
+        q.method = cases[i].m;
+        q.max_patterns = cases[i].maxp;
+        const skv_status st = skv_reuse_search(ctx, &q, pat, NULL, NULL);
+        CHECK(st == cases[i].want, "search, %s, under allocation failure: status %d", cases[i].what, st);
+    }
+    /* the exhaustive bound is exact: C(6, 2) = 15 patterns fit max_patterns 15 (then NOMEM) */
+    sp.method = SKV_REUSE_SEARCH_EXHAUSTIVE;
+    sp.max_patterns = 15;
+    CHECK(skv_reuse_search(ctx, &sp, pat, NULL, NULL) == SKV_ERR_NOMEM, "search: exhaustive at its bound");
+    for (size_t i = 0; i < sizeof pat; i++)
+        CHECK(pat[i] == SENT, "search wrote pattern_out on a failed call");
+    closed = 0;
+    /* and with memory, the valid search runs with the fixed-layer count the merge gives */
+    sp.method = SKV_REUSE_SEARCH_GREEDY;
+    sp.segment_starts = seg5;
+    sp.n_segments = 1;
+    sp.target_full = 3;
+    CHECK_OK(skv_reuse_search(ctx, &sp, pat, NULL, NULL));
+    CHECK(pat[0] == 'F' && pat[4] == 'F' && pat[5] == 'F' && strlen(pat) == 8 &&
+              strspn(pat, "FS") == 8 && (size_t)(strchr(pat + 1, 'F') - pat) == 4,
+          "search with a segment: %s", pat);
+    skv_context_destroy(ctx);
+}
+
 static void test_mass_loss_pattern(void)
 {
     const double mass[9] = {1, 0, 0, 0.75, 1, 0, 0.5, 0.25, 1};
@@ -1173,6 +1287,7 @@ int main(void)
     test_constructors_clear_out(ctx);
     test_huge_k();
     test_mass_loss_pattern();
+    test_invalid_before_alloc();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);
