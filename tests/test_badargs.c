@@ -1200,6 +1200,180 @@ static void test_invalid_before_alloc(void)
     skv_context_destroy(ctx);
 }
 
+/* ---- the limits the headers state: each accepted at the limit, refused one past it ------- */
+
+/* A status that is not a refusal of the arguments (NOMEM allowed: the limit may cost more
+ * memory than the machine lends). */
+#define AT_LIMIT(call, what)                                                                  \
+    do {                                                                                      \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_OK || st_ == SKV_ERR_NOMEM, "%s at the limit: status %d", what, st_); \
+    } while (0)
+#define PAST_LIMIT(call, what)                                                                \
+    do {                                                                                      \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_ERR_INVALID_ARG, "%s past the limit: status %d", what, st_);           \
+    } while (0)
+
+static skv_status store_with(skv_context *ctx, const skv_store_params *p)
+{
+    skv_store *s = NULL;
+    const skv_status st = skv_store_create(ctx, p, &s);
+    skv_store_destroy(s);
+    return st;
+}
+
+static skv_status kcache_with(skv_context *ctx, const skv_kcache_params *p)
+{
+    skv_kcache *c = NULL;
+    const skv_status st = skv_kcache_create(ctx, p, &c);
+    skv_kcache_destroy(c);
+    return st;
+}
+
+static skv_status plan_string_of(skv_context *ctx, size_t n)
+{
+    char *pat = xmalloc(n + 1);
+    memset(pat, 'S', n);
+    pat[0] = 'F';
+    pat[n] = '\0';
+    skv_reuse_plan *plan = NULL;
+    const skv_status st = skv_reuse_plan_from_string(ctx, pat, NULL, 0, &plan);
+    skv_reuse_plan_destroy(plan);
+    free(pat);
+    return st;
+}
+
+static double first_layer_loss(const char *pattern, void *user)
+{
+    (void)user;
+    return pattern[1] == 'F' ? 0.0 : 1.0;
+}
+
+static void test_header_limits(skv_context *ctx)
+{
+    /* indexer.h: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096 */
+    {
+        float *q = xmalloc(4097 * 4), *w = xmalloc(4097 * 4), k[4097 * 2], out[2];
+        for (int i = 0; i < 4097; i++)
+            q[i] = 1.0f, w[i] = 1.0f / 4096;
+        for (int i = 0; i < 4097 * 2; i++)
+            k[i] = (float)(i % 3);
+        skv_indexer_query iq = {1, 4096, 1, SKV_F32, q, NULL, w, NULL};
+        skv_key_block kb = {2, 1, SKV_F32, k, NULL};
+        CHECK_OK(skv_indexer_scores(ctx, &iq, &kb, out));
+        CHECK(out[0] == 0.0f && out[1] == 1.0f, "4096 heads: %g %g", out[0], out[1]);
+        iq.n_heads = 4097;
+        PAST_LIMIT(skv_indexer_scores(ctx, &iq, &kb, out), "n_heads");
+        iq = (skv_indexer_query){1, 1, 4096, SKV_F32, q, NULL, w, NULL};
+        kb = (skv_key_block){2, 4096, SKV_F32, k, NULL};
+        int32_t idx[1];
+        CHECK_OK(skv_indexer_topk(ctx, &iq, &kb, 1, idx, NULL));
+        iq.head_dim = kb.head_dim = 4097;
+        PAST_LIMIT(skv_indexer_topk(ctx, &iq, &kb, 1, idx, NULL), "head_dim");
+        free(q), free(w);
+    }
+    /* indexer.h: the key cache's n_layers 1..65536, page_tokens 1..65536, max_pages 0..2^31-1 */
+    {
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = 32;
+        kp.n_layers = 65536;
+        AT_LIMIT(kcache_with(ctx, &kp), "kcache n_layers");
+        kp.n_layers = 65537;
+        PAST_LIMIT(kcache_with(ctx, &kp), "kcache n_layers");
+        kp.n_layers = 1;
+        kp.max_pages = INT32_MAX;
+        AT_LIMIT(kcache_with(ctx, &kp), "kcache max_pages");
+        kp.max_pages = (int64_t)INT32_MAX + 1;
+        PAST_LIMIT(kcache_with(ctx, &kp), "kcache max_pages");
+    }
+    /* store.h: every ranged field at both ends of its range and one past */
+    {
+        skv_store_params base;
+        skv_store_params_init(&base);
+        base.k_dim = 8, base.v_dim = 8, base.n_kv_heads = 1, base.hot_pages = 0;
+        struct { int field; int64_t at, past; } r[] = {
+            {0, 65536, 65537}, {1, 1024, 1025}, {2, 1024, 1025}, {3, 1024, 1025}, {3, 0, -1},
+            {4, 2, 1}, {4, 64, 65}, {5, 65536, 65537}, {6, 1 << 20, (1 << 20) + 1},
+            {7, INT32_MAX, (int64_t)INT32_MAX + 1}, {8, 4, 3}, {8, 64, 65},
+            {9, INT32_MAX, (int64_t)INT32_MAX + 1},
+        };
+        for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+            for (int past = 0; past < 2; past++) {
+                skv_store_params p = base;
+                const int64_t v = past ? r[i].past : r[i].at;
+                switch (r[i].field) {
+                case 0: p.n_layers = (int32_t)v; break;
+                case 1: p.n_kv_heads = (int32_t)v; break;
+                case 2: p.k_dim = (int32_t)v; break;
+                case 3: p.v_dim = (int32_t)v; break;
+                case 4: p.page_tokens = (int32_t)v; break;
+                case 5: p.n_sink = (int32_t)v; break;
+                case 6: p.n_window = (int32_t)v; break;
+                case 7: p.hot_pages = v; break;
+                case 8: p.fanout = (int32_t)v; break;
+                case 9: p.max_pages = v; break;
+                }
+                const skv_status st = store_with(ctx, &p);
+                CHECK(past ? st == SKV_ERR_INVALID_ARG : st == SKV_OK || st == SKV_ERR_NOMEM,
+                      "store field %d = %lld: status %d", r[i].field, (long long)v, st);
+            }
+    }
+    /* attention.h: n_q_heads 1..4096 */
+    {
+        float *q = xmalloc(4097 * 4), kv[2] = {1, 2}, *o = xmalloc(4097 * 4);
+        for (int i = 0; i < 4097; i++)
+            q[i] = 1.0f;
+        int64_t ls[1] = {0};
+        int32_t ll[1] = {1};
+        skv_attn_batch b = {sizeof b, 1, 4096, 1, 1, 1, SKV_F32, 1.0f, 0, q, NULL, 1, kv, kv + 1, NULL, ls, ll};
+        CHECK_OK(skv_sparse_attention(ctx, &b, o, NULL, NULL));
+        CHECK(o[0] == 2.0f && o[4095] == 2.0f, "4096 query heads: %g", o[0]);
+        b.n_q_heads = 4097;
+        PAST_LIMIT(skv_sparse_attention(ctx, &b, o, NULL, NULL), "n_q_heads");
+        free(q), free(o);
+    }
+    /* reuse.h: at most 65536 layers; beam_width 1..4096 */
+    {
+        AT_LIMIT(plan_string_of(ctx, 65536), "plan of 65536 layers");
+        PAST_LIMIT(plan_string_of(ctx, 65537), "plan of 65537 layers");
+        skv_reuse_plan *plan = NULL;
+        AT_LIMIT(skv_reuse_plan_from_freq(ctx, 65536, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), "freq plan");
+        skv_reuse_plan_destroy(plan);
+        PAST_LIMIT(skv_reuse_plan_from_freq(ctx, 65537, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), "freq plan");
+        skv_reuse_search_params sp;
+        skv_reuse_search_params_init(&sp);
+        sp.n_layers = 3, sp.target_full = 2, sp.loss = first_layer_loss;
+        sp.method = SKV_REUSE_SEARCH_BEAM, sp.beam_width = 4096;
+        char pat[4];
+        CHECK_OK(skv_reuse_search(ctx, &sp, pat, NULL, NULL));
+        CHECK(!strcmp(pat, "FFS"), "beam of 4096: %s", pat);
+        sp.beam_width = 4097;
+        PAST_LIMIT(skv_reuse_search(ctx, &sp, pat, NULL, NULL), "beam_width");
+        sp.beam_width = 4, sp.n_layers = 65537;
+        PAST_LIMIT(skv_reuse_search(ctx, &sp, pat, NULL, NULL), "search layers");
+    }
+    /* slice.h: SKV_SLICE_MAX_WORKERS workers */
+    CHECK(skv_topk_part_bytes(1, 4, SKV_SLICE_MAX_WORKERS) == (size_t)SKV_SLICE_MAX_WORKERS * 4 * 8 &&
+              skv_topk_part_bytes(1, 4, SKV_SLICE_MAX_WORKERS + 1) == 0,
+          "part bytes at and past the worker limit");
+    /* engine.h: block ids below n_blocks <= INT32_MAX (the pool is read only where the table
+       points) */
+    {
+        float pool[4] = {1, 2, 3, 4}, q[1] = {1}, w[1] = {1};
+        const int32_t table[2] = {0, 1}, lens[1] = {4};
+        skv_paged_keys pk = {1, SKV_F32, 2, pool, INT32_MAX, 8, 0};
+        const skv_paged_batch pb = {1, table, 2, lens, NULL};
+        const skv_indexer_query iq = {1, 1, 1, SKV_F32, q, NULL, w, NULL};
+        int32_t idx[2];
+        CHECK_OK(skv_paged_topk(ctx, &pk, &pb, &iq, 2, idx, NULL));
+        CHECK(idx[0] == 3 && idx[1] == 2, "paged at n_blocks INT32_MAX: %d %d", idx[0], idx[1]);
+        pk.n_blocks = (int64_t)INT32_MAX + 1;
+        PAST_LIMIT(skv_paged_topk(ctx, &pk, &pb, &iq, 2, idx, NULL), "n_blocks");
+    }
+}
+
 static void test_mass_loss_pattern(void)
 {
     const double mass[9] = {1, 0, 0, 0.75, 1, 0, 0.5, 0.25, 1};
@@ -1288,6 +1462,7 @@ int main(void)
     test_huge_k();
     test_mass_loss_pattern();
     test_invalid_before_alloc();
+    test_header_limits(ctx);
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);
