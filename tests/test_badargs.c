@@ -83,7 +83,8 @@ static void test_misc(void)
           "unknown dtype size");
     CHECK(!strcmp(skv_cpu_level_name(0), "scalar") && !strcmp(skv_cpu_level_name(SKV_CPU_AVX2), "avx2") &&
               !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512), "avx512") &&
-              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16), "avx512bf16"),
+              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16), "avx512bf16") &&
+              !strcmp(skv_cpu_level_name(SKV_CPU_NEON), "neon"),
           "level names");
     const char *ln = skv_cpu_level_name(0xfffffff8u); /* unknown bits only */
     CHECK(ln != NULL, "level name of unknown bits");

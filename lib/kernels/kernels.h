@@ -178,6 +178,7 @@ void skv_kernels_init_avx2(skv_kernels *k);
 void skv_kernels_init_avx512(skv_kernels *k);
 void skv_kernels_init_avx512bf16(skv_kernels *k);
 void skv_mxfp4_init_avx2(skv_kernels *k); /* mxfp4_avx2.c: the MXFP4 conversions */
+void skv_kernels_init_neon(skv_kernels *k); /* kernels_neon.c (AArch64) */
 
 /* Score-key encoding shared by every variant. */
 static inline uint32_t skv_score_key(float f)
