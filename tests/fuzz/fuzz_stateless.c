@@ -496,12 +496,22 @@ static void ragged_case(reader *r, skv_context *ctx)
     fq q;
     fq_make(&q, r, T, H, D);
     int32_t *ks = fz_malloc((size_t)T * 4 + 4), *ke = fz_malloc((size_t)T * 4 + 4);
-    int ranges_ok = 1;
     for (int32_t t = 0; t < T; t++) {
         const int same = t > 0 && (rd_u8(r) & 1); /* tokens of one sequence share ks */
-        ks[t] = same ? ks[t - 1] : (int32_t)rd_range(r, -1, L);
-        ke[t] = (int32_t)rd_range(r, ks[t] - (rd_u8(r) == 0), L + (rd_u8(r) == 0));
-        ranges_ok &= ks[t] >= 0 && ks[t] <= ke[t] && ke[t] <= L;
+        ks[t] = same ? ks[t - 1] : (int32_t)rd_range(r, 0, L);
+        ke[t] = (int32_t)rd_range(r, ks[t], L);
+    }
+    /* one bad range when the input asks (zero bytes, an exhausted input's, keep them valid) */
+    const uint8_t bad = rd_u8(r);
+    const int ranges_ok = !(T > 0 && bad >= 1 && bad <= 3);
+    if (!ranges_ok) {
+        const int32_t t = (int32_t)rd_range(r, 0, T - 1);
+        if (bad == 1)
+            ks[t] = -1;
+        else if (bad == 2)
+            ke[t] = ks[t] - 1;
+        else
+            ke[t] = (int32_t)L + 1;
     }
     const uint8_t fl = rd_u8(r);
     const uint32_t flags = (fl & 1 ? SKV_RAGGED_RELATIVE : 0u) | (fl == 0xfe ? 2u : 0u); /* 2: unknown */
