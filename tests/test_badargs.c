@@ -1201,6 +1201,57 @@ static void test_invalid_before_alloc(void)
     skv_context_destroy(ctx);
 }
 
+/* skv_reuse_mass_matrix checks every layer before it writes: a bad query in the last layer
+ * leaves topk_out untouched, and is INVALID_ARG with every allocation refused too. */
+static void test_mass_matrix_checks_first(void)
+{
+    int closed = 0;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 1;
+    cp.allocator = (skv_allocator){gate_alloc, gate_free, &closed};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    const float q[2 * 4] = {1, 0, 0, 1, 0, 1, 1, 0}, w[2] = {1, 1}, k[3 * 4] = {1, 2, 0, 1, 0, 1, 3, 0, 2, 2, 2, 2};
+    skv_indexer_query qs[2] = {{1, 2, 4, SKV_F32, q, NULL, w, NULL}, {1, 2, 4, SKV_F32, q, NULL, w, NULL}};
+    const skv_key_block ks[2] = {{3, 4, SKV_F32, k, NULL}, {3, 4, SKV_F32, k, NULL}};
+    double out[4];
+    int32_t topk[2 * 2];
+    CHECK_OK(skv_reuse_mass_matrix(ctx, qs, ks, 2, 2, out, topk));
+    CHECK(out[0] == out[3] && out[1] == out[0] && out[0] > 0 && out[0] <= 1, "mass of equal layers %g %g", out[0], out[1]);
+    const skv_indexer_query good = qs[1];
+    for (int bad = 0; bad < 4; bad++) {
+        qs[1] = good;
+        if (bad == 0)
+            qs[1].n_heads = 0;
+        else if (bad == 1)
+            qs[1].weights = NULL;
+        else if (bad == 2)
+            qs[1].q_scale = w; /* a scale on an f32 query */
+        else
+            qs[1].n_sink = 3; /* forced keys past k */
+        for (closed = 0; closed < 2; closed++) {
+            memset(topk, SENT, sizeof topk);
+            memset(out, SENT, sizeof out);
+            const skv_status st = skv_reuse_mass_matrix(ctx, qs, ks, 2, 2, out, topk);
+            CHECK(st == SKV_ERR_INVALID_ARG && untouched(topk, sizeof topk) && untouched(out, sizeof out),
+                  "mass matrix, bad layer 1 (%d), allocations %s: status %d, outputs %s", bad,
+                  closed ? "refused" : "granted", st, untouched(topk, sizeof topk) ? "untouched" : "written");
+        }
+    }
+    closed = 0;
+    skv_context_destroy(ctx);
+}
+
+/* An allocator that refuses anything above 256 MiB: limits whose memory no test machine lends
+ * are refused for memory at once (ASan would abort on a terabyte request instead of failing it). */
+static void *capped_alloc(void *user, size_t size, size_t align)
+{
+    (void)user;
+    return size > ((size_t)256 << 20) ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
+}
+static void capped_free(void *user, void *p, size_t size) { (void)user, (void)size, free(p); }
+
 /* ---- the limits the headers state: each accepted at the limit, refused one past it ------- */
 
 /* A status that is not a refusal of the arguments (NOMEM allowed: the limit may cost more
@@ -1251,8 +1302,14 @@ static double first_layer_loss(const char *pattern, void *user)
     return pattern[1] == 'F' ? 0.0 : 1.0;
 }
 
-static void test_header_limits(skv_context *ctx)
+static void test_header_limits(void)
 {
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 2;
+    cp.allocator = (skv_allocator){capped_alloc, capped_free, NULL};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
     /* indexer.h: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096 */
     {
         float *q = xmalloc(4097 * 4), *w = xmalloc(4097 * 4), k[4097 * 2], out[2];
@@ -1373,6 +1430,7 @@ static void test_header_limits(skv_context *ctx)
         pk.n_blocks = (int64_t)INT32_MAX + 1;
         PAST_LIMIT(skv_paged_topk(ctx, &pk, &pb, &iq, 2, idx, NULL), "n_blocks");
     }
+    skv_context_destroy(ctx);
 }
 
 static void test_mass_loss_pattern(void)
@@ -1391,16 +1449,9 @@ static void test_mass_loss_pattern(void)
 
 /* ---- k at its limit ------------------------------------------------------------------------- */
 
-/* An allocator that refuses anything above 256 MiB: a call at k = SKV_TOPK_MAX_K is accepted
- * and then refused for memory (its state is 1.5 GiB a thread), one past it is refused as an
- * invalid argument, as is every k whose state size once overflowed int32 (3k > INT32_MAX). */
-static void *capped_alloc(void *user, size_t size, size_t align)
-{
-    (void)user;
-    return size > ((size_t)256 << 20) ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
-}
-static void capped_free(void *user, void *p, size_t size) { (void)user, (void)size, free(p); }
-
+/* With capped_alloc, a call at k = SKV_TOPK_MAX_K is accepted and then refused for memory (its
+ * state is 1.5 GiB a thread), one past it is refused as an invalid argument, as is every k whose
+ * state size once overflowed int32 (3k > INT32_MAX). */
 static int huge_k(void *arg)
 {
     (void)arg;
@@ -1463,7 +1514,8 @@ int main(void)
     test_huge_k();
     test_mass_loss_pattern();
     test_invalid_before_alloc();
-    test_header_limits(ctx);
+    test_mass_matrix_checks_first();
+    test_header_limits();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);
