@@ -5,8 +5,9 @@
 # scalar reference by the same tests as the x86 levels. OpenBLAS, SentencePiece, hiredis, C++
 # and Python have no arm64 counterpart installed: the parts that need them are skipped, each
 # with a message at setup. Without the toolchain or qemu it says so and exits 77 (a skip).
-#   sh tools/arm64.sh            build, then meson test --suite unit
-#   sh tools/arm64.sh TEST...    build, then only the named tests (e.g. kernels topk)
+#   sh tools/arm64.sh            build, then meson test --suite unit (over an hour under qemu
+#                                on a shared 2-core machine: tests run 5-9x slower than native)
+#   sh tools/arm64.sh TEST...    build, then only the named tests (e.g. kernels topk v4)
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 build="$root/build-arm64"
