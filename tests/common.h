@@ -91,8 +91,9 @@ static const level all_levels[] = {
     {"avx2", SKV_CPU_AVX2},
     {"avx512", SKV_CPU_AVX2 | SKV_CPU_AVX512},
     {"avx512bf16", SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16},
+    {"neon", SKV_CPU_NEON},
 };
-#define N_LEVELS 4
+#define N_LEVELS 5
 
 /* Whether this CPU runs the level; prints a skip line once per level otherwise. */
 static int level_available(const level *lv)

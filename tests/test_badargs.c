@@ -74,7 +74,8 @@ static void test_misc(void)
           "unknown dtype size");
     CHECK(!strcmp(skv_cpu_level_name(0), "scalar") && !strcmp(skv_cpu_level_name(SKV_CPU_AVX2), "avx2") &&
               !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512), "avx512") &&
-              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16), "avx512bf16"),
+              !strcmp(skv_cpu_level_name(SKV_CPU_AVX2 | SKV_CPU_AVX512 | SKV_CPU_AVX512BF16), "avx512bf16") &&
+              !strcmp(skv_cpu_level_name(SKV_CPU_NEON), "neon"),
           "level names");
     const char *ln = skv_cpu_level_name(0xfffffff8u); /* unknown bits only */
     CHECK(ln != NULL, "level name of unknown bits");
@@ -1077,6 +1078,352 @@ static void test_constructors_clear_out(skv_context *ctx)
 
 /* skv_reuse_mass_loss_fn: NaN for a pattern that is not exactly n_layers of F/S starting with
  * F (too short, too long, another letter); the sum over Shared layers otherwise. */
+/* An allocator that refuses everything once closed. */
+static void *gate_alloc(void *u, size_t size, size_t align)
+{
+    return *(int *)u ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
+}
+
+static void gate_free(void *u, void *p, size_t size)
+{
+    (void)u, (void)size;
+    free(p);
+}
+
+static double zero_loss(const char *pattern, void *user)
+{
+    (void)pattern, (void)user;
+    return 0.0;
+}
+
+/* The plan builders and the search check every argument before they allocate: with every
+ * allocation refused, an invalid call is INVALID_ARG (and an unaffordable exhaustive search
+ * CAPACITY), never NOMEM; the valid calls beside them are NOMEM, which shows the allocator
+ * refuses. */
+static void test_invalid_before_alloc(void)
+{
+    int closed = 0;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 1;
+    cp.allocator = (skv_allocator){gate_alloc, gate_free, &closed};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    closed = 1;
+    skv_reuse_plan *plan;
+    static const skv_layer_role fs[3] = {SKV_LAYER_FULL, SKV_LAYER_SHARED, SKV_LAYER_FULL},
+                                sf[2] = {SKV_LAYER_SHARED, SKV_LAYER_FULL},
+                                bad[2] = {SKV_LAYER_FULL, (skv_layer_role)7};
+    static const int32_t seg_shared[1] = {1}, seg_desc[2] = {2, 1}, seg_out[1] = {3}, seg_ok[1] = {2};
+#define INVALID(call, what)                                                                   \
+    do {                                                                                      \
+        plan = GARBAGE;                                                                       \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_ERR_INVALID_ARG && plan == NULL, "%s under allocation failure: status %d", what, st_); \
+    } while (0)
+    INVALID(skv_reuse_plan_from_roles(ctx, bad, 2, NULL, 0, &plan), "roles: unknown role");
+    INVALID(skv_reuse_plan_from_roles(ctx, sf, 2, NULL, 0, &plan), "roles: layer 0 Shared");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_shared, 1, &plan), "roles: segment on a Shared layer");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_desc, 2, &plan), "roles: segments out of order");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, seg_out, 1, &plan), "roles: segment past the layers");
+    INVALID(skv_reuse_plan_from_roles(ctx, fs, 3, NULL, 1, &plan), "roles: NULL segments");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSX", NULL, 0, &plan), "string: bad character");
+    INVALID(skv_reuse_plan_from_string(ctx, "SF", NULL, 0, &plan), "string: layer 0 Shared");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSF", seg_shared, 1, &plan), "string: segment on S");
+    INVALID(skv_reuse_plan_from_string(ctx, "FSF", seg_desc, 2, &plan), "string: segments out of order");
+    INVALID(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_shared, 1, &plan),
+            "freq: segment on a Shared layer");
+    INVALID(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_out, -1, &plan),
+            "freq: negative segment count");
+    plan = GARBAGE;
+    CHECK(skv_reuse_plan_from_roles(ctx, fs, 3, seg_ok, 1, &plan) == SKV_ERR_NOMEM && plan == NULL,
+          "roles: a valid plan is NOMEM");
+    CHECK(skv_reuse_plan_from_string(ctx, "FSF", seg_ok, 1, &plan) == SKV_ERR_NOMEM, "string: valid is NOMEM");
+    CHECK(skv_reuse_plan_from_freq(ctx, 4, 2, 0, SKV_REUSE_FREQ_PLAIN, seg_ok, 1, &plan) == SKV_ERR_NOMEM,
+          "freq: valid is NOMEM");
+#undef INVALID
+
+    skv_reuse_search_params sp;
+    skv_reuse_search_params_init(&sp);
+    sp.n_layers = 8;
+    sp.target_full = 4;
+    sp.n_blocks = 2; /* layers 0 and 4 fixed */
+    sp.loss = zero_loss;
+    char pat[9];
+    memset(pat, SENT, sizeof pat);
+    CHECK(skv_reuse_search(ctx, &sp, pat, NULL, NULL) == SKV_ERR_NOMEM, "search: valid is NOMEM");
+    const int32_t seg5[1] = {5}, seg_dup[2] = {5, 5}, seg9[1] = {9};
+    struct { int32_t target, n_seg; const int32_t *seg; skv_reuse_search_method m; int64_t maxp;
+             skv_status want; const char *what; } cases[] = {
+        {1, 0, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target below the fixed layers"},
+        {2, 1, seg5, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target below fixed with a segment"},
+        {9, 0, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "target above the layers"},
+        {4, 2, seg_dup, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "segments repeated"},
+        {4, 1, seg9, SKV_REUSE_SEARCH_BEAM, 4096, SKV_ERR_INVALID_ARG, "segment past the layers"},
+        {4, 1, NULL, SKV_REUSE_SEARCH_GREEDY, 4096, SKV_ERR_INVALID_ARG, "NULL segments"},
+        {4, 0, NULL, SKV_REUSE_SEARCH_EXHAUSTIVE, 14, SKV_ERR_CAPACITY, "exhaustive over max_patterns"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        skv_reuse_search_params q = sp;
+        q.target_full = cases[i].target;
+        q.n_segments = cases[i].n_seg;
+        q.segment_starts = cases[i].seg;
+        q.method = cases[i].m;
+        q.max_patterns = cases[i].maxp;
+        const skv_status st = skv_reuse_search(ctx, &q, pat, NULL, NULL);
+        CHECK(st == cases[i].want, "search, %s, under allocation failure: status %d", cases[i].what, st);
+    }
+    /* the exhaustive bound is exact: C(6, 2) = 15 patterns fit max_patterns 15 (then NOMEM) */
+    sp.method = SKV_REUSE_SEARCH_EXHAUSTIVE;
+    sp.max_patterns = 15;
+    CHECK(skv_reuse_search(ctx, &sp, pat, NULL, NULL) == SKV_ERR_NOMEM, "search: exhaustive at its bound");
+    for (size_t i = 0; i < sizeof pat; i++)
+        CHECK(pat[i] == SENT, "search wrote pattern_out on a failed call");
+    closed = 0;
+    /* and with memory, the valid search runs with the fixed-layer count the merge gives */
+    sp.method = SKV_REUSE_SEARCH_GREEDY;
+    sp.segment_starts = seg5;
+    sp.n_segments = 1;
+    sp.target_full = 3;
+    CHECK_OK(skv_reuse_search(ctx, &sp, pat, NULL, NULL));
+    CHECK(pat[0] == 'F' && pat[4] == 'F' && pat[5] == 'F' && strlen(pat) == 8 &&
+              strspn(pat, "FS") == 8 && (size_t)(strchr(pat + 1, 'F') - pat) == 4,
+          "search with a segment: %s", pat);
+    skv_context_destroy(ctx);
+}
+
+/* skv_reuse_mass_matrix checks every layer before it writes: a bad query in the last layer
+ * leaves topk_out untouched, and is INVALID_ARG with every allocation refused too. */
+static void test_mass_matrix_checks_first(void)
+{
+    int closed = 0;
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 1;
+    cp.allocator = (skv_allocator){gate_alloc, gate_free, &closed};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    const float q[2 * 4] = {1, 0, 0, 1, 0, 1, 1, 0}, w[2] = {1, 1}, k[3 * 4] = {1, 2, 0, 1, 0, 1, 3, 0, 2, 2, 2, 2};
+    skv_indexer_query qs[2] = {{1, 2, 4, SKV_F32, q, NULL, w, NULL}, {1, 2, 4, SKV_F32, q, NULL, w, NULL}};
+    const skv_key_block ks[2] = {{3, 4, SKV_F32, k, NULL}, {3, 4, SKV_F32, k, NULL}};
+    double out[4];
+    int32_t topk[2 * 2];
+    CHECK_OK(skv_reuse_mass_matrix(ctx, qs, ks, 2, 2, out, topk));
+    CHECK(out[0] == out[3] && out[1] == out[0] && out[0] > 0 && out[0] <= 1, "mass of equal layers %g %g", out[0], out[1]);
+    const skv_indexer_query good = qs[1];
+    for (int bad = 0; bad < 4; bad++) {
+        qs[1] = good;
+        if (bad == 0)
+            qs[1].n_heads = 0;
+        else if (bad == 1)
+            qs[1].weights = NULL;
+        else if (bad == 2)
+            qs[1].q_scale = w; /* a scale on an f32 query */
+        else
+            qs[1].n_sink = 3; /* forced keys past k */
+        for (closed = 0; closed < 2; closed++) {
+            memset(topk, SENT, sizeof topk);
+            memset(out, SENT, sizeof out);
+            const skv_status st = skv_reuse_mass_matrix(ctx, qs, ks, 2, 2, out, topk);
+            CHECK(st == SKV_ERR_INVALID_ARG && untouched(topk, sizeof topk) && untouched(out, sizeof out),
+                  "mass matrix, bad layer 1 (%d), allocations %s: status %d, outputs %s", bad,
+                  closed ? "refused" : "granted", st, untouched(topk, sizeof topk) ? "untouched" : "written");
+        }
+    }
+    closed = 0;
+    skv_context_destroy(ctx);
+}
+
+/* An allocator that refuses anything above 256 MiB: limits whose memory no test machine lends
+ * are refused for memory at once (ASan would abort on a terabyte request instead of failing it). */
+static void *capped_alloc(void *user, size_t size, size_t align)
+{
+    (void)user;
+    return size > ((size_t)256 << 20) ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
+}
+static void capped_free(void *user, void *p, size_t size) { (void)user, (void)size, free(p); }
+
+/* ---- the limits the headers state: each accepted at the limit, refused one past it ------- */
+
+/* A status that is not a refusal of the arguments (NOMEM allowed: the limit may cost more
+ * memory than the machine lends). */
+#define AT_LIMIT(call, what)                                                                  \
+    do {                                                                                      \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_OK || st_ == SKV_ERR_NOMEM, "%s at the limit: status %d", what, st_); \
+    } while (0)
+#define PAST_LIMIT(call, what)                                                                \
+    do {                                                                                      \
+        const skv_status st_ = (call);                                                        \
+        CHECK(st_ == SKV_ERR_INVALID_ARG, "%s past the limit: status %d", what, st_);           \
+    } while (0)
+
+static skv_status store_with(skv_context *ctx, const skv_store_params *p)
+{
+    skv_store *s = NULL;
+    const skv_status st = skv_store_create(ctx, p, &s);
+    skv_store_destroy(s);
+    return st;
+}
+
+static skv_status kcache_with(skv_context *ctx, const skv_kcache_params *p)
+{
+    skv_kcache *c = NULL;
+    const skv_status st = skv_kcache_create(ctx, p, &c);
+    skv_kcache_destroy(c);
+    return st;
+}
+
+static skv_status plan_string_of(skv_context *ctx, size_t n)
+{
+    char *pat = xmalloc(n + 1);
+    memset(pat, 'S', n);
+    pat[0] = 'F';
+    pat[n] = '\0';
+    skv_reuse_plan *plan = NULL;
+    const skv_status st = skv_reuse_plan_from_string(ctx, pat, NULL, 0, &plan);
+    skv_reuse_plan_destroy(plan);
+    free(pat);
+    return st;
+}
+
+static double first_layer_loss(const char *pattern, void *user)
+{
+    (void)user;
+    return pattern[1] == 'F' ? 0.0 : 1.0;
+}
+
+static void test_header_limits(void)
+{
+    skv_context_params cp;
+    skv_context_params_init(&cp);
+    cp.n_threads = 2;
+    cp.allocator = (skv_allocator){capped_alloc, capped_free, NULL};
+    skv_context *ctx = NULL;
+    CHECK_OK(skv_context_create(&cp, &ctx));
+    /* indexer.h: 1 <= n_heads <= 4096, 1 <= head_dim <= 4096 */
+    {
+        float *q = xmalloc(4097 * 4), *w = xmalloc(4097 * 4), k[4097 * 2], out[2];
+        for (int i = 0; i < 4097; i++)
+            q[i] = 1.0f, w[i] = 1.0f / 4096;
+        for (int i = 0; i < 4097 * 2; i++)
+            k[i] = (float)(i % 3);
+        skv_indexer_query iq = {1, 4096, 1, SKV_F32, q, NULL, w, NULL};
+        skv_key_block kb = {2, 1, SKV_F32, k, NULL};
+        CHECK_OK(skv_indexer_scores(ctx, &iq, &kb, out));
+        CHECK(out[0] == 0.0f && out[1] == 1.0f, "4096 heads: %g %g", out[0], out[1]);
+        iq.n_heads = 4097;
+        PAST_LIMIT(skv_indexer_scores(ctx, &iq, &kb, out), "n_heads");
+        iq = (skv_indexer_query){1, 1, 4096, SKV_F32, q, NULL, w, NULL};
+        kb = (skv_key_block){2, 4096, SKV_F32, k, NULL};
+        int32_t idx[1];
+        CHECK_OK(skv_indexer_topk(ctx, &iq, &kb, 1, idx, NULL));
+        iq.head_dim = kb.head_dim = 4097;
+        PAST_LIMIT(skv_indexer_topk(ctx, &iq, &kb, 1, idx, NULL), "head_dim");
+        free(q), free(w);
+    }
+    /* indexer.h: the key cache's n_layers 1..65536, page_tokens 1..65536, max_pages 0..2^31-1 */
+    {
+        skv_kcache_params kp;
+        skv_kcache_params_init(&kp);
+        kp.head_dim = 32;
+        kp.n_layers = 65536;
+        AT_LIMIT(kcache_with(ctx, &kp), "kcache n_layers");
+        kp.n_layers = 65537;
+        PAST_LIMIT(kcache_with(ctx, &kp), "kcache n_layers");
+        kp.n_layers = 1;
+        kp.max_pages = INT32_MAX;
+        AT_LIMIT(kcache_with(ctx, &kp), "kcache max_pages");
+        kp.max_pages = (int64_t)INT32_MAX + 1;
+        PAST_LIMIT(kcache_with(ctx, &kp), "kcache max_pages");
+    }
+    /* store.h: every ranged field at both ends of its range and one past */
+    {
+        skv_store_params base;
+        skv_store_params_init(&base);
+        base.k_dim = 8, base.v_dim = 8, base.n_kv_heads = 1, base.hot_pages = 0;
+        struct { int field; int64_t at, past; } r[] = {
+            {0, 65536, 65537}, {1, 1024, 1025}, {2, 1024, 1025}, {3, 1024, 1025}, {3, 0, -1},
+            {4, 2, 1}, {4, 64, 65}, {5, 65536, 65537}, {6, 1 << 20, (1 << 20) + 1},
+            {7, INT32_MAX, (int64_t)INT32_MAX + 1}, {8, 4, 3}, {8, 64, 65},
+            {9, INT32_MAX, (int64_t)INT32_MAX + 1},
+        };
+        for (size_t i = 0; i < sizeof r / sizeof r[0]; i++)
+            for (int past = 0; past < 2; past++) {
+                skv_store_params p = base;
+                const int64_t v = past ? r[i].past : r[i].at;
+                switch (r[i].field) {
+                case 0: p.n_layers = (int32_t)v; break;
+                case 1: p.n_kv_heads = (int32_t)v; break;
+                case 2: p.k_dim = (int32_t)v; break;
+                case 3: p.v_dim = (int32_t)v; break;
+                case 4: p.page_tokens = (int32_t)v; break;
+                case 5: p.n_sink = (int32_t)v; break;
+                case 6: p.n_window = (int32_t)v; break;
+                case 7: p.hot_pages = v; break;
+                case 8: p.fanout = (int32_t)v; break;
+                case 9: p.max_pages = v; break;
+                }
+                const skv_status st = store_with(ctx, &p);
+                CHECK(past ? st == SKV_ERR_INVALID_ARG : st == SKV_OK || st == SKV_ERR_NOMEM,
+                      "store field %d = %lld: status %d", r[i].field, (long long)v, st);
+            }
+    }
+    /* attention.h: n_q_heads 1..4096 */
+    {
+        float *q = xmalloc(4097 * 4), kv[2] = {1, 2}, *o = xmalloc(4097 * 4);
+        for (int i = 0; i < 4097; i++)
+            q[i] = 1.0f;
+        int64_t ls[1] = {0};
+        int32_t ll[1] = {1};
+        skv_attn_batch b = {sizeof b, 1, 4096, 1, 1, 1, SKV_F32, 1.0f, 0, q, NULL, 1, kv, kv + 1, NULL, ls, ll};
+        CHECK_OK(skv_sparse_attention(ctx, &b, o, NULL, NULL));
+        CHECK(o[0] == 2.0f && o[4095] == 2.0f, "4096 query heads: %g", o[0]);
+        b.n_q_heads = 4097;
+        PAST_LIMIT(skv_sparse_attention(ctx, &b, o, NULL, NULL), "n_q_heads");
+        free(q), free(o);
+    }
+    /* reuse.h: at most 65536 layers; beam_width 1..4096 */
+    {
+        AT_LIMIT(plan_string_of(ctx, 65536), "plan of 65536 layers");
+        PAST_LIMIT(plan_string_of(ctx, 65537), "plan of 65537 layers");
+        skv_reuse_plan *plan = NULL;
+        AT_LIMIT(skv_reuse_plan_from_freq(ctx, 65536, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), "freq plan");
+        skv_reuse_plan_destroy(plan);
+        PAST_LIMIT(skv_reuse_plan_from_freq(ctx, 65537, 2, 0, SKV_REUSE_FREQ_PLAIN, NULL, 0, &plan), "freq plan");
+        skv_reuse_search_params sp;
+        skv_reuse_search_params_init(&sp);
+        sp.n_layers = 3, sp.target_full = 2, sp.loss = first_layer_loss;
+        sp.method = SKV_REUSE_SEARCH_BEAM, sp.beam_width = 4096;
+        char pat[4];
+        CHECK_OK(skv_reuse_search(ctx, &sp, pat, NULL, NULL));
+        CHECK(!strcmp(pat, "FFS"), "beam of 4096: %s", pat);
+        sp.beam_width = 4097;
+        PAST_LIMIT(skv_reuse_search(ctx, &sp, pat, NULL, NULL), "beam_width");
+        sp.beam_width = 4, sp.n_layers = 65537;
+        PAST_LIMIT(skv_reuse_search(ctx, &sp, pat, NULL, NULL), "search layers");
+    }
+    /* slice.h: SKV_SLICE_MAX_WORKERS workers */
+    CHECK(skv_topk_part_bytes(1, 4, SKV_SLICE_MAX_WORKERS) == (size_t)SKV_SLICE_MAX_WORKERS * 4 * 8 &&
+              skv_topk_part_bytes(1, 4, SKV_SLICE_MAX_WORKERS + 1) == 0,
+          "part bytes at and past the worker limit");
+    /* engine.h: block ids below n_blocks <= INT32_MAX (the pool is read only where the table
+       points) */
+    {
+        float pool[4] = {1, 2, 3, 4}, q[1] = {1}, w[1] = {1};
+        const int32_t table[2] = {0, 1}, lens[1] = {4};
+        skv_paged_keys pk = {1, SKV_F32, 2, pool, INT32_MAX, 8, 0};
+        const skv_paged_batch pb = {1, table, 2, lens, NULL};
+        const skv_indexer_query iq = {1, 1, 1, SKV_F32, q, NULL, w, NULL};
+        int32_t idx[2];
+        CHECK_OK(skv_paged_topk(ctx, &pk, &pb, &iq, 2, idx, NULL));
+        CHECK(idx[0] == 3 && idx[1] == 2, "paged at n_blocks INT32_MAX: %d %d", idx[0], idx[1]);
+        pk.n_blocks = (int64_t)INT32_MAX + 1;
+        PAST_LIMIT(skv_paged_topk(ctx, &pk, &pb, &iq, 2, idx, NULL), "n_blocks");
+    }
+    skv_context_destroy(ctx);
+}
+
 static void test_mass_loss_pattern(void)
 {
     const double mass[9] = {1, 0, 0, 0.75, 1, 0, 0.5, 0.25, 1};
@@ -1093,16 +1440,9 @@ static void test_mass_loss_pattern(void)
 
 /* ---- k at its limit ------------------------------------------------------------------------- */
 
-/* An allocator that refuses anything above 256 MiB: a call at k = SKV_TOPK_MAX_K is accepted
- * and then refused for memory (its state is 1.5 GiB a thread), one past it is refused as an
- * invalid argument, as is every k whose state size once overflowed int32 (3k > INT32_MAX). */
-static void *capped_alloc(void *user, size_t size, size_t align)
-{
-    (void)user;
-    return size > ((size_t)256 << 20) ? NULL : aligned_alloc(align, (size + align - 1) / align * align);
-}
-static void capped_free(void *user, void *p, size_t size) { (void)user, (void)size, free(p); }
-
+/* With capped_alloc, a call at k = SKV_TOPK_MAX_K is accepted and then refused for memory (its
+ * state is 1.5 GiB a thread), one past it is refused as an invalid argument, as is every k whose
+ * state size once overflowed int32 (3k > INT32_MAX). */
 static int huge_k(void *arg)
 {
     (void)arg;
@@ -1164,6 +1504,9 @@ int main(void)
     test_constructors_clear_out(ctx);
     test_huge_k();
     test_mass_loss_pattern();
+    test_invalid_before_alloc();
+    test_mass_matrix_checks_first();
+    test_header_limits();
     skv_context_destroy(ctx);
     /* the scalar kernels refuse the same way */
     ctx = ctx_new(0, 1);

@@ -190,6 +190,31 @@ static void check_conversions(const skv_kernels *ref, const skv_kernels *kn, con
     }
 }
 
+/* MXFP4 blocks to f32 and bf16: the same bits as the scalar code for every code and every
+ * scale byte (0: the smallest, 255: NaN), any block count. */
+static void check_mxfp4_conversions(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
+{
+    rng r = {31};
+    enum { NB = 9 };
+    uint8_t packed[NB * 16], scales[NB];
+    float a[NB * 32], b[NB * 32];
+    uint16_t c[NB * 32], d[NB * 32];
+    for (int t = 0; t < 256; t++) {
+        const int n = t % (NB + 1);
+        for (int i = 0; i < NB * 16; i++)
+            packed[i] = (uint8_t)(t < 16 ? (t * 17 + i) : rng_int(&r, 0, 255)); /* every code */
+        for (int i = 0; i < NB; i++)
+            scales[i] = (uint8_t)(i == 0 ? t : rng_int(&r, 0, 255));
+        memset(a, 0x5a, sizeof a), memset(b, 0x5a, sizeof b), memset(c, 0x5a, sizeof c), memset(d, 0x5a, sizeof d);
+        ref->mxfp4_to_f32(packed, scales, n, a);
+        kn->mxfp4_to_f32(packed, scales, n, b);
+        CHECK(memcmp(a, b, sizeof a) == 0, "%s mxfp4_to_f32 blocks=%d scale=%d", lv, n, t);
+        ref->mxfp4_to_bf16(packed, scales, n, c);
+        kn->mxfp4_to_bf16(packed, scales, n, d);
+        CHECK(memcmp(c, d, sizeof c) == 0, "%s mxfp4_to_bf16 blocks=%d scale=%d", lv, n, t);
+    }
+}
+
 static void check_filter(const skv_kernels *ref, const skv_kernels *kn, const char *lv)
 {
     rng r = {7};
@@ -615,6 +640,7 @@ int main(int argc, char **argv)
         CHECK(kn.flags == all_levels[lv].mask, "%s table flags %#x", all_levels[lv].name, kn.flags);
         check_score_kernels(&ref, &kn, all_levels[lv].name);
         check_conversions(&ref, &kn, all_levels[lv].name);
+        check_mxfp4_conversions(&ref, &kn, all_levels[lv].name);
         check_filter(&ref, &kn, all_levels[lv].name);
         check_topk_cuts(&ref, &kn, all_levels[lv].name);
         check_router_kernels(&ref, &kn, all_levels[lv].name);

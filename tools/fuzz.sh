@@ -28,7 +28,12 @@ for t in "$@"; do
     ninja -C "$build" "tests/fuzz/fuzz_$t"
     mkdir -p "$build/corpus/$t"
     echo "fuzz: $t for $secs s"
+    # -entropic=0: libFuzzer's entropic schedule spent 40 % of kcache's time updating feature
+    # frequencies (3.3x the executions without it). A 16 MiB quarantine (ASan's default: 256)
+    # keeps use after free caught on recently freed blocks, and lets the allocator reuse memory
+    # instead of faulting in fresh pages (store: 84 -> 142 executions a second).
     (cd "$build" && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        ASAN_OPTIONS=quarantine_size_mb=16${ASAN_OPTIONS:+:$ASAN_OPTIONS} \
         "./tests/fuzz/fuzz_$t" -max_total_time="$secs" -print_final_stats=1 -timeout=20 \
-        -rss_limit_mb=4096 "corpus/$t" "$root/tests/fuzz/corpus/$t" "$root/tests/fuzz/regress/$t")
+        -entropic=0 -rss_limit_mb=4096 "corpus/$t" "$root/tests/fuzz/corpus/$t" "$root/tests/fuzz/regress/$t")
 done

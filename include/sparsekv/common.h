@@ -108,14 +108,16 @@ typedef void (*skv_log_fn)(void *user, skv_log_level level, const char *msg);
 #define SKV_CPU_AVX512 (1u << 1)
 /* AVX-512 BF16 + VBMI (Zen 4+, Sapphire Rapids+) */
 #define SKV_CPU_AVX512BF16 (1u << 2)
+/* AArch64 Advanced SIMD (every AArch64 CPU; the only level there) */
+#define SKV_CPU_NEON (1u << 3)
 /* Every level (the default cpu_mask) */
 #define SKV_CPU_ALL 0xffffffffu
 
 /* Levels this CPU (and OS, for register state) supports, as SKV_CPU_* bits. */
 SKV_API uint32_t skv_cpu_flags(void);
 
-/* Name of the highest level in `flags`: "scalar", "avx2", "avx512" or "avx512bf16" (a static
- * string). Thread-safe. */
+/* Name of the highest level in `flags`: "scalar", "avx2", "avx512", "avx512bf16" or "neon" (a
+ * static string). Thread-safe. */
 SKV_API const char *skv_cpu_level_name(uint32_t flags);
 
 /* ---- context ----------------------------------------------------------------------------- */

@@ -28,7 +28,7 @@ typedef struct skv_paged_keys {
     int32_t block_tokens;  /* tokens per block, >= 1 */
     const void *pool;      /* the blocks (F32/BF16/F16/FP8: aligned to the element or the f32
                               scale) */
-    int64_t n_blocks;      /* valid ids: 0 .. n_blocks - 1 */
+    int64_t n_blocks;      /* 0..INT32_MAX; valid ids: 0 .. n_blocks - 1 */
     size_t block_bytes;    /* from one block to the next: at least scale_offset + the scales */
     size_t scale_offset;   /* FP8/MXFP4: from a block's start to its scales, at least the values'
                               bytes (FP8: a multiple of 4); ignored for the others */

@@ -133,7 +133,7 @@ typedef struct skv_kcache skv_kcache;
 /* Key cache settings: initialise with skv_kcache_params_init, then change fields. */
 typedef struct skv_kcache_params {
     size_t struct_size;   /* sizeof(skv_kcache_params); set by skv_kcache_params_init */
-    int32_t n_layers;     /* required: >= 1 (default 1) */
+    int32_t n_layers;     /* required: 1..65536 (default 1) */
     int32_t head_dim;     /* required: 1..4096 (default 128) */
     skv_dtype dtype;      /* F32, BF16, F16, FP8_E4M3, MXFP4_E2M1 (head_dim a multiple of 32:
                              each slot holds page_tokens * head_dim / 2 bytes of codes, then
@@ -142,7 +142,7 @@ typedef struct skv_kcache_params {
                              multiple of 32: ggml's blocks, 136 bytes a token for head_dim
                              128); default FP8_E4M3 */
     int32_t page_tokens;  /* tokens per page, 1..65536; default 64 */
-    int64_t max_pages;    /* pages in use across all sequences; default 0 = no limit */
+    int64_t max_pages;    /* pages in use across all sequences, 0..2^31-1; default 0 = no limit */
     int32_t max_seqs;     /* live sequences; default 0 = no limit (ids below 2^30) */
     uint32_t quant_flags; /* skv_quantize_fp8 flags used when F32 keys are appended to an FP8
                              cache; default 0 */

@@ -131,7 +131,7 @@ typedef struct skv_store_params {
                                 into a new subtree instead of inserted one by one, >= 1;
                                 default 256 */
     uint32_t flags;          /* SKV_STORE_MINMAX; default 0 */
-    int64_t max_pages;       /* host pages in use, all sequences; 0 = no limit (default) */
+    int64_t max_pages;       /* host pages in use, all sequences, 0..2^31-1; 0 = no limit (default) */
     int32_t max_seqs;        /* live sequences; 0 = no limit (default; ids below 2^30) */
     skv_store_tier tier;     /* default: all NULL (host-memory arena) */
 } skv_store_params;

@@ -49,6 +49,9 @@ static uint32_t detect(void)
         flags |= SKV_CPU_AVX512BF16;
     return flags;
 }
+#elif defined(__aarch64__)
+/* Advanced SIMD is part of the AArch64 base ISA. */
+static uint32_t detect(void) { return SKV_CPU_NEON; }
 #else
 static uint32_t detect(void) { return 0; }
 #endif
@@ -66,6 +69,8 @@ uint32_t skv_cpu_flags(void)
 
 const char *skv_cpu_level_name(uint32_t flags)
 {
+    if (flags & SKV_CPU_NEON)
+        return "neon";
     if (flags & SKV_CPU_AVX512BF16)
         return "avx512bf16";
     if (flags & SKV_CPU_AVX512)

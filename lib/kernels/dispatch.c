@@ -29,6 +29,11 @@ void skv_kernels_init(skv_kernels *k, uint32_t flags)
         return;
     skv_kernels_init_avx512bf16(k);
     k->flags |= SKV_CPU_AVX512BF16;
+#elif defined(SKV_HAVE_NEON)
+    if (!(flags & SKV_CPU_NEON))
+        return;
+    skv_kernels_init_neon(k);
+    k->flags |= SKV_CPU_NEON;
 #else
     (void)flags;
 #endif

@@ -193,6 +193,7 @@ void skv_q8_init_avx512(skv_kernels *k);
 void skv_q8i8_init_scalar(skv_kernels *k);      /* q8i8_*.c: the int8 path */
 int skv_q8i8_init_avx512vnni(skv_kernels *k);   /* 0 when the CPU lacks AVX512-VNNI */
 int skv_q8i8_init_avxvnni(skv_kernels *k);      /* 0 when the CPU lacks AVX-VNNI */
+void skv_kernels_init_neon(skv_kernels *k); /* kernels_neon.c (AArch64) */
 
 /* Score-key encoding shared by every variant. */
 static inline uint32_t skv_score_key(float f)

@@ -187,11 +187,14 @@ SKV_ALWAYS_INLINE void tile_f32(const skv_qchunk *c, int32_t D, int hv, int g, i
         }                                                                                     \
     }
 
-/* Instantiations only 16-lane vectors need (g = 16, three and four head vectors). */
+/* Instantiations only 16-lane vectors need (g = 16, three and four head vectors); an ISA file
+ * may define its own before including this one. */
+#ifndef CASES_WIDE
 #if G_MAX >= 16 && HV_MAX >= 4
 #define CASES_WIDE(NAME) SCORE_CASES(NAME, 1, 16) SCORE_CASES(NAME, 3, 1) SCORE_CASES(NAME, 4, 1)
 #else
 #define CASES_WIDE(NAME)
+#endif
 #endif
 
 /* The three scaling forms of one (hv, g) instantiation, keyed as in DEFINE_SCORE_KERNEL. */

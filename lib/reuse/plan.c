@@ -5,12 +5,13 @@
 
 #define MAX_LAYERS 65536
 
-skv_status skv_reuse_check_roles(skv_context *ctx, const uint8_t *full, int32_t n_layers,
-                                 const int32_t *segment_starts, int32_t n_segments)
+skv_status skv_reuse_check_roles_fn(skv_context *ctx, skv_reuse_full_fn is_full, const void *src,
+                                    int32_t n_layers, const int32_t *segment_starts,
+                                    int32_t n_segments)
 {
     SKV_CHECK(ctx, n_layers >= 1 && n_layers <= MAX_LAYERS);
     SKV_CHECK(ctx, n_segments >= 0 && (n_segments == 0 || segment_starts != NULL));
-    if (!full[0]) {
+    if (!is_full(src, 0)) {
         skv_log(ctx, SKV_LOG_DEBUG, "reuse plan: layer 0 must be Full");
         return SKV_ERR_INVALID_ARG;
     }
@@ -20,7 +21,7 @@ skv_status skv_reuse_check_roles(skv_context *ctx, const uint8_t *full, int32_t 
             skv_log(ctx, SKV_LOG_DEBUG, "reuse plan: segment start %d out of order or range", s);
             return SKV_ERR_INVALID_ARG;
         }
-        if (!full[s]) {
+        if (!is_full(src, s)) {
             skv_log(ctx, SKV_LOG_DEBUG, "reuse plan: layer %d starts a segment and must be Full", s);
             return SKV_ERR_INVALID_ARG;
         }
@@ -28,11 +29,41 @@ skv_status skv_reuse_check_roles(skv_context *ctx, const uint8_t *full, int32_t 
     return SKV_OK;
 }
 
-static skv_status plan_build(skv_context *ctx, const uint8_t *full, int32_t n_layers,
-                             const int32_t *segment_starts, int32_t n_segments,
+/* The builders' sources of roles: an array of roles, a pattern string, a frequency rule. */
+static int full_of_role(const void *src, int32_t l)
+{
+    return ((const skv_layer_role *)src)[l] == SKV_LAYER_FULL;
+}
+
+static int full_of_char(const void *src, int32_t l)
+{
+    const char c = ((const char *)src)[l];
+    return c == 'F' || c == 'f';
+}
+
+typedef struct freq_rule {
+    int32_t freq, offset;
+    skv_reuse_freq_rule rule;
+} freq_rule;
+
+static int full_of_freq(const void *src, int32_t l)
+{
+    const freq_rule *f = src;
+    const int32_t x = l - f->offset;
+    if (x < 0)
+        return 1;
+    if (f->rule == SKV_REUSE_FREQ_OFFICIAL)
+        return (x - 1 > 0 ? x - 1 : 0) % f->freq == 0;
+    return x % f->freq == 0;
+}
+
+/* Every argument is checked before the first allocation: an invalid call is INVALID_ARG even
+ * when memory runs out. */
+static skv_status plan_build(skv_context *ctx, skv_reuse_full_fn is_full, const void *src,
+                             int32_t n_layers, const int32_t *segment_starts, int32_t n_segments,
                              skv_reuse_plan **out)
 {
-    SKV_TRY(skv_reuse_check_roles(ctx, full, n_layers, segment_starts, n_segments));
+    SKV_TRY(skv_reuse_check_roles_fn(ctx, is_full, src, n_layers, segment_starts, n_segments));
     skv_reuse_plan *p = skv_alloc_zero(ctx, sizeof *p);
     int32_t *source = skv_alloc(ctx, (size_t)n_layers * 4), *slot = skv_alloc(ctx, (size_t)n_layers * 4);
     if (!p || !source || !slot) {
@@ -41,13 +72,13 @@ static skv_status plan_build(skv_context *ctx, const uint8_t *full, int32_t n_la
         skv_free(ctx, slot, (size_t)n_layers * 4);
         return SKV_ERR_NOMEM;
     }
-    int32_t src = 0, n_full = 0;
+    int32_t src_l = 0, n_full = 0;
     for (int32_t l = 0; l < n_layers; l++) {
-        if (full[l]) {
-            src = l;
+        if (is_full(src, l)) {
+            src_l = l;
             n_full++;
         }
-        source[l] = src;
+        source[l] = src_l;
         slot[l] = n_full - 1;
     }
     *p = (skv_reuse_plan){ctx, n_layers, n_full, source, slot};
@@ -64,19 +95,9 @@ skv_status skv_reuse_plan_from_roles(skv_context *ctx, const skv_layer_role *rol
     if (!ctx)
         return SKV_ERR_INVALID_ARG;
     SKV_CHECK(ctx, out != NULL && roles != NULL && n_layers >= 1 && n_layers <= MAX_LAYERS);
-    uint8_t *full = skv_alloc(ctx, (size_t)n_layers);
-    if (!full)
-        return SKV_ERR_NOMEM;
-    skv_status st = SKV_OK;
-    for (int32_t l = 0; l < n_layers && st == SKV_OK; l++) {
-        if (roles[l] != SKV_LAYER_FULL && roles[l] != SKV_LAYER_SHARED)
-            st = SKV_ERR_INVALID_ARG;
-        full[l] = roles[l] == SKV_LAYER_FULL;
-    }
-    if (st == SKV_OK)
-        st = plan_build(ctx, full, n_layers, segment_starts, n_segments, out);
-    skv_free(ctx, full, (size_t)n_layers);
-    return st;
+    for (int32_t l = 0; l < n_layers; l++)
+        SKV_CHECK(ctx, roles[l] == SKV_LAYER_FULL || roles[l] == SKV_LAYER_SHARED);
+    return plan_build(ctx, full_of_role, roles, n_layers, segment_starts, n_segments, out);
 }
 
 skv_status skv_reuse_plan_from_string(skv_context *ctx, const char *pattern,
@@ -90,23 +111,14 @@ skv_status skv_reuse_plan_from_string(skv_context *ctx, const char *pattern,
     SKV_CHECK(ctx, out != NULL && pattern != NULL);
     const size_t n = strnlen(pattern, MAX_LAYERS + 1);
     SKV_CHECK(ctx, n >= 1 && n <= MAX_LAYERS);
-    uint8_t *full = skv_alloc(ctx, n);
-    if (!full)
-        return SKV_ERR_NOMEM;
-    skv_status st = SKV_OK;
     for (size_t l = 0; l < n; l++) {
         const char c = pattern[l];
         if (c != 'F' && c != 'f' && c != 'S' && c != 's') {
             skv_log(ctx, SKV_LOG_DEBUG, "reuse pattern: '%c' at %zu is neither F nor S", c, l);
-            st = SKV_ERR_INVALID_ARG;
-            break;
+            return SKV_ERR_INVALID_ARG;
         }
-        full[l] = c == 'F' || c == 'f';
     }
-    if (st == SKV_OK)
-        st = plan_build(ctx, full, (int32_t)n, segment_starts, n_segments, out);
-    skv_free(ctx, full, n);
-    return st;
+    return plan_build(ctx, full_of_char, pattern, (int32_t)n, segment_starts, n_segments, out);
 }
 
 skv_status skv_reuse_plan_from_freq(skv_context *ctx, int32_t n_layers, int32_t freq,
@@ -121,21 +133,8 @@ skv_status skv_reuse_plan_from_freq(skv_context *ctx, int32_t n_layers, int32_t 
     SKV_CHECK(ctx, out != NULL && n_layers >= 1 && n_layers <= MAX_LAYERS && freq >= 1);
     SKV_CHECK(ctx, offset >= 0 && offset < n_layers);
     SKV_CHECK(ctx, rule == SKV_REUSE_FREQ_OFFICIAL || rule == SKV_REUSE_FREQ_PLAIN);
-    uint8_t *full = skv_alloc(ctx, (size_t)n_layers);
-    if (!full)
-        return SKV_ERR_NOMEM;
-    for (int32_t l = 0; l < n_layers; l++) {
-        const int32_t x = l - offset;
-        if (x < 0)
-            full[l] = 1;
-        else if (rule == SKV_REUSE_FREQ_OFFICIAL)
-            full[l] = (x - 1 > 0 ? x - 1 : 0) % freq == 0;
-        else
-            full[l] = x % freq == 0;
-    }
-    const skv_status st = plan_build(ctx, full, n_layers, segment_starts, n_segments, out);
-    skv_free(ctx, full, (size_t)n_layers);
-    return st;
+    const freq_rule f = {freq, offset, rule};
+    return plan_build(ctx, full_of_freq, &f, n_layers, segment_starts, n_segments, out);
 }
 
 void skv_reuse_plan_destroy(skv_reuse_plan *p)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "indexer/run.h"
 #include "reuse/reuse_impl.h"
 
 static int cmp_i32(const void *a, const void *b)
@@ -82,8 +83,19 @@ skv_status skv_reuse_mass_matrix(skv_context *ctx, const skv_indexer_query *quer
     const int32_t T = queries[0].n_tokens;
     const int64_t L = keys[0].n_keys;
     SKV_CHECK(ctx, T >= 1 && L >= 1);
-    for (int32_t l = 0; l < n_layers; l++)
+    /* every layer's query and keys before anything is allocated or written: a refused layer
+       left the earlier layers' top-k in topk_out (and was NOMEM under allocation failure) */
+    for (int32_t l = 0; l < n_layers; l++) {
         SKV_CHECK(ctx, queries[l].n_tokens == T && keys[l].n_keys == L);
+        SKV_CHECK(ctx, (int64_t)queries[l].n_sink + queries[l].n_window <= k);
+        skv_indexer_query q = queries[l];
+        skv_key_block kb = keys[l];
+        q.dtype = q.dtype == SKV_F16 ? SKV_F32 : q.dtype; /* F16 is checked as the f32 it widens to */
+        kb.dtype = kb.dtype == SKV_F16 ? SKV_F32 : kb.dtype;
+        skv_key_src src;
+        SKV_TRY(skv_key_src_from_block(ctx, &kb, &src));
+        SKV_TRY(skv_indexer_check_query(ctx, &q, kb.head_dim, kb.dtype));
+    }
     size_t topk_bytes, score_bytes;
     if (!skv_mul_ok((size_t)T * (size_t)k * 4, (size_t)n_layers, &topk_bytes) ||
         !skv_mul_ok((size_t)T * 4, (size_t)L, &score_bytes))

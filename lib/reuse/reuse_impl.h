@@ -12,9 +12,13 @@ struct skv_reuse_plan {
     int32_t *slot;   /* [n_layers]: index among Full layers of source[l] */
 };
 
-/* Checks segment starts and that layer 0 and every segment start are Full in `full`
- * ([n_layers] of 0/1). Logs the reason at DEBUG level. */
-skv_status skv_reuse_check_roles(skv_context *ctx, const uint8_t *full, int32_t n_layers,
-                                 const int32_t *segment_starts, int32_t n_segments);
+/* Whether layer `layer` is Full, read from a builder's source of roles. */
+typedef int (*skv_reuse_full_fn)(const void *src, int32_t layer);
+
+/* Checks segment starts and that layer 0 and every segment start are Full (is_full(src, l)).
+ * Allocates nothing. Logs the reason at DEBUG level. */
+skv_status skv_reuse_check_roles_fn(skv_context *ctx, skv_reuse_full_fn is_full, const void *src,
+                                    int32_t n_layers, const int32_t *segment_starts,
+                                    int32_t n_segments);
 
 #endif

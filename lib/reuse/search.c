@@ -279,6 +279,29 @@ static skv_status exhaustive(run *r, int32_t target, char *pat, char *best, int3
     return SKV_OK;
 }
 
+static int full_always(const void *src, int32_t l)
+{
+    (void)src, (void)l;
+    return 1;
+}
+
+/* Layers the search keeps Full: each block's first (layer 0 among them) and the segment
+ * starts, both increasing: counted by merging, without allocating. */
+static int32_t count_fixed(int32_t N, int32_t P, const int32_t *seg, int32_t n_seg)
+{
+    int32_t n = 0, b = 0, i = 0;
+    int64_t last = -1;
+    while (b < P || i < n_seg) {
+        const int64_t bl = b < P ? (int64_t)b * N / P : INT64_MAX, sl = i < n_seg ? seg[i] : INT64_MAX;
+        const int64_t v = bl < sl ? bl : sl;
+        b += v == bl;
+        i += v == sl;
+        n += v != last;
+        last = v;
+    }
+    return n;
+}
+
 skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_params *p, char *pattern_out,
                             double *curve_out, skv_reuse_search_result *result)
 {
@@ -290,11 +313,24 @@ skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_params *p, 
     SKV_CHECK(ctx, N >= 1 && N <= 65536 && P >= 1 && P <= N);
     SKV_CHECK(ctx, p->method >= SKV_REUSE_SEARCH_GREEDY && p->method <= SKV_REUSE_SEARCH_AUTO);
     SKV_CHECK(ctx, p->beam_width >= 1 && p->beam_width <= 4096 && p->max_patterns >= 1);
+    /* every argument before the first allocation: an invalid call is INVALID_ARG (and one the
+       exhaustive search cannot afford CAPACITY) even when memory runs out */
+    SKV_TRY(skv_reuse_check_roles_fn(ctx, full_always, NULL, N, p->segment_starts, p->n_segments));
+    const int32_t n_fixed = count_fixed(N, P, p->segment_starts, p->n_segments);
+    SKV_CHECK(ctx, p->target_full >= n_fixed && p->target_full <= N);
+
+    /* exhaustive when asked, or (auto) when the patterns are few enough; else beam */
+    skv_reuse_search_method method = p->method;
+    const int64_t n_patterns = choose(N - n_fixed, p->target_full - n_fixed, p->max_patterns);
+    if (method == SKV_REUSE_SEARCH_AUTO)
+        method = n_patterns >= 0 ? SKV_REUSE_SEARCH_EXHAUSTIVE : SKV_REUSE_SEARCH_BEAM;
+    if (method == SKV_REUSE_SEARCH_EXHAUSTIVE && n_patterns < 0)
+        return SKV_ERR_CAPACITY;
+    const int32_t W = method == SKV_REUSE_SEARCH_BEAM ? p->beam_width : 1;
 
     uint8_t *fixed = skv_alloc_zero(ctx, (size_t)N);
     char *pat = skv_alloc(ctx, (size_t)N + 1), *buf = skv_alloc(ctx, (size_t)N + 1);
     char *best = skv_alloc(ctx, (size_t)N + 1);
-    uint8_t *all_full = skv_alloc(ctx, (size_t)N);
     int32_t *ints = skv_alloc(ctx, 2 * (size_t)N * sizeof *ints); /* free layers, picks */
     flip *winners = skv_alloc(ctx, (size_t)P * sizeof *winners);
     run r = {.s = {.p = p, .buf = buf}, .ctx = ctx, .N = N, .fixed = fixed,
@@ -303,33 +339,14 @@ skv_status skv_reuse_search(skv_context *ctx, const skv_reuse_search_params *p, 
     cand *cands = NULL;
     size_t arena_bytes = 0, cands_bytes = 0;
     skv_status st = SKV_ERR_NOMEM;
-    if (!fixed || !pat || !buf || !best || !all_full || !ints || !winners)
-        goto done;
-    memset(all_full, 1, (size_t)N);
-    st = skv_reuse_check_roles(ctx, all_full, N, p->segment_starts, p->n_segments);
-    if (st != SKV_OK)
+    if (!fixed || !pat || !buf || !best || !ints || !winners)
         goto done;
     fixed[0] = 1;
     for (int32_t i = 0; i < p->n_segments; i++)
         fixed[p->segment_starts[i]] = 1;
     for (int32_t b = 0; b < P; b++)
         fixed[(int64_t)b * N / P] = 1;
-    for (int32_t l = 0; l < N; l++)
-        r.n_fixed += fixed[l];
-    st = SKV_ERR_INVALID_ARG;
-    if (p->target_full < r.n_fixed || p->target_full > N)
-        goto done;
-
-    /* exhaustive when asked, or (auto) when the patterns are few enough; else beam */
-    skv_reuse_search_method method = p->method;
-    const int64_t n_patterns = choose(N - r.n_fixed, p->target_full - r.n_fixed, p->max_patterns);
-    if (method == SKV_REUSE_SEARCH_AUTO)
-        method = n_patterns >= 0 ? SKV_REUSE_SEARCH_EXHAUSTIVE : SKV_REUSE_SEARCH_BEAM;
-    st = SKV_ERR_CAPACITY;
-    if (method == SKV_REUSE_SEARCH_EXHAUSTIVE && n_patterns < 0)
-        goto done;
-    const int32_t W = method == SKV_REUSE_SEARCH_BEAM ? p->beam_width : 1;
-    st = SKV_ERR_NOMEM;
+    r.n_fixed = n_fixed;
     if (method == SKV_REUSE_SEARCH_BEAM) {
         arena_bytes = ((size_t)2 * W + (size_t)W * N) * (size_t)N;
         cands_bytes = (size_t)W * N * sizeof *cands;
@@ -380,7 +397,6 @@ done:
     skv_free(ctx, pat, (size_t)N + 1);
     skv_free(ctx, buf, (size_t)N + 1);
     skv_free(ctx, best, (size_t)N + 1);
-    skv_free(ctx, all_full, (size_t)N);
     skv_free(ctx, ints, 2 * (size_t)N * sizeof *ints);
     skv_free(ctx, winners, (size_t)P * sizeof *winners);
     skv_free(ctx, arena, arena_bytes);

@@ -56,14 +56,20 @@ skv_status tier_init(skv_store *s)
     if (!skv_mul_ok((size_t)s->C, s->slot_bytes, &bytes))
         return SKV_ERR_INVALID_ARG;
     const size_t C = (size_t)s->C;
-    s->slot_page = skv_alloc(ctx, C * 4);
-    s->slot_ver = skv_alloc_zero(ctx, C * 4);
-    s->slot_pin = skv_alloc_zero(ctx, C * 4);
-    s->slot_ref = skv_alloc_zero(ctx, C * 2); /* reference bits, then the per-fetch marks */
-    s->free_slots = skv_alloc(ctx, C * 4);
-    if (s->slot_page && s->slot_ver && s->slot_pin && s->slot_ref && s->free_slots)
-        s->hot = s->tier.alloc(s->tier.user, bytes);
-    if (!s->hot) {
+    /* the slots first: a capacity the tier cannot hold fails there, before the slot map's
+       arrays (14 bytes a slot, zeroed) are written (hot_pages 2^31 - 1 took minutes) */
+    s->hot = s->tier.alloc(s->tier.user, bytes);
+    if (s->hot) {
+        s->slot_page = skv_alloc(ctx, C * 4);
+        s->slot_ver = skv_alloc_zero(ctx, C * 4);
+        s->slot_pin = skv_alloc_zero(ctx, C * 4);
+        s->slot_ref = skv_alloc_zero(ctx, C * 2); /* reference bits, then the per-fetch marks */
+        s->free_slots = skv_alloc(ctx, C * 4);
+    }
+    if (!s->hot || !s->slot_page || !s->slot_ver || !s->slot_pin || !s->slot_ref || !s->free_slots) {
+        if (s->hot)
+            s->tier.free(s->tier.user, s->hot, bytes);
+        s->hot = NULL;
         skv_free(ctx, s->slot_page, C * 4);
         skv_free(ctx, s->slot_ver, C * 4);
         skv_free(ctx, s->slot_pin, C * 4);

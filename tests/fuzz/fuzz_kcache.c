@@ -9,9 +9,11 @@
 enum { MAX_LAYERS = 3, MAX_SEQS = 6, MAX_LEN = 600, MAX_OPS = 32 };
 
 typedef struct mseq {
-    int64_t len[MAX_LAYERS];
-    uint8_t *rows[MAX_LAYERS]; /* [MAX_LEN][row_bytes] */
-    float *sc[MAX_LAYERS];     /* [MAX_LEN] (FP8) */
+    int64_t len[MAX_LAYERS], cap[MAX_LAYERS]; /* cap: rows the buffers hold (grown on demand:
+                                                 buffers of MAX_LEN rows cost fresh pages under
+                                                 ASan on every input) */
+    uint8_t *rows[MAX_LAYERS]; /* [cap][row_bytes] */
+    uint8_t *sc[MAX_LAYERS];   /* [cap][sc_bytes]: f32 scales (FP8), scale bytes (MXFP4) */
 } mseq;
 
 typedef struct fz {
@@ -19,22 +21,32 @@ typedef struct fz {
     fail_alloc fa;
     skv_kcache *c;
     skv_kcache_params p;
-    size_t row_bytes;
+    size_t row_bytes, sc_bytes; /* per key: values, and FP8 / MXFP4 scales */
     mseq s[MAX_SEQS];
     int live[MAX_SEQS];
     int32_t id[MAX_SEQS]; /* the cache's id of model sequence i */
     int same_level;       /* the context's kernels are the CPU's own level */
 } fz;
 
+/* Room for n rows in layer l. */
+static void mseq_reserve(fz *f, mseq *s, int32_t l, int64_t n)
+{
+    if (n <= s->cap[l])
+        return;
+    const int64_t cap = n > 2 * s->cap[l] ? n : 2 * s->cap[l];
+    s->rows[l] = realloc(s->rows[l], (size_t)cap * f->row_bytes);
+    s->sc[l] = realloc(s->sc[l], (size_t)cap * 4); /* sc_bytes <= 4 */
+    REQUIRE(s->rows[l] && s->sc[l], "out of memory");
+    s->cap[l] = cap;
+}
+
 static void mseq_alloc(fz *f, int i)
 {
     mseq *s = &f->s[i];
     memset(s, 0, sizeof *s);
     f->live[i] = 1;
-    for (int l = 0; l < f->p.n_layers; l++) {
-        s->rows[l] = fz_malloc((size_t)MAX_LEN * f->row_bytes);
-        s->sc[l] = fz_malloc((size_t)MAX_LEN * 4);
-    }
+    for (int32_t l = 0; l < f->p.n_layers; l++)
+        mseq_reserve(f, s, l, 16); /* never NULL: memmove and memcpy get real pointers */
 }
 
 static void mseq_free(fz *f, int i)
@@ -52,8 +64,12 @@ static void check_all(fz *f)
     skv_kcache_stats st = {.struct_size = sizeof st};
     REQUIRE(skv_kcache_get_stats(f->c, &st) == SKV_OK, "stats");
     int32_t live = 0;
-    uint8_t *buf = fz_malloc((size_t)MAX_LEN * f->row_bytes);
-    float *sc = fz_malloc((size_t)MAX_LEN * 4);
+    int64_t longest = 0;
+    for (int i = 0; i < MAX_SEQS; i++)
+        for (int32_t l = 0; f->live[i] && l < f->p.n_layers; l++)
+            longest = f->s[i].len[l] > longest ? f->s[i].len[l] : longest;
+    uint8_t *buf = fz_malloc((size_t)longest * f->row_bytes);
+    uint8_t *sc = fz_malloc((size_t)longest * 4);
     for (int i = 0; i < MAX_SEQS; i++) {
         const mseq *s = &f->s[i];
         if (!f->live[i])
@@ -64,10 +80,11 @@ static void check_all(fz *f)
             REQUIRE(skv_kcache_seq_length(f->c, f->id[i], l, &len) == SKV_OK, "length");
             REQUIRE(len == s->len[l], "seq %d layer %d: length %lld, model %lld", i, l, (long long)len,
                     (long long)s->len[l]);
-            const int fp8 = f->p.dtype == SKV_FP8_E4M3;
-            REQUIRE(skv_kcache_read(f->c, f->id[i], l, 0, len, buf, fp8 ? sc : NULL) == SKV_OK, "read");
+            const int fp8 = f->p.dtype == SKV_FP8_E4M3, mx = f->p.dtype == SKV_MXFP4_E2M1;
+            REQUIRE(skv_kcache_read(f->c, f->id[i], l, 0, len, buf, fp8 ? (float *)(void *)sc : NULL) == SKV_OK, "read");
             REQUIRE(memcmp(buf, s->rows[l], (size_t)len * f->row_bytes) == 0, "seq %d layer %d: keys differ", i, l);
-            REQUIRE(!fp8 || memcmp(sc, s->sc[l], (size_t)len * 4) == 0, "seq %d layer %d: scales differ", i, l);
+            REQUIRE(!mx || skv_kcache_read_mx_scales(f->c, f->id[i], l, 0, len, sc) == SKV_OK, "read scales");
+            REQUIRE(memcmp(sc, s->sc[l], (size_t)len * f->sc_bytes) == 0, "seq %d layer %d: scales differ", i, l);
         }
     }
     free(buf), free(sc);
@@ -94,21 +111,32 @@ static void op_append(fz *f, reader *r, int i)
     const int f32_in = f->p.dtype == SKV_F32 || (rd_u8(r) & 1);
     const size_t in_row = f32_in ? (size_t)D * 4 : f->row_bytes;
     uint8_t *in = fz_malloc((size_t)n * in_row + 1), *want = fz_malloc((size_t)n * f->row_bytes + 1);
-    float *in_sc = fz_malloc((size_t)n * 4 + 4), *want_sc = fz_malloc((size_t)n * 4 + 4);
+    uint8_t *in_sc = fz_malloc((size_t)n * 4 + 4), *want_sc = fz_malloc((size_t)n * 4 + 4);
     for (int64_t t = 0; t < n; t++) {
         float x[64];
         rd_floats(r, x, (size_t)D);
         uint8_t *row = want + (size_t)t * f->row_bytes;
         if (f32_in)
             memcpy(in + (size_t)t * in_row, x, in_row);
+        uint8_t *sct = want_sc + (size_t)t * f->sc_bytes;
         if (f->p.dtype == SKV_FP8_E4M3) {
-            REQUIRE(skv_quantize_fp8(x, 1, D, D, f->p.quant_flags, row, &want_sc[t]) == SKV_OK, "quantize");
+            float scale;
+            REQUIRE(skv_quantize_fp8(x, 1, D, D, f->p.quant_flags, row, &scale) == SKV_OK, "quantize");
             if (!f32_in) { /* raw fp8 bytes and scales from the input, any bit pattern */
                 for (int32_t d = 0; d < D; d++)
                     row[d] = rd_u8(r);
-                want_sc[t] = rd_float(r);
+                scale = rd_float(r);
                 memcpy(in + (size_t)t * in_row, row, f->row_bytes);
-                in_sc[t] = want_sc[t];
+            }
+            memcpy(sct, &scale, 4);
+        } else if (f->p.dtype == SKV_MXFP4_E2M1) {
+            REQUIRE(skv_quantize_mxfp4(x, 1, D, D, row, sct) == SKV_OK, "quantize mxfp4");
+            if (!f32_in) { /* raw codes and scale bytes (255: NaN, 0: the smallest) */
+                for (size_t b = 0; b < f->row_bytes; b++)
+                    row[b] = rd_u8(r);
+                for (size_t b = 0; b < f->sc_bytes; b++)
+                    sct[b] = rd_u8(r);
+                memcpy(in + (size_t)t * in_row, row, f->row_bytes);
             }
         } else if (f32_in) {
             REQUIRE(skv_convert(f->p.dtype, row, SKV_F32, x, D) == SKV_OK, "convert");
@@ -118,13 +146,16 @@ static void op_append(fz *f, reader *r, int i)
             memcpy(in + (size_t)t * in_row, row, f->row_bytes);
         }
     }
+    memcpy(in_sc, want_sc, (size_t)n * f->sc_bytes);
     const skv_key_block kb = {n, D, f32_in ? SKV_F32 : f->p.dtype, n ? in : NULL,
-                              !f32_in && f->p.dtype == SKV_FP8_E4M3 ? in_sc : NULL};
+                              !f32_in && f->p.dtype == SKV_FP8_E4M3 ? (const float *)(void *)in_sc : NULL,
+                              !f32_in && f->p.dtype == SKV_MXFP4_E2M1 ? in_sc : NULL};
     const long failed = f->fa.failed;
     const skv_status st = skv_kcache_append(f->c, f->id[i], l, &kb);
     if (st == SKV_OK) {
+        mseq_reserve(f, s, l, s->len[l] + n);
         memcpy(s->rows[l] + (size_t)s->len[l] * f->row_bytes, want, (size_t)n * f->row_bytes);
-        memcpy(s->sc[l] + s->len[l], want_sc, (size_t)n * 4);
+        memcpy(s->sc[l] + (size_t)s->len[l] * f->sc_bytes, want_sc, (size_t)n * f->sc_bytes);
         s->len[l] += n;
     } else {
         check_refusal(f, st, failed, "append");
@@ -152,7 +183,8 @@ static void op_remove(fz *f, reader *r, int i)
         const int64_t b = e < a ? a : e;
         memmove(s->rows[l] + (size_t)a * f->row_bytes, s->rows[l] + (size_t)b * f->row_bytes,
                 (size_t)(len - b) * f->row_bytes);
-        memmove(s->sc[l] + a, s->sc[l] + b, (size_t)(len - b) * 4);
+        memmove(s->sc[l] + (size_t)a * f->sc_bytes, s->sc[l] + (size_t)b * f->sc_bytes,
+                (size_t)(len - b) * f->sc_bytes);
         s->len[l] = len - (b - a);
     }
 }
@@ -189,6 +221,9 @@ static void query_make(fquery *o, reader *r, int32_t D)
             o->pos[t] = (int32_t)rd_range(r, -2, MAX_LEN + 2);
     }
     o->q = (skv_indexer_query){T, H, D, dt, o->qd, dt == SKV_FP8_E4M3 ? o->qs : NULL, o->w, o->pos};
+    const uint8_t forced = rd_u8(r); /* sinks and a window (top-k only; scores ignore them) */
+    o->q.n_sink = forced & 1 ? (int32_t)rd_range(r, 0, 5) : 0;
+    o->q.n_window = forced & 2 ? (int32_t)rd_range(r, 0, 5) : 0;
 }
 
 static void query_free(fquery *o) { free(o->qd), free(o->qs), free(o->w), free(o->pos); }
@@ -196,7 +231,8 @@ static void query_free(fquery *o) { free(o->qd), free(o->qs), free(o->w), free(o
 static skv_key_block model_keys(const fz *f, const mseq *s, int32_t l)
 {
     return (skv_key_block){s->len[l], f->p.head_dim, f->p.dtype, s->rows[l],
-                           f->p.dtype == SKV_FP8_E4M3 ? s->sc[l] : NULL};
+                           f->p.dtype == SKV_FP8_E4M3 ? (const float *)(void *)s->sc[l] : NULL,
+                           f->p.dtype == SKV_MXFP4_E2M1 ? s->sc[l] : NULL};
 }
 
 /* Paged scores and top-k equal the contiguous ones to the bit (allocation failures allowed). */
@@ -219,8 +255,12 @@ static void op_search(fz *f, reader *r, int i, int topk)
     const skv_status sb = topk ? skv_indexer_topk(f->ctx, &fq.q, &kb, k, ib, b)
                                : skv_indexer_scores(f->ctx, &fq.q, &kb, b);
     f->fa.countdown = countdown;
-    REQUIRE(sb == SKV_OK, "contiguous %s: status %d", topk ? "top-k" : "scores", sb);
-    if (sa != SKV_OK) {
+    const int forced_bad = topk && fq.q.n_sink + fq.q.n_window > k;
+    REQUIRE(forced_bad ? sb == SKV_ERR_INVALID_ARG && sa == SKV_ERR_INVALID_ARG : sb == SKV_OK,
+            "contiguous %s: status %d (paged %d)", topk ? "top-k" : "scores", sb, sa);
+    if (forced_bad) {
+        /* refused by both: forced keys are counted within k */
+    } else if (sa != SKV_OK) {
         check_refusal(f, sa, failed, topk ? "paged top-k" : "paged scores");
     } else if (topk) {
         REQUIRE(memcmp(ia, ib, n_out * 4) == 0, "paged top-k indices differ from the contiguous ones");
@@ -270,9 +310,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const skv_dtype dts[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
     static const int32_t dims[] = {1, 3, 8, 16, 32, 64};
     skv_kcache_params_init(&f.p);
-    f.p.dtype = dts[rd_u8(&r) % 3];
+    const uint8_t dtb = rd_u8(&r); /* bytes below 192 keep their older meaning */
+    f.p.dtype = dtb >= 192 ? SKV_MXFP4_E2M1 : dts[dtb % 3];
     f.p.n_layers = (int32_t)rd_range(&r, 1, MAX_LAYERS);
-    f.p.head_dim = dims[rd_u8(&r) % 6];
+    const uint8_t db = rd_u8(&r);
+    f.p.head_dim = f.p.dtype == SKV_MXFP4_E2M1 ? dims[4 + (db & 1)] : dims[db % 6];
     const uint8_t pb = rd_u8(&r);
     f.p.page_tokens = pb & 1 ? 16 * (int32_t)rd_range(&r, 1, 2) : (int32_t)rd_range(&r, 1, 20);
     const int32_t div = (int32_t)rd_range(&r, 0, 4); /* pool_chunk: 0 or a divisor of page_tokens */
@@ -285,7 +327,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f.p.quant_flags = rd_u8(&r) & SKV_QUANT_POW2_SCALE;
     f.p.lane_copy = f.p.dtype == SKV_FP8_E4M3 && f.p.head_dim % 32 == 0 && f.p.page_tokens % 16 == 0 &&
                     (rd_u8(&r) & 1);
-    f.row_bytes = (size_t)f.p.head_dim * skv_dtype_size(f.p.dtype);
+    f.row_bytes = f.p.dtype == SKV_MXFP4_E2M1 ? (size_t)f.p.head_dim / 2
+                                              : (size_t)f.p.head_dim * skv_dtype_size(f.p.dtype);
+    f.sc_bytes = f.p.dtype == SKV_FP8_E4M3 ? 4 : f.p.dtype == SKV_MXFP4_E2M1 ? (size_t)f.p.head_dim / 32 : 0;
     /* mostly the scalar kernels: a fuzzing build compiles the SIMD ones at -O0 */
     const uint32_t mask = rd_u8(&r) < 64 ? SKV_CPU_ALL : 0;
     f.ctx = fz_context(&f.fa, mask);
@@ -333,9 +377,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 mseq_alloc(&f, j);
                 f.id[j] = id;
                 for (int l = 0; l < f.p.n_layers; l++) {
+                    mseq_reserve(&f, &f.s[j], l, f.s[i].len[l]);
                     f.s[j].len[l] = f.s[i].len[l];
                     memcpy(f.s[j].rows[l], f.s[i].rows[l], (size_t)f.s[i].len[l] * f.row_bytes);
-                    memcpy(f.s[j].sc[l], f.s[i].sc[l], (size_t)f.s[i].len[l] * 4);
+                    memcpy(f.s[j].sc[l], f.s[i].sc[l], (size_t)f.s[i].len[l] * f.sc_bytes);
                 }
             } else {
                 check_refusal(&f, st, failed, "fork");

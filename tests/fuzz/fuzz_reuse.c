@@ -91,8 +91,8 @@ static void plans(fz *f, reader *r)
     else if (valid)
         check_refusal(f, s, failed, "plan from string");
     else
-        REQUIRE(s == SKV_ERR_INVALID_ARG || (s == SKV_ERR_NOMEM && f->fa.failed > failed),
-                "invalid pattern \"%s\": status %d", pat, s); /* (a builder may allocate first) */
+        REQUIRE(s == SKV_ERR_INVALID_ARG, "invalid pattern \"%s\": status %d", pat, s); /* checked
+                                                                   before any allocation */
     REQUIRE((s == SKV_OK) == (p != NULL), "*out on status %d", s);
     skv_reuse_plan_destroy(p);
 
@@ -106,7 +106,7 @@ static void plans(fz *f, reader *r)
     if (ok_roles) {
         failed = f->fa.failed;
         s = skv_reuse_plan_from_roles(f->ctx, roles, n, n_seg ? seg : NULL, ns, &p);
-        REQUIRE(s == (valid ? SKV_OK : SKV_ERR_INVALID_ARG) || (s == SKV_ERR_NOMEM && f->fa.failed > failed),
+        REQUIRE(s == (valid ? SKV_OK : SKV_ERR_INVALID_ARG) || (valid && s == SKV_ERR_NOMEM && f->fa.failed > failed),
                 "plan from roles: status %d (valid %d)", s, valid);
         if (s == SKV_OK)
             check_plan(p, pat, n);
@@ -129,7 +129,7 @@ static void plans(fz *f, reader *r)
                        model_plan(fp, nf, seg, ns);
     failed = f->fa.failed;
     s = skv_reuse_plan_from_freq(f->ctx, nf, freq, off, rule, n_seg ? seg : NULL, ns, &p);
-    REQUIRE(s == (fvalid ? SKV_OK : SKV_ERR_INVALID_ARG) || (s == SKV_ERR_NOMEM && f->fa.failed > failed),
+    REQUIRE(s == (fvalid ? SKV_OK : SKV_ERR_INVALID_ARG) || (fvalid && s == SKV_ERR_NOMEM && f->fa.failed > failed),
             "plan from freq %d offset %d rule %d over %d: status %d (model %s)", freq, off, rule, nf, s, fvalid ? fp : "invalid");
     if (s == SKV_OK)
         check_plan(p, fp, nf);
@@ -207,8 +207,8 @@ static void search(fz *f, reader *r)
     const skv_status s = skv_reuse_search(f->ctx, &p, out, curve, &res);
     if (!seg_ok || p.target_full < n_fixed || p.target_full > c.n) {
         /* blocks' first layers are fixed too: a target between may still be refused */
-        REQUIRE(s == SKV_ERR_INVALID_ARG || (s == SKV_ERR_NOMEM && f->fa.failed > failed),
-                "invalid search: status %d", s); /* it allocates its scratch first */
+        REQUIRE(s == SKV_ERR_INVALID_ARG, "invalid search: status %d", s); /* checked before
+                                                                               any allocation */
         return;
     }
     if (s == SKV_ERR_INVALID_ARG) {

@@ -297,16 +297,359 @@ static void convert_case(reader *r)
     }
 }
 
+/* ---- the engines' layouts (engine.h): MXFP4 keys, forced keys, ragged ranges, host pages -- */
+
+/* The documented top-k of one token over its visible keys [lo, hi) of a score row: the first
+ * n_sink and last n_window of them first, ascending, scored +INFINITY; then the best of the
+ * others (ref_topk) in the k - f places left. Indices as in s. */
+static void ref_forced(const float *s, int64_t lo, int64_t hi, int32_t n_sink, int32_t n_window,
+                       int32_t k, int32_t *idx, float *val)
+{
+    const int64_t v = hi > lo ? hi - lo : 0, se = lo + (n_sink < v ? n_sink : v);
+    const int64_t ws = hi - n_window > se ? hi - n_window : se;
+    int32_t f = 0;
+    for (int64_t i = lo; i < se; i++)
+        idx[f] = (int32_t)i, val[f++] = INFINITY;
+    for (int64_t i = ws; i < hi && v > 0; i++)
+        idx[f] = (int32_t)i, val[f++] = INFINITY;
+    uint8_t *vis = fz_malloc((size_t)(hi > 0 ? hi : 1));
+    for (int64_t i = 0; i < hi; i++)
+        vis[i] = i >= se && i < ws;
+    ref_topk(s, vis, hi > 0 ? hi : 0, k - f, idx + f, val + f);
+    free(vis);
+}
+
+/* Keys of one dtype for n rows: from floats (quantised for FP8 and MXFP4) or raw bytes. */
+typedef struct fkeys {
+    skv_dtype t;
+    int32_t D;
+    size_t row_bytes, scale_bytes; /* per key: values, and FP8 / MXFP4 scales */
+    uint8_t *v, *sc;
+} fkeys;
+
+static void fkeys_make(fkeys *o, reader *r, skv_dtype t, int32_t D, int64_t n)
+{
+    o->t = t, o->D = D;
+    o->row_bytes = t == SKV_MXFP4_E2M1 ? (size_t)D / 2 : (size_t)D * skv_dtype_size(t);
+    o->scale_bytes = t == SKV_FP8_E4M3 ? 4 : t == SKV_MXFP4_E2M1 ? (size_t)D / 32 : 0;
+    o->v = fz_malloc((size_t)n * o->row_bytes + 1);
+    o->sc = fz_malloc((size_t)n * o->scale_bytes + 4);
+    const int raw = rd_u8(r) & 1;
+    float *x = fz_malloc((size_t)D * 4);
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t *row = o->v + (size_t)i * o->row_bytes, *sc = o->sc + (size_t)i * o->scale_bytes;
+        if (raw && t != SKV_F32) { /* any bit pattern, NaN and subnormal scales included */
+            for (size_t b = 0; b < o->row_bytes; b++)
+                row[b] = rd_u8(r);
+            if (t == SKV_FP8_E4M3) {
+                const float f = rd_float(r);
+                memcpy(sc, &f, 4);
+            } else {
+                for (size_t b = 0; b < o->scale_bytes; b++)
+                    sc[b] = rd_u8(r);
+            }
+            continue;
+        }
+        rd_floats(r, x, (size_t)D);
+        if (t == SKV_FP8_E4M3) {
+            float f;
+            skv_quantize_fp8(x, 1, D, D, 0, row, &f);
+            memcpy(sc, &f, 4);
+        } else if (t == SKV_MXFP4_E2M1) {
+            REQUIRE(skv_quantize_mxfp4(x, 1, D, D, row, sc) == SKV_OK, "quantise mxfp4");
+        } else {
+            skv_convert(t, row, SKV_F32, x, D);
+        }
+    }
+    free(x);
+}
+
+static skv_key_block fkeys_block(const fkeys *o, int64_t first, int64_t n)
+{
+    skv_key_block kb = {n, o->D, o->t, o->v + (size_t)first * o->row_bytes, NULL, NULL};
+    if (o->t == SKV_FP8_E4M3)
+        kb.k_scale = (const float *)(void *)(o->sc + (size_t)first * 4);
+    if (o->t == SKV_MXFP4_E2M1)
+        kb.k_mx_scale = o->sc + (size_t)first * o->scale_bytes;
+    return kb;
+}
+
+static void fkeys_free(fkeys *o) { free(o->v), free(o->sc); }
+
+/* A query of T tokens; forced keys from the input (sometimes more than k: invalid). */
+typedef struct fq {
+    skv_indexer_query q;
+    void *qd;
+    float *qs, *w;
+} fq;
+
+static void fq_make(fq *o, reader *r, int32_t T, int32_t H, int32_t D)
+{
+    static const skv_dtype qt[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3};
+    const skv_dtype dt = qt[rd_u8(r) % 3];
+    const size_t n = (size_t)T * H * D;
+    float *x = fz_malloc(n * 4 + 4);
+    rd_floats(r, x, n);
+    o->qd = fz_malloc(n * 4 + 4);
+    o->qs = fz_malloc((size_t)T * H * 4 + 4);
+    o->w = fz_malloc((size_t)T * H * 4 + 4);
+    if (dt == SKV_FP8_E4M3)
+        skv_quantize_fp8(x, (int64_t)T * H, D, D, 0, o->qd, o->qs);
+    else
+        skv_convert(dt, o->qd, SKV_F32, x, (int64_t)n);
+    free(x);
+    rd_floats(r, o->w, (size_t)T * H);
+    const int with_qs = dt == SKV_FP8_E4M3 && (rd_u8(r) & 1);
+    o->q = (skv_indexer_query){T, H, D, dt, o->qd, with_qs ? o->qs : NULL, o->w, NULL};
+    const uint8_t f = rd_u8(r);
+    o->q.n_sink = f & 1 ? (int32_t)rd_range(r, 0, 6) : 0;
+    o->q.n_window = f & 2 ? (int32_t)rd_range(r, 0, 6) : 0;
+}
+
+/* Tokens [t0, t1) of the query as one of their own. */
+static skv_indexer_query fq_sub(const fq *o, int32_t t0, int32_t t1, const int32_t *pos)
+{
+    skv_indexer_query s = o->q;
+    const size_t per = (size_t)o->q.n_heads * o->q.head_dim;
+    const size_t es = o->q.dtype == SKV_F32 ? 4 : o->q.dtype == SKV_BF16 ? 2 : 1;
+    s.n_tokens = t1 - t0;
+    s.q = (const uint8_t *)o->qd + (size_t)t0 * per * es;
+    s.q_scale = o->q.q_scale ? o->q.q_scale + (size_t)t0 * o->q.n_heads : NULL;
+    s.weights = o->w + (size_t)t0 * o->q.n_heads;
+    s.positions = pos;
+    return s;
+}
+
+static void fq_free(fq *o) { free(o->qd), free(o->qs), free(o->w); }
+
+static skv_dtype rd_key_dtype(reader *r, int32_t *D)
+{
+    static const skv_dtype kt[] = {SKV_F32, SKV_BF16, SKV_FP8_E4M3, SKV_MXFP4_E2M1};
+    const skv_dtype t = kt[rd_u8(r) % 4];
+    static const int32_t dims[] = {1, 5, 8, 16, 24};
+    *D = t == SKV_MXFP4_E2M1 ? 32 * (int32_t)rd_range(r, 1, 2) : dims[rd_u8(r) % 5];
+    return t;
+}
+
+/* Contiguous keys (every key dtype, MXFP4 included) with forced keys and positions: top-k
+ * against the documented selection over skv_indexer_scores. */
+static void forced_case(reader *r, skv_context *ctx)
+{
+    int32_t D;
+    const skv_dtype kt = rd_key_dtype(r, &D);
+    const int32_t T = (int32_t)rd_range(r, 0, 3), H = (int32_t)rd_range(r, 1, 4);
+    const int64_t L = rd_range(r, 0, 150);
+    int32_t k = (int32_t)rd_range(r, 1, 40);
+    fkeys fk;
+    fkeys_make(&fk, r, kt, D, L);
+    fq q;
+    fq_make(&q, r, T, H, D);
+    int32_t *pos = NULL;
+    if (rd_u8(r) & 1) {
+        pos = fz_malloc((size_t)T * 4 + 4);
+        for (int32_t t = 0; t < T; t++)
+            pos[t] = (int32_t)rd_range(r, -2, L + 2);
+        q.q.positions = pos;
+    }
+    const skv_key_block kb = fkeys_block(&fk, 0, L);
+    const size_t n_top = (size_t)T * k;
+    float *sc = fz_malloc((size_t)T * (size_t)L * 4 + 4), *tv = fz_malloc(n_top * 4 + 64), *rv = fz_malloc(n_top * 4 + 4);
+    int32_t *ti = fz_malloc(n_top * 4 + 64), *ri = fz_malloc(n_top * 4 + 4);
+    memset(tv, SENT, n_top * 4 + 64), memset(ti, SENT, n_top * 4 + 64);
+    REQUIRE(skv_indexer_scores(ctx, &q.q, &kb, sc) == SKV_OK, "scores (dtype %d)", kt);
+    const skv_status st = skv_indexer_topk(ctx, &q.q, &kb, k, ti, tv);
+    if (q.q.n_sink + q.q.n_window > k) {
+        REQUIRE(st == SKV_ERR_INVALID_ARG && untouched(tv, 64) && untouched(ti, 64),
+                "forced %d + %d > k %d: status %d", q.q.n_sink, q.q.n_window, k, st);
+    } else {
+        REQUIRE(st == SKV_OK, "forced top-k: status %d", st);
+        for (int32_t t = 0; t < T; t++) {
+            const int64_t v = pos ? (pos[t] + 1 < 0 ? 0 : pos[t] + 1 > L ? L : pos[t] + 1) : L;
+            ref_forced(sc + (size_t)t * L, 0, v, q.q.n_sink, q.q.n_window, k, ri + (size_t)t * k, rv + (size_t)t * k);
+            same_topk(ti + (size_t)t * k, tv + (size_t)t * k, ri + (size_t)t * k, rv + (size_t)t * k, k, "forced top-k");
+        }
+    }
+    fkeys_free(&fk), fq_free(&q);
+    free(pos), free(sc), free(tv), free(rv), free(ti), free(ri);
+}
+
+/* skv_indexer_topk_ragged: token t sees [ks[t], ke[t]); checked against the documented
+ * selection over that range of skv_indexer_scores' row (forced keys counted from ks). */
+static void ragged_case(reader *r, skv_context *ctx)
+{
+    int32_t D;
+    const skv_dtype kt = rd_key_dtype(r, &D);
+    const int32_t T = (int32_t)rd_range(r, 0, 4), H = (int32_t)rd_range(r, 1, 4);
+    const int64_t L = rd_range(r, 0, 150);
+    const int32_t k = (int32_t)rd_range(r, 1, 40);
+    fkeys fk;
+    fkeys_make(&fk, r, kt, D, L);
+    fq q;
+    fq_make(&q, r, T, H, D);
+    int32_t *ks = fz_malloc((size_t)T * 4 + 4), *ke = fz_malloc((size_t)T * 4 + 4);
+    for (int32_t t = 0; t < T; t++) {
+        const int same = t > 0 && (rd_u8(r) & 1); /* tokens of one sequence share ks */
+        ks[t] = same ? ks[t - 1] : (int32_t)rd_range(r, 0, L);
+        ke[t] = (int32_t)rd_range(r, ks[t], L);
+    }
+    /* one bad range when the input asks (zero bytes, an exhausted input's, keep them valid) */
+    const uint8_t bad = rd_u8(r);
+    const int ranges_ok = !(T > 0 && bad >= 1 && bad <= 3);
+    if (!ranges_ok) {
+        const int32_t t = (int32_t)rd_range(r, 0, T - 1);
+        if (bad == 1)
+            ks[t] = -1;
+        else if (bad == 2)
+            ke[t] = ks[t] - 1;
+        else
+            ke[t] = (int32_t)L + 1;
+    }
+    const uint8_t fl = rd_u8(r);
+    const uint32_t flags = (fl & 1 ? SKV_RAGGED_RELATIVE : 0u) | (fl == 0xfe ? 2u : 0u); /* 2: unknown */
+    const skv_key_block kb = fkeys_block(&fk, 0, L);
+    const size_t n_top = (size_t)T * k;
+    float *sc = fz_malloc((size_t)T * (size_t)L * 4 + 4), *tv = fz_malloc(n_top * 4 + 64), *rv = fz_malloc(n_top * 4 + 4);
+    int32_t *ti = fz_malloc(n_top * 4 + 64), *ri = fz_malloc(n_top * 4 + 4);
+    memset(tv, SENT, n_top * 4 + 64), memset(ti, SENT, n_top * 4 + 64);
+    REQUIRE(skv_indexer_scores(ctx, &q.q, &kb, sc) == SKV_OK, "scores");
+    const skv_status st = skv_indexer_topk_ragged(ctx, &q.q, &kb, ks, ke, k, flags, ti, tv);
+    if (!ranges_ok || q.q.n_sink + q.q.n_window > k || (flags & 2)) {
+        REQUIRE(st == SKV_ERR_INVALID_ARG && untouched(tv, 64) && untouched(ti, 64),
+                "invalid ragged call: status %d", st);
+    } else {
+        REQUIRE(st == SKV_OK, "ragged: status %d", st);
+        for (int32_t t = 0; t < T; t++) {
+            int32_t *want = ri + (size_t)t * k;
+            ref_forced(sc + (size_t)t * L, ks[t], ke[t], q.q.n_sink, q.q.n_window, k, want, rv + (size_t)t * k);
+            for (int32_t j = 0; (flags & SKV_RAGGED_RELATIVE) && j < k; j++)
+                want[j] = want[j] < 0 ? -1 : want[j] - ks[t];
+            same_topk(ti + (size_t)t * k, tv + (size_t)t * k, want, rv + (size_t)t * k, k, "ragged top-k");
+        }
+    }
+    fkeys_free(&fk), fq_free(&q);
+    free(ks), free(ke), free(sc), free(tv), free(rv), free(ti), free(ri);
+}
+
+/* skv_paged_topk over a pool of blocks in shuffled order (shared by the sequences' tables,
+ * partly filled last blocks, a gap between values and scales): against the documented
+ * selection over skv_indexer_scores of each sequence's keys, with DeepGEMM's visibility rule
+ * or positions; an out-of-pool block id or a bad q_start is refused and writes nothing. */
+static void paged_case(reader *r, skv_context *ctx)
+{
+    enum { MAX_S = 3 };
+    int32_t D;
+    const skv_dtype kt = rd_key_dtype(r, &D);
+    const int32_t H = (int32_t)rd_range(r, 1, 4), P = (int32_t)rd_range(r, 1, 9);
+    const int32_t n_seqs = (int32_t)rd_range(r, 0, MAX_S), k = (int32_t)rd_range(r, 1, 40);
+    int32_t len[MAX_S], qst[MAX_S + 1] = {0}, tab[MAX_S * 80];
+    int64_t stride = 1, used = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        len[i] = (int32_t)rd_range(r, 0, 80);
+        const int64_t nb = (len[i] + P - 1) / P;
+        stride = nb > stride ? nb : stride;
+        used += nb;
+        qst[i + 1] = qst[i] + (int32_t)rd_range(r, 0, 2);
+    }
+    const int32_t T = qst[n_seqs];
+    const int64_t n_blocks = used + rd_range(r, 0, 3);
+    /* block ids: a permutation of the pool, so that sequences' blocks interleave */
+    int32_t perm[MAX_S * 80 + 3];
+    for (int32_t b = 0; b < n_blocks; b++)
+        perm[b] = b;
+    for (int32_t b = (int32_t)n_blocks - 1; b > 0; b--) {
+        const int32_t j = (int32_t)rd_range(r, 0, b), x = perm[b];
+        perm[b] = perm[j], perm[j] = x;
+    }
+    fkeys fk[MAX_S];
+    const size_t row_b = kt == SKV_MXFP4_E2M1 ? (size_t)D / 2 : (size_t)D * skv_dtype_size(kt);
+    const size_t sc_b = kt == SKV_FP8_E4M3 ? 4 : kt == SKV_MXFP4_E2M1 ? (size_t)D / 32 : 0;
+    const size_t scale_off = ((size_t)P * row_b + 3) / 4 * 4 + 4 * (size_t)rd_range(r, 0, 2);
+    const size_t block_bytes = ((sc_b ? scale_off + (size_t)P * sc_b : (size_t)P * row_b) + 3) / 4 * 4 +
+                               4 * (size_t)rd_range(r, 0, 1);
+    uint8_t *pool = fz_malloc((size_t)(n_blocks ? n_blocks : 1) * block_bytes);
+    memset(pool, 0xa5, (size_t)(n_blocks ? n_blocks : 1) * block_bytes);
+    int64_t next = 0;
+    for (int32_t i = 0; i < n_seqs; i++) {
+        fkeys_make(&fk[i], r, kt, D, len[i]);
+        for (int64_t j = 0; j * P < len[i]; j++) {
+            const int32_t id = perm[next++];
+            tab[i * stride + j] = id;
+            uint8_t *blk = pool + (size_t)id * block_bytes;
+            for (int32_t t = 0; t < P && j * P + t < len[i]; t++) {
+                memcpy(blk + (size_t)t * row_b, fk[i].v + (size_t)(j * P + t) * row_b, row_b);
+                memcpy(blk + scale_off + (size_t)t * sc_b, fk[i].sc + (size_t)(j * P + t) * sc_b, sc_b);
+            }
+        }
+    }
+    fq q;
+    fq_make(&q, r, T, H, D);
+    int32_t *pos = NULL;
+    if (rd_u8(r) & 1) {
+        pos = fz_malloc((size_t)T * 4 + 4);
+        for (int32_t t = 0; t < T; t++)
+            pos[t] = (int32_t)rd_range(r, -2, 82);
+        q.q.positions = pos;
+    }
+    const skv_paged_keys pk = {D, kt, P, pool, n_blocks, block_bytes, scale_off};
+    const uint8_t bad = rd_u8(r);
+    int valid = q.q.n_sink + q.q.n_window <= k;
+    if (bad == 1 && n_seqs > 0 && len[0] > 0)
+        tab[0] = (int32_t)n_blocks, valid = 0; /* past the pool */
+    int32_t qbad[MAX_S + 1];
+    memcpy(qbad, qst, sizeof qst);
+    if (bad == 2 && n_seqs > 0)
+        qbad[n_seqs] = T + 1, valid = 0;
+    int one_each = bad == 3; /* NULL q_start: one token per sequence */
+    for (int32_t i = 0; i < n_seqs; i++)
+        one_each &= qst[i + 1] - qst[i] == 1;
+    const skv_paged_batch pb = {n_seqs, tab, stride, len, one_each ? NULL : qbad};
+    const size_t n_top = (size_t)T * k;
+    float *tv = fz_malloc(n_top * 4 + 64), *rv = fz_malloc(n_top * 4 + 4);
+    int32_t *ti = fz_malloc(n_top * 4 + 64), *ri = fz_malloc(n_top * 4 + 4);
+    memset(tv, SENT, n_top * 4 + 64), memset(ti, SENT, n_top * 4 + 64);
+    const skv_status st = skv_paged_topk(ctx, &pk, &pb, &q.q, k, ti, tv);
+    if (!valid) {
+        REQUIRE(st == SKV_ERR_INVALID_ARG && untouched(tv, 64) && untouched(ti, 64),
+                "invalid paged call: status %d (bad %d)", st, bad);
+    } else {
+        REQUIRE(st == SKV_OK, "paged top-k: status %d (dtype %d P %d)", st, kt, P);
+        for (int32_t i = 0; i < n_seqs; i++) {
+            const int32_t t0 = qst[i], n = qst[i + 1] - qst[i];
+            if (!n)
+                continue;
+            const skv_key_block kb = fkeys_block(&fk[i], 0, len[i]);
+            const skv_indexer_query sq = fq_sub(&q, t0, t0 + n, NULL);
+            float *sc = fz_malloc((size_t)n * len[i] * 4 + 4);
+            REQUIRE(skv_indexer_scores(ctx, &sq, &kb, sc) == SKV_OK, "sequence scores");
+            for (int32_t j = 0; j < n; j++) {
+                const int64_t p = pos ? pos[t0 + j] : (int64_t)len[i] - n + j;
+                const int64_t v = p + 1 < 0 ? 0 : p + 1 > len[i] ? len[i] : p + 1;
+                const size_t o = (size_t)(t0 + j) * k;
+                ref_forced(sc + (size_t)j * len[i], 0, v, q.q.n_sink, q.q.n_window, k, ri + o, rv + o);
+                same_topk(ti + o, tv + o, ri + o, rv + o, k, "paged top-k");
+            }
+            free(sc);
+        }
+    }
+    for (int32_t i = 0; i < n_seqs; i++)
+        fkeys_free(&fk[i]);
+    fq_free(&q);
+    free(pool), free(pos), free(tv), free(rv), free(ti), free(ri);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     reader r = {data, size};
     fail_alloc fa = {0};
     skv_context *ctx = fz_context(&fa, rd_cpu_mask(&r));
     for (int i = 0; i < 4 && r.n; i++) {
-        switch (rd_u8(&r) % 3) {
+        switch (rd_u8(&r) % 6) {
         case 0: indexer_case(&r, ctx); break;
         case 1: attention_case(&r, ctx); break;
         case 2: convert_case(&r); break;
+        case 3: forced_case(&r, ctx); break;
+        case 4: ragged_case(&r, ctx); break;
+        case 5: paged_case(&r, ctx); break;
         }
     }
     skv_context_destroy(ctx);

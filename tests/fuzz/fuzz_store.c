@@ -111,7 +111,11 @@ static void check_refusal(const fz *f, skv_status s, long failed, const char *wh
 static void check_all(fz *f)
 {
     const size_t H = (size_t)f->p.n_kv_heads;
-    uint8_t *k = fz_malloc((size_t)MAX_TOKENS * H * f->kb), *v = fz_malloc((size_t)MAX_TOKENS * H * f->vb + 1);
+    int64_t most = 0; /* buffers for the longest layer only: fresh pages cost under ASan */
+    for (int i = 0; i < MAX_SEQS; i++)
+        for (int32_t l = 0; f->live[i] && l < f->p.n_layers; l++)
+            most = f->ly[i][l].n > most ? f->ly[i][l].n : most;
+    uint8_t *k = fz_malloc((size_t)most * H * f->kb), *v = fz_malloc((size_t)most * H * f->vb + 1);
     int32_t pos[MAX_TOKENS];
     for (int i = 0; i < MAX_SEQS; i++)
         for (int32_t l = 0; f->live[i] && l < f->p.n_layers; l++) {
