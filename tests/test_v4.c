@@ -885,9 +885,9 @@ static void test_paged(void)
         CHECK_STATUS(skv_paged_topk(ctx, &pk, &badb, &o.q, k, got, NULL), SKV_ERR_INVALID_ARG);
         /* k past SKV_TOPK_MAX_K: refused as skv_indexer_topk refuses it (was accepted) */
         CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &o.q, SKV_TOPK_MAX_K + 1, got, NULL), SKV_ERR_INVALID_ARG);
-        skv_indexer_query f16 = o.q; /* the same bytes as F16: not widened here (documented) */
-        f16.dtype = SKV_F16;
-        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &f16, k, got, NULL), SKV_ERR_UNSUPPORTED);
+        skv_indexer_query q8 = o.q; /* a key-only dtype as queries */
+        q8.dtype = SKV_Q8_0;
+        CHECK_STATUS(skv_paged_topk(ctx, &pk, &pb, &q8, k, got, NULL), SKV_ERR_UNSUPPORTED);
         long touched = 0;
         for (size_t i = 0; i < (size_t)T * k; i++)
             touched += got[i] != 0x5a5a5a5a;
