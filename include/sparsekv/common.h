@@ -69,8 +69,8 @@ typedef enum skv_dtype {
  * values (D a multiple of 32) is D / 32 blocks of 34 bytes, each an IEEE f16 scale d (little
  * endian) then 32 int8 codes qs; value = qs[j] * d, exact in f32. The scales live inside the
  * rows: a key block or cache of Q8_0 has no separate scale array. */
-#define SKV_Q8_0_BLOCK 32
-#define SKV_Q8_0_BLOCK_BYTES 34
+#define SKV_Q8_0_BLOCK 32       /* values per block */
+#define SKV_Q8_0_BLOCK_BYTES 34 /* bytes per block: the f16 scale, then the codes */
 
 /* Bytes per element of a dtype; 0 for an unknown dtype, for MXFP4 (half a byte each, plus
  * a scale byte per 32) and for Q8_0 (34 bytes per 32). */
