@@ -303,7 +303,9 @@ skv_status skv_store_append(skv_store *s, int32_t seq, int32_t layer, const skv_
         const size_t b = cluster_bulk_scratch(s, pl.f);
         cs = b > cs ? b : cs;
     }
-    const size_t per = skv_round_up(s->row_bytes, 64) + skv_round_up(pl.staging, 64) + cs + 64;
+    /* each thread's area starts on a cache line: its staging holds pointers and rows */
+    const size_t per = skv_round_up(s->row_bytes, 64) + skv_round_up(pl.staging, 64) +
+                       skv_round_up(cs, 64) + 64;
     /* store_scratch is reused for the per-thread areas: copy the reservation counts first */
     int64_t counts[2 * 64];
     int64_t *cnt = H <= 64 ? counts : NULL;
